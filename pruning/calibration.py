@@ -1,0 +1,104 @@
+"""The SparseGPT / Wanda calibration sampler (protocols.md §1).
+
+Two forms, as in IST-DASLab/sparsegpt's ``datautils.py``:
+
+* **documents** (C4): repeat ``i = randint(0, len(docs) - 1)`` and tokenize document ``i`` whole
+  until it has *more than* ``seqlen`` tokens (accept rule ``len > seqlen``), then draw
+  ``start = randint(0, len - seqlen - 1)`` and take ``ids[start : start + seqlen]``. The document
+  draws and the offset draw interleave in exactly this order.
+* **stream** (WikiText-2, PTB): the split is joined with ``" "`` and tokenized once; each sample is
+  ``ids[i : i + seqlen]`` with ``i = randint(0, len - seqlen - 1)``.
+
+Only Python's ``random`` is used. A private ``random.Random(seed)`` produces the same numbers as the
+reference's ``random.seed(seed)`` followed by module-level calls, without touching global state.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+
+import torch
+
+from pruning.data import dataset_spec, load_rows
+from pruning.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+ACCEPT_RULE = "len > seqlen"
+
+
+@dataclass
+class Calibration:
+    windows: torch.Tensor  # [nsamples, seqlen] int64 token ids
+    info: dict
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # Default special tokens, no truncation: exactly `tokenizer(text)` of the reference.
+    return tokenizer(text).input_ids
+
+
+def sample_documents(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int,
+                     max_draws: int | None = None) -> torch.Tensor:
+    """Document sampler (C4): per sample, draw documents until one has more than ``seqlen`` tokens."""
+    if not docs:
+        raise DataError("calibration: no documents to sample from")
+    rng = random.Random(seed)
+    max_draws = max_draws if max_draws is not None else max(10_000, 20 * len(docs))
+    cache: dict[int, list[int]] = {}
+    out = []
+    draws = 0
+    for _ in range(nsamples):
+        while True:
+            i = rng.randint(0, len(docs) - 1)
+            draws += 1
+            if i not in cache:
+                cache[i] = _encode(tokenizer, docs[i])
+            ids = cache[i]
+            if len(ids) > seqlen:
+                break
+            if draws >= max_draws:
+                longest = max(len(v) for v in cache.values())
+                raise DataError(
+                    f"calibration: {draws} document draws found none with more than seqlen={seqlen} tokens "
+                    f"(longest seen: {longest}); lower calibration.seqlen or use a dataset with longer documents"
+                )
+        start = rng.randint(0, len(ids) - seqlen - 1)
+        out.append(ids[start:start + seqlen])
+    return torch.tensor(out, dtype=torch.long)
+
+
+def sample_stream(ids: list[int], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Stream sampler (WikiText-2, PTB): random windows of one long token sequence."""
+    if len(ids) <= seqlen:
+        raise DataError(f"calibration: the text has {len(ids)} tokens, not more than seqlen={seqlen}")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(nsamples):
+        i = rng.randint(0, len(ids) - seqlen - 1)
+        out.append(ids[i:i + seqlen])
+    return torch.tensor(out, dtype=torch.long)
+
+
+def build_calibration(cfg, tokenizer, data_cfg=None) -> Calibration:
+    """Calibration windows from a ``calibration`` config (dataset, split, nsamples, seqlen, seed)."""
+    dataset, split = cfg["dataset"], cfg["split"]
+    nsamples, seqlen, seed = int(cfg["nsamples"]), int(cfg["seqlen"]), int(cfg["seed"])
+    if nsamples < 1 or seqlen < 2:
+        raise ConfigError(f"calibration.nsamples={nsamples} and calibration.seqlen={seqlen}: need nsamples >= 1 "
+                          "and seqlen >= 2")
+    spec = dataset_spec(dataset)
+    data_cfg = data_cfg or {}
+    data = load_rows(dataset, split, root=data_cfg.get("root"), source=data_cfg.get("source", "auto"),
+                     verify=data_cfg.get("verify_checksums", True))
+    if spec.calib_kind == "documents":
+        windows = sample_documents(data.rows, tokenizer, nsamples, seqlen, seed)
+    else:
+        windows = sample_stream(_encode(tokenizer, spec.calib_join.join(data.rows)), nsamples, seqlen, seed)
+    info = {"dataset": dataset, "split": split, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
+            "sampler": spec.calib_kind, "accept_rule": ACCEPT_RULE if spec.calib_kind == "documents" else None,
+            "join": None if spec.calib_kind == "documents" else spec.calib_join, "data": data.info}
+    log.info("calibration: %d x %d tokens from %s/%s (%s)", nsamples, seqlen, dataset, split, data.info["source"])
+    return Calibration(windows, info)

@@ -1,0 +1,1 @@
+"""Evaluation: the SparseGPT perplexity protocol (and, later, lm-eval zero-shot tasks)."""

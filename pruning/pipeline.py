@@ -1,0 +1,136 @@
+"""One job: load, (prune), evaluate, record. ``experiments/run.py`` calls :func:`run_job`.
+
+The job validates its config before any heavy work, skips itself when a complete record of the
+same config already exists (unless ``force=true``), and always leaves a record behind: ``complete``
+when it finished, ``failed`` (with the error and traceback) when it did not.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pruning.adapters import prunable_linears
+from pruning.data import dataset_spec
+from pruning.errors import ConfigError
+from pruning.evaluation.perplexity import evaluate_perplexity
+from pruning.models import load_model
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
+                             utc_now, versions, write_json_atomic)
+from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
+from pruning.tracking import make_tracker
+
+log = logging.getLogger(__name__)
+
+# Method name -> solver. Solvers arrive with the engine; `dense` evaluates the unpruned model.
+METHODS: dict[str, object] = {"dense": None}
+
+
+def validate(cfg: DictConfig) -> dict:
+    """Check the choices that would otherwise fail late; returns parsed values."""
+    method = cfg.method.name
+    if method not in METHODS:
+        raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join(METHODS)}")
+    target = parse_sparsity(cfg.sparsity)
+    if method == "dense":
+        target = Sparsity("dense", 0.0)
+    for name in cfg.eval.perplexity.datasets or []:
+        dataset_spec(name)
+    dataset_spec(cfg.calibration.dataset)
+    return {"method": method, "sparsity": target}
+
+
+def _summary(record: dict) -> dict:
+    out = {f"{name}/ppl": r["ppl"] for name, r in record["metrics"]["perplexity"].items()}
+    out["sparsity/target"] = record["sparsity"]["target"]["ratio"]
+    out["sparsity/actual"] = record["sparsity"]["actual"]
+    out.update({f"time/{k}": v for k, v in record["timings"].items()})
+    out["memory/peak_rss_gb"] = record["memory"]["peak_rss_bytes"] / 2**30
+    return out
+
+
+def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    chash = config_hash(config)
+    path = out_dir / RESULTS_FILE
+    existing = read_record(path)
+    if is_complete(existing) and not cfg.get("force", False):
+        if existing.get("config_hash") == chash:
+            log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)
+            return existing
+        raise ConfigError(
+            f"{path} holds a complete record of another config (hash {existing.get('config_hash')}, this job "
+            f"{chash}); refusing to overwrite it. Pass force=true, or choose another hydra.run.dir"
+        )
+    parsed = validate(cfg)
+    method, target = parsed["method"], parsed["sparsity"]
+    if method == "dense" and cfg.sparsity is not None:
+        log.info("method=dense prunes nothing; sparsity=%s is ignored", cfg.sparsity)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(config))
+
+    record = {
+        "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
+        "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
+        "versions": versions(), "config": config,
+        "method": {"name": method, "params": {k: v for k, v in config["method"].items() if k != "name"}},
+        "sparsity": {"target": target.as_dict(), "actual": None},
+        "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
+                     "eval": config["eval"]},
+        "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [],
+    }
+    logger_cfg = dict(config.get("logger") or {})
+    logger_cfg.setdefault("job_type", method)
+    if logger_cfg.get("job_type") is None:
+        logger_cfg["job_type"] = method
+    tracker = make_tracker(logger_cfg, config, out_dir, name=out_dir.name if out_dir.name else None)
+    record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
+                          "run_dir": tracker.run_dir}
+    t_start = time.perf_counter()
+    try:
+        threads = (config.get("runtime") or {}).get("threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        torch.manual_seed(int(config.get("seed", 0)))
+        loaded = load_model(cfg.model)
+        record["model"] = loaded.info
+        record["timings"]["load_s"] = loaded.info["load_seconds"]
+        linears = prunable_linears(loaded.model, loaded.adapter)
+        if method == "dense":
+            record["protocol"]["calibration"] = {"used": False, "reason": "method=dense calibrates nothing",
+                                                 **config["calibration"]}
+        record["timings"]["prune_s"] = 0.0
+
+        t_eval = time.perf_counter()
+        if cfg.eval.perplexity.get("enabled", True):
+            record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
+                                                                  config.get("data"))
+        record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
+        record["sparsity"]["actual"] = measure_sparsity(linears)["actual"]
+        record["sparsity"]["measured"] = measure_sparsity(linears)
+        record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+        record["memory"] = peak_memory()
+        record["status"] = "complete"
+        record["job"]["finished"] = utc_now()
+        write_json_atomic(path, record)
+        tracker.log_summary(_summary(record))
+        tracker.finish()
+        log.info("wrote %s", path)
+        return record
+    except BaseException as e:
+        record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        record["job"]["finished"] = utc_now()
+        record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+        record["memory"] = peak_memory()
+        try:
+            write_json_atomic(path, record)
+        finally:
+            tracker.finish(exit_code=1)
+        raise

@@ -1,0 +1,149 @@
+"""The result record: one ``results.json`` per job, the contract between jobs and ``analysis/``.
+
+A record is written atomically (a temporary file in the same directory, fsync, then
+``os.replace``), so a reader sees either the previous file or the complete new one. A job is
+*complete* only when its record says ``status: complete``; failed jobs write ``status: failed``
+with the error, so a sweep can be resumed and the failure inspected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+import pruning
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+
+# Config keys that do not change what a job computes: left out of the config hash.
+HASH_EXCLUDE = ("force", "logger", "sweep_name", "data.root", "model.cache_dir", "model.device", "runtime")
+
+_PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "lm_eval", "accelerate", "safetensors", "gguf",
+             "hydra-core", "omegaconf", "wandb", "pandas", "numpy")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _drop(d: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head in d:
+        if rest:
+            if isinstance(d[head], dict):
+                _drop(d[head], rest)
+        else:
+            del d[head]
+
+
+def config_hash(config: dict) -> str:
+    """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE."""
+    cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
+    for key in HASH_EXCLUDE:
+        _drop(cfg, key)
+    blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def git_info(path: Path | None = None) -> dict:
+    path = path or Path(pruning.__file__).resolve().parent.parent
+    def git(*args):
+        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None}
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "package": pruning.__version__, "platform": platform.platform()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["git"] = git_info()
+    out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
+    out["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    out["torch_threads"] = torch.get_num_threads()
+    return out
+
+
+def peak_memory() -> dict:
+    """Peak resident set size of this process (and peak CUDA memory when CUDA is in use), bytes."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss *= 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    out = {"peak_rss_bytes": int(rss)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())
+    return out
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as strings so the file stays valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """The record at ``path``, or None if absent or unreadable (a torn file never counts as complete)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_complete(record: dict | None, expected_hash: str | None = None) -> bool:
+    if not record or record.get("status") != "complete":
+        return False
+    return expected_hash is None or record.get("config_hash") == expected_hash
