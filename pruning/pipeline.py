@@ -46,6 +46,20 @@ def validate(cfg: DictConfig) -> dict:
     return {"method": method, "sparsity": target}
 
 
+def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
+    """Windows longer than the model's context are an error, not garbage (OPT's learned positions)."""
+    limit = model_info.get("max_position_embeddings")
+    if not limit:
+        return
+    checks = [("eval.perplexity.seqlen", cfg.eval.perplexity.seqlen)]
+    if calibrating:
+        checks.append(("calibration.seqlen", cfg.calibration.seqlen))
+    for key, value in checks:
+        if int(value) > int(limit):
+            raise ConfigError(f"{key}={value} exceeds max_position_embeddings={limit} of {model_info['name']}; "
+                              f"use at most {limit}")
+
+
 def _summary(record: dict) -> dict:
     out = {f"{name}/ppl": r["ppl"] for name, r in record["metrics"]["perplexity"].items()}
     out["sparsity/target"] = record["sparsity"]["target"]["ratio"]
@@ -87,10 +101,10 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [],
     }
     logger_cfg = dict(config.get("logger") or {})
-    logger_cfg.setdefault("job_type", method)
     if logger_cfg.get("job_type") is None:
         logger_cfg["job_type"] = method
-    tracker = make_tracker(logger_cfg, config, out_dir, name=out_dir.name if out_dir.name else None)
+    run_name = f"{config['model']['name']}:{method}" + ("" if method == "dense" else f":{target}:{config['calibration']['dataset']}")
+    tracker = make_tracker(logger_cfg, config, out_dir, name=run_name)
     record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
                           "run_dir": tracker.run_dir}
     t_start = time.perf_counter()
@@ -102,6 +116,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         loaded = load_model(cfg.model)
         record["model"] = loaded.info
         record["timings"]["load_s"] = loaded.info["load_seconds"]
+        check_context(loaded.info, cfg, calibrating=method != "dense")
         linears = prunable_linears(loaded.model, loaded.adapter)
         if method == "dense":
             record["protocol"]["calibration"] = {"used": False, "reason": "method=dense calibrates nothing",

@@ -1,0 +1,68 @@
+"""Shared fixtures: a self-made data root, Hydra composition, tiny models."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import experiments.run  # noqa: F401  (registers the config resolvers)
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+_WORDS = ("the model prunes weights of every layer while the loss stays low and the "
+          "solver updates the remaining weights to compensate for the removed ones").split()
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """A data root in the offline layout, with synthetic text (checksums must be off for it)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = random.Random(1234)
+    (root / "wikitext2").mkdir()
+    for split in ("test", "valid"):
+        lines = [" \n", " = Title = \n", " \n"] + [f" {_sentence(rng, 40)} . \n" for _ in range(60)]
+        (root / "wikitext2" / f"wiki.{split}.raw").write_text("".join(lines), encoding="utf-8")
+    (root / "ptb").mkdir()
+    for split in ("test", "valid"):
+        (root / "ptb" / f"ptb.{split}.txt").write_text(
+            "".join(f" {_sentence(rng, 20)} \n" for _ in range(80)), encoding="utf-8")
+    (root / "c4").mkdir()
+    for name, n in (("c4_train_shard00000_first1000.jsonl", 50), ("c4_validation_subset_2k.jsonl", 30)):
+        with open(root / "c4" / name, "w", encoding="utf-8") as f:
+            for i in range(n):
+                f.write(json.dumps({"text": _sentence(rng, rng.randint(5, 120)), "timestamp": "", "url": str(i)}) + "\n")
+    return root
+
+
+def compose_cfg(overrides=(), return_hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def tiny_overrides(model: str, data_root: Path, *extra: str) -> list[str]:
+    """Overrides for a fast job on a tiny model and the synthetic data root."""
+    return [f"model={model}", "logger=none", f"data.root={data_root}", "data.verify_checksums=false",
+            "eval.perplexity.seqlen=64", "eval.perplexity.max_windows=4", *extra]
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch, tmp_path):
+    """No test may reach a hub; W&B stays offline; caches go to a temp dir."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    if "PRUNING_CACHE_DIR" not in os.environ:
+        monkeypatch.setenv("PRUNING_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("PRUNING_DATA_ROOT", raising=False)

@@ -1,0 +1,93 @@
+"""Every config group composes; the CLI shows help and the config; job directories are named from choices."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
+
+from tests.conftest import CONF, REPO, compose_cfg, tiny_overrides
+
+GROUPS = ["model", "method", "calibration", "eval", "logger", "protocol"]
+
+
+def options(group):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = compose_cfg([f"{group}={option}"])
+    container = OmegaConf.to_container(cfg, resolve=True)
+    assert {"model", "method", "calibration", "eval", "logger", "sparsity", "seed", "data"} <= set(container)
+    assert container["model"]["name"] == (option if group == "model" else "smollm2-135m")
+
+
+def test_protocol_presets_set_their_knobs():
+    quick = compose_cfg([])
+    assert (quick.protocol.name, quick.calibration.nsamples, quick.calibration.seqlen) == ("quick", 32, 512)
+    assert quick.eval.perplexity.max_windows is not None
+    paper = compose_cfg(["protocol=sparsegpt"])
+    assert (paper.calibration.nsamples, paper.calibration.seqlen, paper.calibration.seed) == (128, 2048, 0)
+    assert list(paper.eval.perplexity.datasets) == ["wikitext2", "ptb", "c4"]
+    assert paper.eval.perplexity.max_windows is None and paper.eval.perplexity.seqlen == 2048
+    # command-line overrides still win over the preset
+    assert compose_cfg(["protocol=sparsegpt", "calibration.nsamples=16"]).calibration.nsamples == 16
+
+
+def test_unknown_option_lists_the_available_ones():
+    with pytest.raises(MissingConfigException) as e:
+        compose_cfg(["model=gpt-5"])
+    assert "gpt-5" in str(e.value) and "smollm2-135m" in str(e.value)
+
+
+def test_sweep_values_keep_types():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    override = OverridesParser.create().parse_overrides(["sparsity=0.5,0.6,2:4"])[0]
+    assert list(override.sweep_iterator()) == [0.5, 0.6, "2:4"]
+
+
+def test_run_directory_is_named_from_choices():
+    cfg = compose_cfg(["method=dense", "model=tiny-opt", "seed=3"], return_hydra_config=True)
+    from hydra.core.hydra_config import HydraConfig
+    HydraConfig.instance().set_config(cfg)
+    run_dir = cfg.hydra.run.dir
+    assert run_dir == "outputs/runs/quick/tiny-opt/dense/seed=3"
+
+
+def test_run_tag_resolver():
+    from experiments.run import override_suffix, run_tag
+    assert run_tag("dense", 0.5, "c4") == "dense"
+    assert run_tag("wanda", "2:4", "c4") == "wanda_2of4_c4"
+    assert run_tag("apt", 0.6, "wikitext2") == "apt_s0.6_wikitext2"
+    assert run_tag("apt", "bad value", "c4").startswith("apt_invalid-bad-value")
+    assert override_suffix("") == "" and override_suffix("a=[1, 2]") == "/a=-1,-2-"
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_cli_help_and_cfg_job():
+    help_out = _cli("--help")
+    assert help_out.returncode == 0
+    assert "model: gemma3-270m" in help_out.stdout and "protocol: quick, sparsegpt" in help_out.stdout
+    job = _cli("--cfg", "job", "model=tiny-llama", "sparsity=2:4")
+    assert job.returncode == 0 and "sparsity: '2:4'" in job.stdout and "name: tiny-llama" in job.stdout
+
+
+def test_cli_multirun_tiny_sweep(tiny_data_root, tmp_path):
+    """A tiny multirun: one job per model, each with a complete record in a directory named from its choices."""
+    sweep = tmp_path / "sweep"
+    args = [a for a in tiny_overrides("tiny-llama", tiny_data_root) if not a.startswith("model=")]
+    out = _cli("-m", "model=tiny-llama,tiny-opt,tiny-mamba", *args, f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    import json
+    for model in ("tiny-llama", "tiny-opt", "tiny-mamba"):
+        found = list((sweep / "quick" / model / "dense").rglob("results.json"))
+        assert len(found) == 1  # below dense/: one directory naming the extra overrides
+        assert "eval.perplexity.seqlen=64" in found[0].parent.name
+        rec = json.loads(found[0].read_text())
+        assert rec["status"] == "complete" and rec["model"]["name"] == model

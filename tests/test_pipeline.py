@@ -1,0 +1,96 @@
+"""The job: result record fields, atomic writes, skip/force, failed records."""
+
+import json
+import os
+
+import pytest
+
+from pruning.errors import ConfigError, DataError
+from pruning.pipeline import run_job
+from pruning.results import config_hash, read_record, write_json_atomic
+from tests.conftest import compose_cfg, tiny_overrides
+
+
+def test_dense_job_writes_complete_record(tiny_data_root, tmp_path):
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root))
+    rec = run_job(cfg, tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(rec))
+    assert rec["status"] == "complete" and len(rec["config_hash"]) == 16
+    for key in ("torch", "transformers", "datasets", "lm_eval", "package", "git"):
+        assert key in rec["versions"]
+    assert rec["model"]["family"] == "llama" and rec["model"]["n_params"] > 0
+    assert rec["sparsity"]["target"]["kind"] == "dense" and rec["sparsity"]["actual"] < 0.01
+    ppl = rec["metrics"]["perplexity"]["wikitext2"]
+    assert ppl["nwindows"] == 4 and ppl["seqlen"] == 64 and ppl["data"]["source"] == "local"
+    assert rec["protocol"]["name"] == "quick" and rec["protocol"]["calibration"]["used"] is False
+    assert rec["memory"]["peak_rss_bytes"] > 0 and rec["timings"]["total_s"] > 0
+    assert (tmp_path / "config.resolved.yaml").is_file()
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_complete_job_is_skipped_unless_forced(tiny_data_root, tmp_path):
+    cfg = compose_cfg(tiny_overrides("tiny-opt", tiny_data_root))
+    first = run_job(cfg, tmp_path)
+    again = run_job(cfg, tmp_path)
+    assert again["job"]["started"] == first["job"]["started"]  # the record was not rewritten
+    forced = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "force=true")), tmp_path)
+    assert forced["config_hash"] == first["config_hash"]  # force does not change the hash
+    assert read_record(tmp_path / "results.json")["job"]["started"] == forced["job"]["started"]
+
+
+def test_other_config_never_overwrites_a_complete_record(tiny_data_root, tmp_path):
+    run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
+    before = (tmp_path / "results.json").read_bytes()
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "seed=1")), tmp_path)
+    assert (tmp_path / "results.json").read_bytes() == before
+
+
+def test_failed_job_writes_failed_record(tmp_path):
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    cfg = compose_cfg(tiny_overrides("tiny-llama", empty, "data.source=local"))
+    with pytest.raises(DataError):
+        run_job(cfg, tmp_path / "job")
+    rec = read_record(tmp_path / "job" / "results.json")
+    assert rec["status"] == "failed" and "DataError" in rec["error"] and "Traceback" in rec["traceback"]
+    # a failed record does not count as complete: the re-run runs (and fails again here)
+    with pytest.raises(DataError):
+        run_job(cfg, tmp_path / "job")
+
+
+@pytest.mark.parametrize("override, match", [("sparsity=abc", "sparsity='abc'"),
+                                             ("method.name=obs", "method.name='obs'"),
+                                             ("eval.perplexity.datasets=[wikitext3]", "unknown dataset 'wikitext3'"),
+                                             ("eval.perplexity.seqlen=4096", "exceeds max_position_embeddings")])
+def test_bad_inputs_fail_before_heavy_work(tiny_data_root, tmp_path, override, match):
+    overrides = tiny_overrides("tiny-opt", tiny_data_root)
+    if override.startswith("sparsity"):
+        overrides.append("method.name=dense")
+    overrides = [o for o in overrides if not o.startswith(override.split("=")[0] + "=")] + [override]
+    with pytest.raises(ConfigError, match=match):
+        run_job(compose_cfg(overrides), tmp_path)
+
+
+def test_sparsity_validated_even_for_dense(tiny_data_root, tmp_path):
+    with pytest.raises(ConfigError, match="sparsity='5:4'"):
+        run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "sparsity='5:4'")), tmp_path)
+
+
+def test_config_hash_ignores_bookkeeping_keys():
+    base = {"model": {"name": "m", "device": "cpu"}, "seed": 0, "force": False, "logger": {"backend": "wandb"}}
+    same = {"model": {"name": "m", "device": "cuda"}, "seed": 0, "force": True, "logger": {"backend": "none"}}
+    assert config_hash(base) == config_hash(same)
+    assert config_hash(base) != config_hash({**base, "seed": 1})
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert os.listdir(tmp_path) == ["results.json"]
+    write_json_atomic(path, {"ppl": float("nan")})  # NaN is kept, as a string, in valid JSON
+    assert json.loads(path.read_text()) == {"ppl": "nan"}

