@@ -24,6 +24,9 @@ class FamilyAdapter:
     expected: tuple[str, ...]  # linear names relative to a block, in forward order
     # groups for `true_sequential`: sublayers in one group see the same input
     sequential_groups: tuple[tuple[str, ...], ...]
+    # (target, source): the target linear's forward is bypassed by the model (its weight is used
+    # directly), and its input is the first `in_features` outputs of the source linear.
+    input_taps: tuple[tuple[str, str], ...] = ()
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         obj = model
@@ -79,6 +82,9 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
         blocks_path="backbone.layers",
         expected=("mixer.in_proj", "mixer.x_proj", "mixer.dt_proj", "mixer.out_proj"),
         sequential_groups=(("mixer.in_proj",), ("mixer.x_proj",), ("mixer.dt_proj",), ("mixer.out_proj",)),
+        # transformers computes `dt_proj.weight @ time_step` without calling dt_proj (its bias goes
+        # into the scan), where time_step = x_proj(x)[..., :time_step_rank].
+        input_taps=(("mixer.dt_proj", "mixer.x_proj"),),
     ),
 )
 

@@ -17,19 +17,22 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pruning.adapters import prunable_linears
+from pruning.calibration import build_calibration
 from pruning.data import dataset_spec
+from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.models import load_model
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
                              utc_now, versions, write_json_atomic)
+from pruning.solvers import SOLVERS
 from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
 
 log = logging.getLogger(__name__)
 
-# Method name -> solver. Solvers arrive with the engine; `dense` evaluates the unpruned model.
-METHODS: dict[str, object] = {"dense": None}
+# Method name -> solver; `dense` evaluates the unpruned model.
+METHODS: dict[str, object] = {"dense": None, **SOLVERS}
 
 
 def validate(cfg: DictConfig) -> dict:
@@ -38,12 +41,20 @@ def validate(cfg: DictConfig) -> dict:
     if method not in METHODS:
         raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join(METHODS)}")
     target = parse_sparsity(cfg.sparsity)
+    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
     if method == "dense":
         target = Sparsity("dense", 0.0)
+    else:
+        allowed = SOLVERS[method].params()
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(f"method {method!r} has no parameter(s) {unknown}; allowed: {', '.join(allowed) or 'none'}")
+        if target.kind == "dense":
+            raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing; use method=dense for the unpruned model")
     for name in cfg.eval.perplexity.datasets or []:
         dataset_spec(name)
     dataset_spec(cfg.calibration.dataset)
-    return {"method": method, "sparsity": target}
+    return {"method": method, "sparsity": target, "params": params}
 
 
 def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
@@ -62,6 +73,8 @@ def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
 
 def _summary(record: dict) -> dict:
     out = {f"{name}/ppl": r["ppl"] for name, r in record["metrics"]["perplexity"].items()}
+    if record["metrics"].get("mean_rel_error") is not None:
+        out["layers/mean_rel_error"] = record["metrics"]["mean_rel_error"]
     out["sparsity/target"] = record["sparsity"]["target"]["ratio"]
     out["sparsity/actual"] = record["sparsity"]["actual"]
     out.update({f"time/{k}": v for k, v in record["timings"].items()})
@@ -121,7 +134,24 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         if method == "dense":
             record["protocol"]["calibration"] = {"used": False, "reason": "method=dense calibrates nothing",
                                                  **config["calibration"]}
-        record["timings"]["prune_s"] = 0.0
+            record["timings"]["prune_s"] = 0.0
+        else:
+            t0 = time.perf_counter()
+            calib = build_calibration(cfg.calibration, loaded.tokenizer, config.get("data"))
+            record["protocol"]["calibration"] = {"used": True, **calib.info}
+            record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
+            eng = config.get("engine") or {}
+            report = prune_model(loaded.model, loaded.adapter, calib.windows, SOLVERS[method], target,
+                                 parsed["params"], device=eng.get("device"),
+                                 true_sequential=bool(eng.get("true_sequential", False)),
+                                 report_error=bool(eng.get("report_error", True)),
+                                 batch_size=int(eng.get("batch_size", 1)))
+            record["layers"] = report.layers
+            record["timings"].update(report.timings)
+            record["timings"]["prune_s"] = report.timings["prune_total_s"]
+            errors = [r["rel_error"] for r in report.layers if r["rel_error"] is not None]
+            record["metrics"]["mean_rel_error"] = sum(errors) / len(errors) if errors else None
+            tracker.log_table("layers", report.layers)
 
         t_eval = time.perf_counter()
         if cfg.eval.perplexity.get("enabled", True):

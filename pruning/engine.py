@@ -1,0 +1,160 @@
+"""The sequential layer-wise driver shared by every solver and every model family.
+
+1. Capture the inputs of the first block once, with a forward pre-hook that keeps *every* keyword
+   argument the model passes (attention mask, position ids, position embeddings, cache position …),
+   so a new transformers release cannot silently drop one (protocols.md R2).
+2. For each block in turn: move it to the compute device; hook its prunable linears to accumulate
+   statistics (:class:`pruning.stats.LayerStats`); run the calibration windows through it; call the
+   solver on every linear; remove the hooks; re-run the block with the pruned weights to produce the
+   next block's inputs; move it back.
+
+By default every sublayer of a block is calibrated from one pass through the still-dense block (the
+reference default); ``true_sequential=True`` re-runs the block per group of sublayers
+(``FamilyAdapter.sequential_groups``), so later groups see the already-pruned earlier ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from pruning.adapters import FamilyAdapter
+from pruning.solvers import Solver
+from pruning.sparsity import Sparsity
+from pruning.stats import LayerStats
+
+log = logging.getLogger(__name__)
+
+
+class _StopForward(Exception):
+    pass
+
+
+@dataclass
+class EngineReport:
+    layers: list[dict] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def _first_output(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def capture_block_inputs(model, adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int = 1):
+    """Hidden states entering block 0 and the keyword arguments it receives, one entry per batch."""
+    block0 = adapter.blocks(model)[0]
+    inputs, kwargs_list = [], []
+
+    def hook(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        inputs.append(hidden)
+        kwargs_list.append(kwargs)
+        raise _StopForward
+
+    device = next(model.parameters()).device
+    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for batch in windows.split(batch_size):
+            try:
+                model(input_ids=batch.to(device), use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return inputs, kwargs_list
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, tuple):
+        return tuple(_to(o, device) for o in obj)
+    if isinstance(obj, list):
+        return [_to(o, device) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor, solver: Solver, sparsity: Sparsity,
+                params: dict | None = None, *, device=None, true_sequential: bool = False,
+                report_error: bool = True, batch_size: int = 1) -> EngineReport:
+    """Prune every prunable linear of every block in place; returns the per-layer report and timings."""
+    params = dict(params or {})
+    report = EngineReport()
+    t_total = time.perf_counter()
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
+        sparsity.check_width(m.in_features, name)
+
+    t0 = time.perf_counter()
+    inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
+    inputs = [_to(x, device) for x in inputs]
+    kwargs_list = [_to(k, device) for k, _ in zip(kwargs_list, inputs)]
+    forward_s = time.perf_counter() - t0
+    solver_s = 0.0
+    want_h = solver.needs_hessian or report_error
+
+    blocks = adapter.blocks(model)
+    for bi, block in enumerate(tqdm(blocks, desc=f"prune {sparsity}", unit="block")):
+        home = next(block.parameters()).device
+        block.to(device)
+        linears = adapter.prunable(block)
+        if true_sequential:
+            groups = [tuple(n for n in g if n in linears) for g in adapter.sequential_groups]
+            rest = tuple(n for n in linears if not any(n in g for g in groups))
+            groups = [g for g in groups + [rest] if g]
+        else:
+            groups = [tuple(linears)]
+        for group in groups:
+            stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=solver.needs_norms, device=device)
+                     for n in group}
+            taps = {t: src for t, src in adapter.input_taps if t in group and src in linears}
+            handles = [linears[n].register_forward_hook(
+                lambda mod, inp, out, n=n: stats[n].add_batch(inp[0].detach())) for n in group if n not in taps]
+            handles += [linears[src].register_forward_hook(
+                lambda mod, inp, out, n=t: stats[n].add_batch(out[..., :linears[n].in_features].detach()))
+                for t, src in taps.items()]
+            t0 = time.perf_counter()
+            try:
+                for x, kw in zip(inputs, kwargs_list):
+                    block(x, **kw)
+            finally:
+                for h in handles:
+                    h.remove()
+            forward_s += time.perf_counter() - t0
+            silent = [n for n in group if stats[n].nsamples == 0]
+            if silent:
+                raise RuntimeError(
+                    f"block {bi}: no calibration input reached {silent}: the model uses their weights without "
+                    f"calling the module, so forward hooks never fire. Add an input tap for them to the "
+                    f"{adapter.family} adapter (pruning/adapters.py)")
+            for n in group:
+                layer = linears[n]
+                t0 = time.perf_counter()
+                res = solver.fn(layer.weight.data, sparsity, H=stats[n].H, sq_norms=stats[n].sq_norms, **params)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                dt = time.perf_counter() - t0
+                solver_s += dt
+                layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
+                row = {"name": f"{adapter.blocks_path}.{bi}.{n}", "block": bi, "layer": n,
+                       "shape": list(layer.weight.shape), "sparsity": float(res.mask.float().mean()),
+                       "rel_error": res.error, "solver_s": round(dt, 4)}
+                row.update({k: v for k, v in res.info.items() if v not in (None, False, 0)})
+                report.layers.append(row)
+                del stats[n]
+        t0 = time.perf_counter()
+        inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]
+        forward_s += time.perf_counter() - t0
+        block.to(home)
+    report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),
+                      "prune_total_s": round(time.perf_counter() - t_total, 3)}
+    return report

@@ -1,0 +1,109 @@
+"""The sequential engine on tiny random models of every supported family."""
+
+import pytest
+import torch
+
+from pruning.adapters import prunable_linears
+from pruning.engine import capture_block_inputs, prune_model
+from pruning.errors import ConfigError
+from pruning.models import load_model
+from pruning.pipeline import run_job
+from pruning.solvers import SOLVERS
+from pruning.sparsity import parse_sparsity
+from tests.conftest import compose_cfg, tiny_overrides
+
+
+def tiny(name):
+    return load_model(compose_cfg([f"model={name}"]).model)
+
+
+def windows(n=4, seqlen=32, seed=0):
+    return torch.randint(0, 256, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+def test_capture_keeps_every_kwarg():
+    lm = tiny("tiny-llama")
+    inputs, kwargs = capture_block_inputs(lm.model, lm.adapter, windows(2, 16))
+    assert len(inputs) == 2 and inputs[0].shape == (1, 16, 64)
+    assert "position_embeddings" in kwargs[0] and "position_ids" in kwargs[0]
+    cos, sin = kwargs[0]["position_embeddings"]
+    assert cos.shape[-2] == 16
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba"])
+@pytest.mark.parametrize("method, spec", [("magnitude", 0.5), ("wanda", 0.5), ("sparsegpt", 0.5),
+                                          ("wanda", "2:4"), ("sparsegpt", "2:4")])
+def test_engine_reaches_target_and_touches_nothing_else(model, method, spec):
+    lm = tiny(model)
+    sp = parse_sparsity(spec)
+    linears = prunable_linears(lm.model, lm.adapter)
+    linear_params = {id(m.weight) for m in linears.values()}
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters() if id(p) not in linear_params}
+    report = prune_model(lm.model, lm.adapter, windows(), SOLVERS[method], sp)
+    assert len(report.layers) == len(linears)
+    for name, m in linears.items():
+        w = m.weight
+        if sp.kind == "nm":
+            assert ((w.view(w.shape[0], -1, sp.m) == 0).sum(-1) >= sp.n).all(), name
+        elif method == "wanda":
+            assert ((w == 0).sum(1) >= int(w.shape[1] * 0.5)).all(), name
+        else:  # per matrix (magnitude) or per block (sparsegpt): one more than int(numel*s) per unit
+            assert float((w == 0).float().mean()) >= 0.5, name
+            assert float((w == 0).float().mean()) < 0.5 + 0.1, name
+    for n, p in lm.model.named_parameters():
+        if id(p) not in linear_params:
+            assert torch.equal(p, before[n]), f"{n} changed"
+    assert all(r["rel_error"] is not None and r["rel_error"] >= 0 for r in report.layers)
+    assert report.timings["solver_s"] > 0 and torch.isfinite(lm.model(windows(1, 8)).logits).all()
+
+
+def test_true_sequential_differs_and_is_valid():
+    a, b = tiny("tiny-llama"), tiny("tiny-llama")
+    sp = parse_sparsity(0.5)
+    prune_model(a.model, a.adapter, windows(), SOLVERS["sparsegpt"], sp)
+    prune_model(b.model, b.adapter, windows(), SOLVERS["sparsegpt"], sp, true_sequential=True)
+    wa = a.model.model.layers[0].self_attn.o_proj.weight
+    wb = b.model.model.layers[0].self_attn.o_proj.weight
+    assert not torch.equal(wa, wb)  # o_proj saw the pruned q/k/v outputs
+    # q/k/v are the first group: same statistics either way
+    torch.testing.assert_close(a.model.model.layers[0].self_attn.q_proj.weight,
+                               b.model.model.layers[0].self_attn.q_proj.weight)
+
+
+def test_nm_width_error_names_the_layer():
+    lm = tiny("tiny-mamba")  # dt_proj has 4 inputs: 4:8 cannot apply
+    with pytest.raises(ConfigError, match="M=8 does not divide the input width 4 of mixer.dt_proj"):
+        prune_model(lm.model, lm.adapter, windows(), SOLVERS["wanda"], parse_sparsity("4:8"))
+
+
+def test_pruning_job_records_layers(tiny_data_root, tmp_path):
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", "sparsity=2:4",
+                                     "calibration.nsamples=4", "calibration.seqlen=32"))
+    rec = run_job(cfg, tmp_path)
+    assert rec["status"] == "complete" and rec["sparsity"]["actual"] == pytest.approx(0.5)
+    assert len(rec["layers"]) == 14 and {"name", "shape", "sparsity", "rel_error", "solver_s"} <= set(rec["layers"][0])
+    assert rec["protocol"]["calibration"]["used"] and rec["protocol"]["calibration"]["nsamples"] == 4
+    assert {"calib_forward_s", "solver_s", "prune_total_s", "eval_ppl_s"} <= set(rec["timings"])
+    assert 0 < rec["metrics"]["mean_rel_error"] < 1
+
+
+def test_unknown_method_parameter_is_an_error(tiny_data_root, tmp_path):
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", "+method.blocksze=64"))
+    with pytest.raises(ConfigError, match=r"no parameter\(s\) \['blocksze'\]; allowed: blocksize, percdamp"):
+        run_job(cfg, tmp_path)
+
+
+def test_mamba_dt_proj_statistics_come_from_x_proj():
+    """transformers bypasses dt_proj's forward; its input is tapped from x_proj's output."""
+    lm = tiny("tiny-mamba")
+    report = prune_model(lm.model, lm.adapter, windows(), SOLVERS["sparsegpt"], parse_sparsity(0.5))
+    dt = [r for r in report.layers if r["layer"] == "mixer.dt_proj"]
+    assert len(dt) == 2 and all(0 < r["rel_error"] < 1 and "dead_columns" not in r for r in dt)
+
+
+def test_a_bypassed_linear_without_tap_is_a_loud_error():
+    import dataclasses
+    lm = tiny("tiny-mamba")
+    no_tap = dataclasses.replace(lm.adapter, input_taps=())
+    with pytest.raises(RuntimeError, match=r"no calibration input reached \['mixer.dt_proj'\]"):
+        prune_model(lm.model, no_tap, windows(), SOLVERS["wanda"], parse_sparsity(0.5))
