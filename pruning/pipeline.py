@@ -24,7 +24,7 @@ from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.models import load_model
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
-                             utc_now, versions, write_json_atomic)
+                             reset_peak_memory, utc_now, versions, write_json_atomic)
 from pruning.solvers import SOLVERS
 from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
@@ -121,6 +121,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
     record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
                           "run_dir": tracker.run_dir}
     t_start = time.perf_counter()
+    record["memory"]["peak_scope"] = reset_peak_memory()
     try:
         threads = (config.get("runtime") or {}).get("threads")
         if threads:
@@ -147,6 +148,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
                                  report_error=bool(eng.get("report_error", True)),
                                  batch_size=int(eng.get("batch_size", 1)))
             record["layers"] = report.layers
+            record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
             record["timings"].update(report.timings)
             record["timings"]["prune_s"] = report.timings["prune_total_s"]
             errors = [r["rel_error"] for r in report.layers if r["rel_error"] is not None]
@@ -161,7 +163,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         record["sparsity"]["actual"] = measure_sparsity(linears)["actual"]
         record["sparsity"]["measured"] = measure_sparsity(linears)
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
-        record["memory"] = peak_memory()
+        record["memory"].update(peak_memory())
         record["status"] = "complete"
         record["job"]["finished"] = utc_now()
         write_json_atomic(path, record)
@@ -173,7 +175,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         record["job"]["finished"] = utc_now()
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
-        record["memory"] = peak_memory()
+        record["memory"].update(peak_memory())
         try:
             write_json_atomic(path, record)
         finally:

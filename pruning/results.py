@@ -86,10 +86,40 @@ def versions() -> dict:
     return out
 
 
+def reset_peak_memory() -> str:
+    """Start a new peak-memory window for this job; returns the scope peaks will have.
+
+    Hydra's basic launcher runs sequential jobs in one process, so a process-wide peak would carry
+    over from job to job. On Linux, writing "5" to /proc/self/clear_refs resets VmHWM (the peak
+    RSS) to the current RSS; elsewhere the peak stays process-wide and is labelled so.
+    """
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return "job"
+    except OSError:
+        return "process"
+
+
+def _vm_hwm() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_memory() -> dict:
-    """Peak resident set size of this process (and peak CUDA memory when CUDA is in use), bytes."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss *= 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
+    """Peak resident set size (since :func:`reset_peak_memory` where supported) and peak CUDA memory, bytes."""
+    rss = _vm_hwm()
+    if rss is None:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        rss *= 1 if sys.platform == "darwin" else 1024  # Linux reports KiB
     out = {"peak_rss_bytes": int(rss)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["peak_cuda_bytes"] = int(torch.cuda.max_memory_allocated())

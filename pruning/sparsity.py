@@ -76,6 +76,15 @@ def parse_sparsity(value) -> Sparsity:
     return Sparsity("dense" if ratio == 0 else "unstructured", ratio)
 
 
+def nm_violations(weight, n: int, m: int) -> int:
+    """Number of (row, group of M inputs) with fewer than N zeros; 0 means a valid N:M pattern."""
+    rows, cols = weight.shape
+    if cols % m:
+        raise ConfigError(f"N:M check: M={m} does not divide the input width {cols}")
+    zeros = (weight.reshape(rows, cols // m, m) == 0).sum(-1)
+    return int((zeros < n).sum())
+
+
 def measure_sparsity(linears: dict) -> dict:
     """Fraction of exactly-zero weights over the given linears (Wanda's reported sparsity: the
     decoder blocks' linears, LM head and embeddings excluded)."""

@@ -91,3 +91,14 @@ def test_cli_multirun_tiny_sweep(tiny_data_root, tmp_path):
         assert "eval.perplexity.seqlen=64" in found[0].parent.name
         rec = json.loads(found[0].read_text())
         assert rec["status"] == "complete" and rec["model"]["name"] == model
+
+
+def test_experiment_presets_compose():
+    for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        cfg = compose_cfg([f"+experiment={preset}"], return_hydra_config=True)
+        OmegaConf.to_container(cfg, resolve=False)
+        assert cfg.sweep_name
+    study = compose_cfg(["+experiment=calibration_study"], return_hydra_config=True)
+    assert dict(study.hydra.sweeper.params) == {"method": "wanda,sparsegpt", "calibration": "c4,wikitext2",
+                                                "calibration.nsamples": "16,32,128"}
+    assert list(study.eval.perplexity.datasets) == ["wikitext2", "c4"] and study.calibration.seqlen == 512

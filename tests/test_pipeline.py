@@ -25,6 +25,7 @@ def test_dense_job_writes_complete_record(tiny_data_root, tmp_path):
     assert ppl["nwindows"] == 4 and ppl["seqlen"] == 64 and ppl["data"]["source"] == "local"
     assert rec["protocol"]["name"] == "quick" and rec["protocol"]["calibration"]["used"] is False
     assert rec["memory"]["peak_rss_bytes"] > 0 and rec["timings"]["total_s"] > 0
+    assert rec["memory"]["peak_scope"] == "job"
     assert (tmp_path / "config.resolved.yaml").is_file()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
@@ -94,3 +95,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     assert os.listdir(tmp_path) == ["results.json"]
     write_json_atomic(path, {"ppl": float("nan")})  # NaN is kept, as a string, in valid JSON
     assert json.loads(path.read_text()) == {"ppl": "nan"}
+
+
+def test_peak_memory_is_per_job():
+    import torch
+    from pruning.results import peak_memory, reset_peak_memory
+    big = torch.ones(64 * 2**20)  # 256 MiB
+    del big
+    high = peak_memory()["peak_rss_bytes"]
+    assert reset_peak_memory() == "job"
+    assert peak_memory()["peak_rss_bytes"] < high - 200 * 2**20

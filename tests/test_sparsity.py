@@ -31,3 +31,14 @@ def test_nm_width_check():
     s.check_width(64)
     with pytest.raises(ConfigError, match="does not divide the input width 60"):
         s.check_width(60, "fc1")
+
+
+def test_nm_violations():
+    import torch
+    from pruning.sparsity import nm_violations
+    w = torch.tensor([[0.0, 1.0, 0.0, 2.0, 0.0, 0.0, 3.0, 4.0]])
+    assert nm_violations(w, 2, 4) == 0
+    w[0, 4] = 5.0
+    assert nm_violations(w, 2, 4) == 1
+    with pytest.raises(ConfigError, match="M=3 does not divide"):
+        nm_violations(w, 1, 3)
