@@ -97,7 +97,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor, solver: So
     t0 = time.perf_counter()
     inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
     inputs = [_to(x, device) for x in inputs]
-    kwargs_list = [_to(k, device) for k, _ in zip(kwargs_list, inputs)]
+    kwargs_list = [_to(k, device) for k in kwargs_list]
     forward_s = time.perf_counter() - t0
     solver_s = 0.0
     want_h = solver.needs_hessian or report_error

@@ -160,8 +160,9 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
                                                                   config.get("data"))
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
-        record["sparsity"]["actual"] = measure_sparsity(linears)["actual"]
-        record["sparsity"]["measured"] = measure_sparsity(linears)
+        measured = measure_sparsity(linears)
+        record["sparsity"]["actual"] = measured["actual"]
+        record["sparsity"]["measured"] = measured
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())
         record["status"] = "complete"

@@ -103,10 +103,10 @@ def sparsegpt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms:
         W[:, i1:i2] = Q1
         full_mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    return SolverResult(W, full_mask, relative_error(W0, W, H_undamped(H, dead)), info)
+    return SolverResult(W, full_mask, relative_error(W0, W, _undamped(H, dead)), info)
 
 
-def H_undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+def _undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     """The Hessian the error is measured against: dead inputs carry no signal, so their 1 is removed."""
     H = H.clone()
     H[dead, dead] = 0
