@@ -40,6 +40,31 @@ class EngineReport:
     timings: dict = field(default_factory=dict)
 
 
+def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float) -> dict:
+    row = {"name": f"{adapter.blocks_path}.{bi}.{name}", "block": bi, "layer": name,
+           "shape": list(layer.weight.shape), "sparsity": float(res.mask.float().mean()),
+           "rel_error": res.error, "solver_s": round(seconds, 4)}
+    row.update({k: v for k, v in res.info.items() if v not in (None, False, 0)})
+    return row
+
+
+def _prune_without_data(model, adapter, solver, sparsity, params, t_total) -> "EngineReport":
+    """Solvers that read only the weights (magnitude) with no error report: no forward pass at all."""
+    report = EngineReport()
+    solver_s = 0.0
+    for bi, block in enumerate(tqdm(adapter.blocks(model), desc=f"prune {sparsity}", unit="block")):
+        for n, layer in adapter.prunable(block).items():
+            t0 = time.perf_counter()
+            res = solver.fn(layer.weight.data, sparsity, **params)
+            dt = time.perf_counter() - t0
+            solver_s += dt
+            layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
+            report.layers.append(_layer_row(adapter, bi, n, layer, res, dt))
+    report.timings = {"calib_forward_s": 0.0, "solver_s": round(solver_s, 3),
+                      "prune_total_s": round(time.perf_counter() - t_total, 3)}
+    return report
+
+
 def _first_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
@@ -83,7 +108,7 @@ def _to(obj, device):
 
 
 @torch.no_grad()
-def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor, solver: Solver, sparsity: Sparsity,
+def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, *, device=None, true_sequential: bool = False,
                 report_error: bool = True, batch_size: int = 1) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings."""
@@ -94,6 +119,10 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor, solver: So
     for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
         sparsity.check_width(m.in_features, name)
 
+    if not solver.needs_data(report_error):
+        return _prune_without_data(model, adapter, solver, sparsity, params, t_total)
+    if windows is None:
+        raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
     inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
     inputs = [_to(x, device) for x in inputs]
@@ -145,11 +174,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor, solver: So
                 dt = time.perf_counter() - t0
                 solver_s += dt
                 layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
-                row = {"name": f"{adapter.blocks_path}.{bi}.{n}", "block": bi, "layer": n,
-                       "shape": list(layer.weight.shape), "sparsity": float(res.mask.float().mean()),
-                       "rel_error": res.error, "solver_s": round(dt, 4)}
-                row.update({k: v for k, v in res.info.items() if v not in (None, False, 0)})
-                report.layers.append(row)
+                report.layers.append(_layer_row(adapter, bi, n, layer, res, dt))
                 del stats[n]
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]

@@ -135,21 +135,27 @@ def assembled_gguf_path(package: str, cache: Path) -> Path:
     return Path(mod.assemble(output_path=target))
 
 
-def _gguf_to_cache(gguf: Path, cache: Path, tokenizer_kwargs: dict) -> Path:
-    """Convert a GGUF to a safetensors model + tokenizer directory once; return that directory."""
+def _load_gguf(gguf: Path):
+    """Parse and dequantize a GGUF (tens of seconds): float32 model and its (fast) tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as e:
+        raise ModelLoadError(f"transformers could not load the GGUF {str(gguf)!r}: {type(e).__name__}: {e}") from e
+    return model, tok
+
+
+def _gguf_to_cache(gguf: Path, cache: Path) -> Path:
+    """Convert a GGUF to a safetensors model + tokenizer directory once; return that directory."""
     out = cache / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
     if (out / "config.json").is_file():
         return out
     log.info("converting %s to a safetensors cache at %s (once; GGUF parsing is slow)", gguf.name, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, **tokenizer_kwargs)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    except Exception as e:
-        raise ModelLoadError(f"transformers could not load the GGUF {str(gguf)!r}: {type(e).__name__}: {e}") from e
+    model, tok = _load_gguf(gguf)
     # The weights are already dequantized float32; drop the GGUF quantizer so save_pretrained works.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -218,13 +224,9 @@ def load_model(cfg, device: str | None = None) -> LoadedModel:
                         note="dequantized from GGUF; 'dense' means the dequantized weights")
             # GGUF tokenizers convert to fast tokenizers only; the slow one does not exist here.
             tok_kwargs["use_fast"] = True
-            where, revision = (str(_gguf_to_cache(gguf, cache, {})) if cfg.get("cache", True) else None), None
+            where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.get("cache", True) else None), None
             if where is None:  # no cache: parse the GGUF directly every time
-                try:
-                    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-                    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-                except Exception as e:
-                    raise ModelLoadError(f"could not load the GGUF {str(gguf)!r}: {type(e).__name__}: {e}") from e
+                model, tokenizer = _load_gguf(gguf)
         if where is not None:
             try:
                 tokenizer = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)

@@ -24,7 +24,8 @@ from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.models import load_model
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
-                             reset_peak_memory, utc_now, versions, write_json_atomic)
+                             reset_peak_memory, utc_now, versions, write_json_atomic,
+                             write_text_atomic)
 from pruning.solvers import SOLVERS
 from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
@@ -101,13 +102,13 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
     if method == "dense" and cfg.sparsity is not None:
         log.info("method=dense prunes nothing; sparsity=%s is ignored", cfg.sparsity)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.resolved.yaml").write_text(OmegaConf.to_yaml(config))
+    write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
 
     record = {
         "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
         "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
         "versions": versions(), "config": config,
-        "method": {"name": method, "params": {k: v for k, v in config["method"].items() if k != "name"}},
+        "method": {"name": method, "params": parsed["params"]},
         "sparsity": {"target": target.as_dict(), "actual": None},
         "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
                      "eval": config["eval"]},
@@ -137,15 +138,23 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
                                                  **config["calibration"]}
             record["timings"]["prune_s"] = 0.0
         else:
-            t0 = time.perf_counter()
-            calib = build_calibration(cfg.calibration, loaded.tokenizer, config.get("data"))
-            record["protocol"]["calibration"] = {"used": True, **calib.info}
-            record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
             eng = config.get("engine") or {}
-            report = prune_model(loaded.model, loaded.adapter, calib.windows, SOLVERS[method], target,
+            report_error = bool(eng.get("report_error", True))
+            windows = None
+            if SOLVERS[method].needs_data(report_error):
+                t0 = time.perf_counter()
+                calib = build_calibration(cfg.calibration, loaded.tokenizer, config.get("data"))
+                record["protocol"]["calibration"] = {"used": True, **calib.info}
+                record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
+                windows = calib.windows
+            else:
+                record["protocol"]["calibration"] = {
+                    "used": False, "reason": f"{method} reads only the weights and engine.report_error=false",
+                    **config["calibration"]}
+            report = prune_model(loaded.model, loaded.adapter, windows, SOLVERS[method], target,
                                  parsed["params"], device=eng.get("device"),
                                  true_sequential=bool(eng.get("true_sequential", False)),
-                                 report_error=bool(eng.get("report_error", True)),
+                                 report_error=report_error,
                                  batch_size=int(eng.get("batch_size", 1)))
             record["layers"] = report.layers
             record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
@@ -160,9 +169,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
                                                                   config.get("data"))
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
-        measured = measure_sparsity(linears)
-        record["sparsity"]["actual"] = measured["actual"]
-        record["sparsity"]["measured"] = measured
+        record["sparsity"].update(measure_sparsity(linears))  # actual, zeros, total, n_linears
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())
         record["status"] = "complete"

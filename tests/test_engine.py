@@ -108,3 +108,13 @@ def test_a_bypassed_linear_without_tap_is_a_loud_error():
     no_tap = dataclasses.replace(lm.adapter, input_taps=())
     with pytest.raises(RuntimeError, match=r"no calibration input reached \['mixer.dt_proj'\]"):
         prune_model(lm.model, no_tap, windows(), SOLVERS["wanda"], parse_sparsity(0.5))
+
+
+def test_magnitude_without_error_report_needs_no_data(tiny_data_root, tmp_path, monkeypatch):
+    """No statistic is needed: no calibration data is read and no forward pass runs."""
+    import pruning.engine as engine
+    monkeypatch.setattr(engine, "capture_block_inputs", lambda *a, **k: pytest.fail("forward pass ran"))
+    cfg = compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "method=magnitude", "engine.report_error=false"))
+    rec = run_job(cfg, tmp_path)
+    assert rec["protocol"]["calibration"]["used"] is False and rec["timings"]["calib_forward_s"] == 0.0
+    assert rec["sparsity"]["actual"] >= 0.5 and all(r["rel_error"] is None for r in rec["layers"])

@@ -83,12 +83,14 @@ def evaluate_perplexity(model, tokenizer, cfg, data_cfg=None) -> dict:
     """Perplexity on every dataset of an ``eval.perplexity`` config node; returns {dataset: result}."""
     data_cfg = data_cfg or {}
     datasets = list(cfg.get("datasets") or [])
-    split = cfg.get("split", "test")
     splits = dict(cfg.get("splits") or {})
     out = {}
     for name in datasets:
         spec = dataset_spec(name)
-        ds_split = splits.get(name, split if split in spec.hub or split in spec.local else "validation")
+        if name not in splits:
+            raise ConfigError(f"eval.perplexity.splits has no entry for {name!r}; set e.g. "
+                              f"eval.perplexity.splits.{name}=test")
+        ds_split = splits[name]
         text = perplexity_text(name, ds_split, root=data_cfg.get("root"), source=data_cfg.get("source", "auto"),
                                verify=data_cfg.get("verify_checksums", True))
         ids = tokenize_text(tokenizer, text.rows[0])

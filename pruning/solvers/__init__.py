@@ -22,6 +22,10 @@ class Solver:
     needs_hessian: bool
     needs_norms: bool
 
+    def needs_data(self, report_error: bool) -> bool:
+        """Whether calibration forward passes are needed at all (magnitude without the error report: no)."""
+        return self.needs_hessian or self.needs_norms or report_error
+
     def params(self) -> tuple[str, ...]:
         """The solver's own knobs (its keyword-only parameters besides the statistics)."""
         sig = inspect.signature(self.fn)
