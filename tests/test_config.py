@@ -79,15 +79,17 @@ def test_cli_help_and_cfg_job():
 
 
 def test_cli_multirun_tiny_sweep(tiny_data_root, tmp_path):
-    """A tiny multirun: one job per model, each with a complete record in a directory named from its choices."""
+    """A tiny multirun of the default method (APT at 50%): one job per model, each with a complete
+    record in a directory named from its choices."""
     sweep = tmp_path / "sweep"
-    args = [a for a in tiny_overrides("tiny-llama", tiny_data_root) if not a.startswith("model=")]
-    out = _cli("-m", "model=tiny-llama,tiny-opt,tiny-mamba", *args, f"hydra.sweep.dir={sweep}")
+    args = [a for a in tiny_overrides("tiny-llama", tiny_data_root) if not a.startswith(("model=", "method="))]
+    out = _cli("-m", "model=tiny-llama,tiny-opt,tiny-mamba", *args, "calibration.nsamples=4",
+               "calibration.seqlen=32", f"hydra.sweep.dir={sweep}")
     assert out.returncode == 0, out.stderr[-3000:]
     import json
     for model in ("tiny-llama", "tiny-opt", "tiny-mamba"):
-        found = list((sweep / "quick" / model / "dense").rglob("results.json"))
-        assert len(found) == 1  # below dense/: one directory naming the extra overrides
+        found = list((sweep / "quick" / model / "apt_s0.5_c4").rglob("results.json"))
+        assert len(found) == 1  # below apt_s0.5_c4/: one directory naming the extra overrides
         assert "eval.perplexity.seqlen=64" in found[0].parent.name
         rec = json.loads(found[0].read_text())
         assert rec["status"] == "complete" and rec["model"]["name"] == model

@@ -10,6 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from pruning.solvers.apt import apt
 from pruning.solvers.common import SolverResult
 from pruning.solvers.magnitude import magnitude
 from pruning.solvers.sparsegpt import sparsegpt
@@ -37,6 +38,7 @@ SOLVERS: dict[str, Solver] = {
     "magnitude": Solver(magnitude, needs_hessian=False, needs_norms=False),
     "wanda": Solver(wanda, needs_hessian=False, needs_norms=True),
     "sparsegpt": Solver(sparsegpt, needs_hessian=True, needs_norms=False),
+    "apt": Solver(apt, needs_hessian=True, needs_norms=False),
 }
 
 __all__ = ["SOLVERS", "Solver", "SolverResult"]

@@ -1,12 +1,16 @@
-"""What every solver shares: the result type, N:M group masks, the layer error from H."""
+"""What every solver shares: the result type, N:M group masks, the layer error from H, the damped
+inverse-Hessian factor with its escalating-damping fallback."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 
 from pruning.sparsity import Sparsity
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,3 +46,36 @@ def relative_error(w: torch.Tensor, w_new: torch.Tensor, H: torch.Tensor | None)
 
 def check_pattern(w: torch.Tensor, sparsity: Sparsity) -> None:
     sparsity.check_width(w.shape[1])
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int = 6) -> tuple[torch.Tensor, dict]:
+    """Upper Cholesky factor of ``(H + damp·I)⁻¹`` with escalating damping on failure."""
+    columns = H.shape[0]
+    diag = torch.arange(columns, device=H.device)
+    mean_diag = torch.mean(torch.diag(H))
+    frac = percdamp
+    for attempt in range(max_damp_tries + 1):
+        Hd = H.clone()
+        Hd[diag, diag] += frac * mean_diag
+        try:
+            L = torch.linalg.cholesky(Hd)
+            Hinv = torch.cholesky_inverse(L)
+            U = torch.linalg.cholesky(Hinv, upper=True)
+            if torch.isfinite(U).all():
+                info = {"percdamp_used": frac, "damp_retries": attempt, "hinv_fallback": False}
+                if attempt:
+                    log.warning("Cholesky needed percdamp=%g (asked %g)", frac, percdamp)
+                return U, info
+        except torch.linalg.LinAlgError:
+            pass
+        frac *= 10
+    log.warning("Cholesky failed up to percdamp=%g; using an identity inverse Hessian for this layer", frac / 10)
+    return torch.eye(columns, device=H.device, dtype=H.dtype), {"percdamp_used": None, "damp_retries": max_damp_tries,
+                                                                "hinv_fallback": True}
+
+
+def undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """The Hessian the error is measured against: dead inputs carry no signal, so their 1 is removed."""
+    H = H.clone()
+    H[dead, dead] = 0
+    return H

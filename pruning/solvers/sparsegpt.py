@@ -19,41 +19,11 @@ reported in ``info``.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import SolverResult, check_pattern, relative_error
+from pruning.solvers.common import SolverResult, check_pattern, inverse_hessian_factor, relative_error, undamped
 from pruning.sparsity import Sparsity
-
-log = logging.getLogger(__name__)
-
-
-def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int = 6) -> tuple[torch.Tensor, dict]:
-    """Upper Cholesky factor of ``(H + damp·I)⁻¹`` with escalating damping on failure."""
-    columns = H.shape[0]
-    diag = torch.arange(columns, device=H.device)
-    mean_diag = torch.mean(torch.diag(H))
-    frac = percdamp
-    for attempt in range(max_damp_tries + 1):
-        Hd = H.clone()
-        Hd[diag, diag] += frac * mean_diag
-        try:
-            L = torch.linalg.cholesky(Hd)
-            Hinv = torch.cholesky_inverse(L)
-            U = torch.linalg.cholesky(Hinv, upper=True)
-            if torch.isfinite(U).all():
-                info = {"percdamp_used": frac, "damp_retries": attempt, "hinv_fallback": False}
-                if attempt:
-                    log.warning("Cholesky needed percdamp=%g (asked %g)", frac, percdamp)
-                return U, info
-        except torch.linalg.LinAlgError:
-            pass
-        frac *= 10
-    log.warning("Cholesky failed up to percdamp=%g; using an identity inverse Hessian for this layer", frac / 10)
-    return torch.eye(columns, device=H.device, dtype=H.dtype), {"percdamp_used": None, "damp_retries": max_damp_tries,
-                                                                "hinv_fallback": True}
 
 
 def sparsegpt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch.Tensor | None = None,
@@ -103,11 +73,5 @@ def sparsegpt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms:
         W[:, i1:i2] = Q1
         full_mask[:, i1:i2] = mask1
         W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-    return SolverResult(W, full_mask, relative_error(W0, W, _undamped(H, dead)), info)
+    return SolverResult(W, full_mask, relative_error(W0, W, undamped(H, dead)), info)
 
-
-def _undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
-    """The Hessian the error is measured against: dead inputs carry no signal, so their 1 is removed."""
-    H = H.clone()
-    H[dead, dead] = 0
-    return H

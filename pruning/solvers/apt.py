@@ -1,0 +1,378 @@
+"""APT: several weights removed at once, with the optimal closed-form update (Zhao et al., arXiv
+2410.15567; the math and the block algorithm are in ``../shared/docs/apt-method.md``).
+
+For a row ``w`` and a pruned set ``Q``, with ``P = H⁻¹``, the update that keeps the layer output
+closest to the dense one is ``δw = −w_Q [P_QQ]⁻¹ P_Q,:`` with loss ``½ w_Q [P_QQ]⁻¹ w_Qᵀ``; it equals
+the exact least-squares reconstruction of the row for that mask (apt-method.md §3-4).
+
+Block algorithm (§6), one Cholesky per layer: ``U`` = upper Cholesky factor of the damped ``H⁻¹``.
+Columns are processed in blocks; at block ``[i, i+b)`` the exact inverse Hessian of the weights that
+are still free is ``G = U[i:i+b, i:i+b]ᵀ U[i:i+b, i:]`` (trailing-inverse identity). The block's mask
+is chosen on the current (already compensated) weights, then every row gets the joint update of its
+pruned set, applied to the kept weights of the block *and* every column to the right. Columns left
+of the block are frozen, so the result lies between SparseGPT and exact reconstruction.
+
+* Unstructured: blocks of ``blocksize`` columns; score ``w²/diag(G)`` (``score=obs``, the exact
+  single-removal saliency against the free weights) or SparseGPT's ``w²/diag(U)²``
+  (``score=sparsegpt``); the lowest scores over the whole rows × block (``granularity=block``,
+  SparseGPT's choice) or per row (``granularity=row``). Counts are allocated cumulatively so the
+  layer reaches exactly ``round(s · numel)`` zeros (``round(s · cols)`` per row for ``row``).
+* N:M: inside each block, group by group, the joint loss of all C(M, N) candidate sets of a row
+  is evaluated against the free weights' inverse Hessian and the smallest is taken (exact given
+  the frozen prefix), followed by that group's joint update so later groups see compensated
+  weights. The block's mask then gets one joint update over the whole block, so kept weights of
+  earlier groups absorb the error of later ones too. ``blocksize`` must be a multiple of M;
+  ``blocksize=M`` is the per-group algorithm of apt-method.md §6.2.
+* ``variant=exact``: the mask of the block algorithm, then every row re-solved from the dense
+  weights by exact least squares on its support: the best any fixed-mask solver can reach.
+
+Numerics: float64 throughout; damping ``percdamp · mean(diag H)`` with the escalating fallback
+shared with SparseGPT; every small system solved by Cholesky, retried with jitter
+``ε · mean(diag)`` (ε = 1e-8 … 1e-2) and, if that fails, by a Hermitian pseudo-inverse (minimum-norm
+solution); the counts are in ``info``. Deviation from apt-method.md §6.5: the last resort is the
+pseudo-inverse rather than SparseGPT's per-column update, which keeps every fallback inside one
+batched code path; pruned entries are zeroed explicitly either way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from functools import lru_cache
+
+import torch
+
+from pruning.errors import ConfigError
+from pruning.solvers.common import SolverResult, check_pattern, inverse_hessian_factor, relative_error, undamped
+from pruning.sparsity import Sparsity
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ("block", "exact")
+SCORES = ("obs", "sparsegpt")
+GRANULARITIES = ("block", "row")
+_JITTERS = tuple(10.0 ** e for e in range(-8, -1))
+_CHUNK_BYTES = 1 << 27  # padded systems are gathered in chunks of rows of at most this many bytes
+_CHUNK_ROWS = 256  # ... and at most this many rows (rows are sorted by set size, so padding stays small)
+
+
+# ----------------------------------------------------------------------------- small SPD systems
+def robust_cholesky(A: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Batched lower Cholesky factors of SPD matrices ``A`` (``[..., k, k]``).
+
+    A matrix whose factorisation fails is retried with ``ε · mean(diag)`` added to its diagonal
+    (only on the ``valid`` positions when given), ε from 1e-8 to 1e-2. Returns the factors, a bool
+    ``ok`` per matrix (False: still failed, the caller falls back) and the number of jittered ones.
+    """
+    L, status = torch.linalg.cholesky_ex(A)
+    ok = status == 0
+    jittered = 0
+    if bool(ok.all()):
+        return L, ok, 0
+    bad = (~ok).nonzero(as_tuple=True)
+    Ab = A[bad]
+    vb = torch.ones(Ab.shape[:-1], dtype=torch.bool, device=A.device) if valid is None else valid[bad]
+    diag = torch.diagonal(Ab, dim1=-2, dim2=-1)
+    scale = (diag * vb).sum(-1) / vb.sum(-1).clamp(min=1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    pending = torch.ones(len(Ab), dtype=torch.bool, device=A.device)
+    Lb = L[bad].clone()
+    for eps in _JITTERS:
+        idx = pending.nonzero(as_tuple=True)[0]
+        if len(idx) == 0:
+            break
+        Aj = Ab[idx] + torch.diag_embed(eps * scale[idx, None] * vb[idx].to(A.dtype))
+        Lj, sj = torch.linalg.cholesky_ex(Aj)
+        good = sj == 0
+        Lb[idx[good]] = Lj[good]
+        pending[idx[good]] = False
+        jittered += int(good.sum())
+    L = L.clone()
+    L[bad] = Lb
+    ok = ok.clone()
+    ok[bad] = ~pending
+    return L, ok, jittered
+
+
+def _spd_solve(A: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, info: dict) -> torch.Tensor:
+    """Solve ``A z = b`` for a batch (``A``: ``[c, k, k]``, ``b``: ``[c, k]``), robustly."""
+    L, ok, jittered = robust_cholesky(A, valid)
+    if jittered:
+        info["jitter_solves"] = info.get("jitter_solves", 0) + jittered
+    if bool(ok.all()):
+        return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
+    z = torch.zeros_like(b)
+    z[ok] = torch.cholesky_solve(b[ok].unsqueeze(-1), L[ok]).squeeze(-1)
+    bad = ~ok
+    info["fallback_solves"] = info.get("fallback_solves", 0) + int(bad.sum())
+    pinv = torch.linalg.pinv(torch.nan_to_num(A[bad]), hermitian=True)
+    zb = (pinv @ b[bad].unsqueeze(-1)).squeeze(-1)
+    z[bad] = torch.where(torch.isfinite(zb), zb, torch.zeros_like(zb))
+    return z
+
+
+def masked_solve(A: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, info: dict | None = None) -> torch.Tensor:
+    """For every row r: solve ``A[S_r, S_r] z = rhs[r, S_r]`` on the selected set ``S_r`` of that row,
+    zeros elsewhere (apt-method.md §6.3).
+
+    ``A``: ``[n, n]`` symmetric positive definite; ``sel``: ``[rows, n]`` bool; ``rhs``: ``[rows, n]``.
+    Rows are taken in order of their set size and solved in batched chunks; inside a chunk the
+    smaller sets are padded with identity rows/columns to the chunk's largest size, which leaves
+    their solution unchanged.
+    """
+    info = {} if info is None else info
+    rows, n = sel.shape
+    out = torch.zeros_like(rhs)
+    counts = sel.sum(1)
+    kmax = int(counts.max()) if rows else 0
+    if kmax == 0:
+        return out
+    by_count = torch.argsort(counts, stable=True)
+    order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)  # each row's selected columns first
+    step = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // (kmax * n * A.element_size())))
+    for r0 in range(0, rows, step):
+        r = by_count[r0:r0 + step]
+        cnt = counts[r]
+        k = int(cnt[-1])
+        if k == 0:
+            continue
+        idx = order[r, :k]
+        v = torch.arange(k, device=sel.device).unsqueeze(0) < cnt.unsqueeze(1)
+        Ag = A.reshape(-1)[idx.unsqueeze(2) * n + idx.unsqueeze(1)]
+        if not bool(v.all()):
+            Ag.masked_fill_(~(v.unsqueeze(2) & v.unsqueeze(1)), 0.0)
+            Ag.diagonal(dim1=1, dim2=2).add_((~v).to(A.dtype))
+        z = _spd_solve(Ag, rhs[r].gather(1, idx) * v, v, info) * v
+        out[r.unsqueeze(1), idx] = z  # padded positions are unselected columns of the row: they get 0
+    return out
+
+
+def joint_removal(w: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, info: dict | None = None):
+    """The multiple-removal closed form (apt-method.md §3) for every row at once.
+
+    ``w``: ``[rows, b]`` current weights of the ``b`` columns that ``G``'s rows refer to;
+    ``G``: ``[b, n]`` rows of the inverse Hessian of the free weights (``G[:, :b]`` SPD; ``G = P``
+    for a whole row); ``mask``: ``[rows, b]``, True on each row's pruned set ``Q_r``.
+    Returns ``(δ, loss)``: ``δ = −w_Q [G_QQ]⁻¹ G_Q,:`` (``[rows, n]``) and ``½ w_Q [G_QQ]⁻¹ w_Qᵀ`` per row.
+    """
+    z = masked_solve(G[:, :w.shape[1]], mask, w, info)
+    return -(z @ G), 0.5 * (z * w).sum(1)
+
+
+def removal_coefficients(G: torch.Tensor, U: torch.Tensor, mask: torch.Tensor, w: torch.Tensor,
+                         info: dict | None = None) -> torch.Tensor:
+    """``z = w_Q [G_QQ]⁻¹`` per row (zeros off ``Q``), for ``G = UᵀU`` SPD, through the smaller system.
+
+    Where the pruned sets are the larger side (sparsity above 50%), the Schur complement identity
+    ``[G_QQ]⁻¹ = Hb_QQ − Hb_QK [Hb_KK]⁻¹ Hb_KQ`` with ``Hb = G⁻¹`` turns the |Q|-sized solves into
+    |K|-sized ones: ``t = w_Q Hb``, ``y = t_K [Hb_KK]⁻¹``, ``z = (t − y Hb)_Q``.
+    """
+    if int(mask.sum(1).max()) <= int((~mask).sum(1).max()):
+        return masked_solve(G, mask, w, info)
+    Hb = torch.cholesky_inverse(U, upper=True)
+    t = (w * mask) @ Hb
+    y = masked_solve(Hb, ~mask, t, info)
+    return (t - y @ Hb) * mask
+
+
+# ----------------------------------------------------------------------------- mask selection
+@lru_cache(maxsize=32)
+def _subsets(m: int, n: int) -> torch.Tensor:
+    return torch.tensor(list(itertools.combinations(range(m), n)), dtype=torch.long)
+
+
+def subset_inverses(G: torch.Tensor, n: int, info: dict | None = None) -> torch.Tensor:
+    """``[G_QQ]⁻¹`` for every set ``Q`` of ``n`` out of ``M`` indices: ``G`` is ``[..., M, M]`` SPD,
+    the result ``[..., C(M, n), n, n]`` (sets in ``itertools.combinations`` order)."""
+    info = {} if info is None else info
+    subsets = _subsets(G.shape[-1], n).to(G.device)
+    Gq = G[..., subsets.unsqueeze(2), subsets.unsqueeze(1)]
+    L, ok, jittered = robust_cholesky(Gq)
+    if jittered:
+        info["jitter_solves"] = info.get("jitter_solves", 0) + jittered
+    if bool(ok.all()):
+        return torch.cholesky_inverse(L)
+    Ginv = torch.empty_like(Gq)
+    Ginv[ok] = torch.cholesky_inverse(L[ok])
+    info["fallback_solves"] = info.get("fallback_solves", 0) + int((~ok).sum())
+    Ginv[~ok] = torch.linalg.pinv(torch.nan_to_num(Gq[~ok]), hermitian=True)
+    return Ginv
+
+
+def nm_best_subsets(w: torch.Tensor, Ginv: torch.Tensor, n: int):
+    """Per row of ``w`` (``[rows, M]``), the set of ``n`` weights whose joint removal loss
+    ``½ w_Q [G_QQ]⁻¹ w_Qᵀ`` is smallest over all C(M, n) candidates (first one on ties);
+    ``Ginv = subset_inverses(G, n)``. Returns the mask and the removal coefficients
+    ``z = w_Q [G_QQ]⁻¹`` (zeros off the chosen set)."""
+    subsets = _subsets(w.shape[1], n).to(w.device)
+    wq = w[:, subsets]  # [rows, C, n]
+    loss = 0.5 * (torch.einsum("rci,cij->rcj", wq, Ginv) * wq).sum(-1)
+    best = torch.argmin(loss, dim=1)
+    chosen = subsets[best]
+    rows = torch.arange(w.shape[0], device=w.device)
+    z = torch.einsum("ri,rij->rj", wq[rows, best], Ginv[best])
+    mask = torch.zeros_like(w, dtype=torch.bool).scatter_(1, chosen, True)
+    return mask, torch.zeros_like(w).scatter_(1, chosen, z)
+
+
+def _round(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def _unstructured_mask(score: torch.Tensor, ratio: float, c1: int, c2: int, granularity: str) -> torch.Tensor:
+    """Lowest scores of the block of columns ``[c1, c2)``; counts allocated cumulatively so a layer
+    ends at exactly ``round(s · numel)`` (``block``) or ``round(s · cols)`` per row (``row``)."""
+    rows, b = score.shape
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if granularity == "row":
+        k = _round(ratio * c2) - _round(ratio * c1)
+        if k:
+            mask.scatter_(1, torch.sort(score, dim=1, stable=True)[1][:, :k], True)
+    else:
+        k = _round(ratio * rows * c2) - _round(ratio * rows * c1)
+        if k:
+            flat = score.flatten()
+            thresh = torch.kthvalue(flat, k).values
+            below = flat < thresh
+            ties = (flat == thresh).nonzero(as_tuple=True)[0][:k - int(below.sum())]  # lowest index first
+            below[ties] = True
+            mask = below.view_as(score)
+    return mask
+
+
+# ----------------------------------------------------------------------------- the solver
+def _check(sparsity: Sparsity, blocksize: int, variant: str, score: str, granularity: str,
+           max_subsets: int) -> None:
+    if blocksize < 1:
+        raise ConfigError(f"method.blocksize={blocksize}: need >= 1")
+    for key, value, allowed in (("variant", variant, VARIANTS), ("score", score, SCORES),
+                                ("granularity", granularity, GRANULARITIES)):
+        if value not in allowed:
+            raise ConfigError(f"method.{key}={value!r} is not an APT option; allowed: {', '.join(allowed)}")
+    if sparsity.kind == "nm":
+        if blocksize % sparsity.m:
+            raise ConfigError(f"method.blocksize={blocksize} must be a multiple of M={sparsity.m} for {sparsity} "
+                              f"sparsity")
+        count = math.comb(sparsity.m, sparsity.n)
+        if count > max_subsets:
+            raise ConfigError(f"sparsity {sparsity}: C({sparsity.m},{sparsity.n})={count} candidate sets per group "
+                              f"exceed method.max_subsets={max_subsets}; raise it or choose a smaller M")
+
+
+def _prepare(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tries: int):
+    W = w.double().clone()
+    H = H.double().clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    U, info = inverse_hessian_factor(H, percdamp, max_damp_tries)
+    info["dead_columns"] = int(dead.sum())
+    return W, H, dead, U, info
+
+
+def _nm_block_mask(W1: torch.Tensor, U1: torch.Tensor, n: int, m: int, info: dict) -> torch.Tensor:
+    """N:M mask of one block, group by group: each group's set is the best of all C(M, N) against the
+    inverse Hessian of the weights still free, after the joint updates of the groups before it."""
+    W1 = W1.clone()
+    mask = torch.zeros_like(W1, dtype=torch.bool)
+    starts = range(0, W1.shape[1], m)
+    Ug = torch.stack([U1[j:j + m, j:j + m] for j in starts])  # diagonal M × M blocks of U
+    Ginv = subset_inverses(Ug.transpose(1, 2) @ Ug, n, info)  # the groups' G_gg = U_ggᵀ U_gg
+    for g, j1 in enumerate(starts):
+        j2 = j1 + m
+        mg, z = nm_best_subsets(W1[:, j1:j2], Ginv[g], n)
+        W1[:, j1:] -= (z @ Ug[g].t()) @ U1[j1:j2, j1:]
+        mask[:, j1:j2] = mg
+    return mask
+
+
+def _block_pass(W: torch.Tensor, U: torch.Tensor, sparsity: Sparsity, blocksize: int, score: str,
+                granularity: str, fixed_mask: torch.Tensor | None, info: dict) -> torch.Tensor:
+    """The block algorithm (apt-method.md §6.2) in place on ``W``; returns the mask.
+
+    Per block ``[i1, i2)``: ``G = U_bbᵀ U_b,:`` is the inverse Hessian of the free weights; the block
+    mask is chosen on the current weights, then one joint solve per row removes the block's pruned
+    set: ``z = w_Q [G_QQ]⁻¹`` and ``W[:, i1:] −= z G = (z U_bbᵀ) U_b,:`` (no B × cols matrix is formed).
+    """
+    rows, cols = W.shape
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        U1 = U[i1:i2, i1:i2]
+        G1 = U1.t() @ U1
+        W1 = W[:, i1:i2]
+        if fixed_mask is not None:
+            mb = fixed_mask[:, i1:i2]
+        elif sparsity.kind == "nm":
+            mb = _nm_block_mask(W1, U1, sparsity.n, sparsity.m, info)
+        else:
+            denom = torch.diagonal(G1) if score == "obs" else torch.diagonal(U1) ** 2
+            mb = _unstructured_mask(W1 ** 2 / denom.unsqueeze(0), sparsity.ratio, i1, i2, granularity)
+        z = removal_coefficients(G1, U1, mb, W1, info)
+        W[:, i1:] -= (z @ U1.t()) @ U[i1:i2, i1:]
+        W[:, i1:i2] = W[:, i1:i2].masked_fill(mb, 0.0)
+        mask[:, i1:i2] = mb
+    return mask
+
+
+def exact_reconstruction(W: torch.Tensor, Hd: torch.Tensor, mask: torch.Tensor, P: torch.Tensor | None = None,
+                         info: dict | None = None) -> torch.Tensor:
+    """Every row re-solved by exact least squares on its support: ``min (w' − w) Hd (w' − w)ᵀ``
+    subject to ``w'_Q = 0``. Solves the smaller of the pruned set (closed form with ``P = Hd⁻¹``)
+    and the kept set (``Hd_KK δ_Kᵀ = Hd_KQ w_Qᵀ``, apt-method.md F2)."""
+    info = {} if info is None else info
+    q_max, k_max = int(mask.sum(1).max()), int((~mask).sum(1).max())
+    if P is not None and (Hd is None or q_max <= k_max):
+        info["exact_form"] = "pruned-set"
+        delta, _ = joint_removal(W, P, mask, info)
+        out = W + delta
+    else:
+        info["exact_form"] = "kept-set"
+        out = W + masked_solve(Hd, ~mask, (W * mask) @ Hd, info)
+    return out.masked_fill(mask, 0.0)
+
+
+def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch.Tensor | None, *,
+         blocksize: int, percdamp: float, max_damp_tries: int, variant: str, score: str,
+         granularity: str) -> SolverResult:
+    W, Hf, dead, U, info = _prepare(w, H, percdamp, max_damp_tries)
+    info.update(jitter_solves=0, fallback_solves=0)
+    mask = _block_pass(W, U, sparsity, blocksize, score, granularity, fixed_mask, info)
+    if variant == "exact":
+        Wd = w.double().clone()
+        Wd[:, dead] = 0
+        if info["hinv_fallback"]:
+            Hd, P = None, torch.eye(Hf.shape[0], dtype=Hf.dtype, device=Hf.device)
+        else:
+            Hd = Hf.clone()
+            Hd.diagonal().add_(info["percdamp_used"] * torch.mean(torch.diag(Hf)))
+            P = U.t() @ U
+        W = exact_reconstruction(Wd, Hd, mask, P, info)
+    W = W.masked_fill(mask, 0.0)
+    if info["jitter_solves"] or info["fallback_solves"]:
+        log.warning("APT: %d small systems needed jitter, %d fell back to a pseudo-inverse",
+                    info["jitter_solves"], info["fallback_solves"])
+    out = W.to(torch.float32)
+    return SolverResult(out, mask, relative_error(w.float(), out, undamped(Hf, dead)), info)
+
+
+def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch.Tensor | None = None,
+        variant: str = "block", blocksize: int = 128, score: str = "obs", granularity: str = "block",
+        percdamp: float = 0.01, max_damp_tries: int = 6, max_subsets: int = 20000) -> SolverResult:
+    """APT on one linear layer: choose the mask and apply the joint optimal update (module docstring)."""
+    check_pattern(w, sparsity)
+    _check(sparsity, blocksize, variant, score, granularity, max_subsets)
+    return _run(w, sparsity, H, None, blocksize=blocksize, percdamp=percdamp, max_damp_tries=max_damp_tries,
+                variant=variant, score=score, granularity=granularity)
+
+
+def apt_update(w: torch.Tensor, mask: torch.Tensor, *, H: torch.Tensor, variant: str = "block",
+               blocksize: int = 128, percdamp: float = 0.01, max_damp_tries: int = 6) -> SolverResult:
+    """APT's update for a given mask (e.g. SparseGPT's or Wanda's): the "external mask + APT update"
+    arm of apt-method.md §6.4, and the same-mask comparisons of its §9.7."""
+    if mask.shape != w.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(w.shape)}")
+    _check(Sparsity("unstructured", 0.5), blocksize, variant, "obs", "block", 1)
+    return _run(w, Sparsity("unstructured", float(mask.float().mean())), H, mask.bool(), blocksize=blocksize,
+                percdamp=percdamp, max_damp_tries=max_damp_tries, variant=variant, score="obs", granularity="block")
