@@ -104,3 +104,16 @@ def test_experiment_presets_compose():
     assert dict(study.hydra.sweeper.params) == {"method": "wanda,sparsegpt", "calibration": "c4,wikitext2",
                                                 "calibration.nsamples": "16,32,128"}
     assert list(study.eval.perplexity.datasets) == ["wikitext2", "c4"] and study.calibration.seqlen == 512
+
+
+def test_apt_benchmark_preset_runs_and_writes_its_table(tiny_data_root, tmp_path):
+    """The benchmark preset on a tiny model (2 methods x 2 sparsities): records, then the table."""
+    sweep = tmp_path / "bench"
+    args = [a for a in tiny_overrides("tiny-llama", tiny_data_root) if not a.startswith("method=")]
+    out = _cli("-m", "+experiment=apt_benchmark", *args, "method=apt,sparsegpt", "sparsity=0.5,2:4",
+               "calibration.nsamples=4", "calibration.seqlen=32", "method.blocksize=16", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(list(sweep.rglob("results.json"))) == 4
+    table = (sweep / "benchmark.md").read_text()
+    assert "| apt − sparsegpt |" in table and "| 2:4 | apt |" in table
+    assert (sweep / "benchmark.csv").read_text().startswith("sparsity,label,ppl_wikitext2")

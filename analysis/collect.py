@@ -1,0 +1,135 @@
+"""Collect ``results.json`` records into one tidy pandas frame: one row per complete job.
+
+    python -m analysis.collect outputs/sweeps/apt-benchmark [more dirs…] [--csv out.csv]
+
+Every ``results.json`` below the given directories is read. Jobs that are not complete (failed,
+running, unreadable) are *listed*, not silently dropped: :func:`collect` returns them beside the
+frame. Two complete records of the same config hash (the same job run twice, e.g. in two sweep
+directories) are resolved to the newest, with a warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pruning.results import RESULTS_FILE
+
+log = logging.getLogger(__name__)
+
+TIMING_KEYS = ("load_s", "calib_forward_s", "solver_s", "prune_total_s", "eval_ppl_s", "total_s")
+
+
+@dataclass
+class Collection:
+    frame: pd.DataFrame
+    skipped: list[dict] = field(default_factory=list)  # {"path", "status", "error"} of jobs left out
+    duplicates: list[dict] = field(default_factory=list)  # {"config_hash", "kept", "dropped"}
+
+
+def method_label(method: dict) -> str:
+    """``apt``, ``apt-exact``, ``sparsegpt`` …: the method name plus a non-default variant."""
+    variant = (method.get("params") or {}).get("variant")
+    return method["name"] if variant in (None, "block") else f"{method['name']}-{variant}"
+
+
+def flatten(record: dict, path: Path) -> dict:
+    """One row of the frame from one complete record."""
+    cfg = record.get("config") or {}
+    target = record["sparsity"]["target"]
+    calib = (record.get("protocol") or {}).get("calibration") or {}
+    row = {
+        "model": (record.get("model") or {}).get("name") or cfg.get("model", {}).get("name"),
+        "method": record["method"]["name"],
+        "label": method_label(record["method"]),
+        "sparsity": target.get("spec") if target["kind"] != "dense" else "dense",
+        "sparsity_kind": target["kind"], "sparsity_ratio": target["ratio"],
+        "sparsity_n": target.get("n"), "sparsity_m": target.get("m"),
+        "sparsity_actual": record["sparsity"].get("actual"),
+        "protocol": (record.get("protocol") or {}).get("name"),
+        "calib_dataset": calib.get("dataset") if calib.get("used") else None,
+        "calib_nsamples": calib.get("nsamples") if calib.get("used") else None,
+        "calib_seqlen": calib.get("seqlen") if calib.get("used") else None,
+        "seed": cfg.get("seed"),
+        "mean_rel_error": record["metrics"].get("mean_rel_error"),
+    }
+    row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})
+    for name, r in record["metrics"].get("perplexity", {}).items():
+        row[f"ppl_{name}"] = _number(r.get("ppl"))
+        row[f"ppl_{name}_windows"] = r.get("nwindows")
+    row.update({k: record.get("timings", {}).get(k) for k in TIMING_KEYS})
+    row["peak_rss_gb"] = (record.get("memory") or {}).get("peak_rss_bytes", 0) / 2 ** 30
+    versions = record.get("versions") or {}
+    row.update({f"v_{k}": versions.get(k) for k in ("torch", "transformers", "lm_eval", "package")})
+    row["git_commit"] = (versions.get("git") or {}).get("commit")
+    row.update(config_hash=record.get("config_hash"), finished=(record.get("job") or {}).get("finished"),
+               path=str(path.parent))
+    return row
+
+
+def _number(value):
+    try:
+        return float(value)  # "nan" / "inf" were written as strings (JSON has neither)
+    except (TypeError, ValueError):
+        return None
+
+
+def collect(*dirs: str | Path) -> Collection:
+    if not dirs:
+        raise ValueError("collect() needs at least one output directory")
+    rows, skipped = [], []
+    for d in dirs:
+        d = Path(d)
+        if not d.exists():
+            raise FileNotFoundError(f"{d}: no such output directory")
+        for path in sorted(d.rglob(RESULTS_FILE)):
+            try:
+                record = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                skipped.append({"path": str(path), "status": "unreadable", "error": str(e)})
+                continue
+            if record.get("status") != "complete":
+                skipped.append({"path": str(path), "status": record.get("status"), "error": record.get("error")})
+                continue
+            rows.append(flatten(record, path))
+    frame = pd.DataFrame(rows)
+    duplicates = []
+    if not frame.empty:
+        frame = frame.sort_values("finished", kind="stable")
+        dup = frame.duplicated("config_hash", keep="last")
+        for _, row in frame[dup].iterrows():
+            kept = frame[(frame.config_hash == row.config_hash) & ~dup].iloc[0]
+            duplicates.append({"config_hash": row.config_hash, "kept": kept.path, "dropped": row.path})
+            log.warning("duplicate job %s: keeping the newest %s, dropping %s", row.config_hash, kept.path, row.path)
+        frame = frame[~dup].reset_index(drop=True)
+    for s in skipped:
+        log.warning("left out %s (%s): %s", s["path"], s["status"], s["error"])
+    return Collection(frame, skipped, duplicates)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.collect", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", help="output directories (searched recursively for results.json)")
+    p.add_argument("--csv", help="write the frame to this CSV file instead of printing a summary")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    col = collect(*args.dirs)
+    if args.csv:
+        col.frame.to_csv(args.csv, index=False)
+    else:
+        cols = [c for c in ("model", "label", "sparsity", "ppl_wikitext2", "mean_rel_error", "solver_s", "total_s")
+                if c in col.frame]
+        print(col.frame[cols].to_string(index=False) if not col.frame.empty else "no complete records")
+    print(f"{len(col.frame)} complete, {len(col.skipped)} left out, {len(col.duplicates)} duplicates dropped",
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
