@@ -301,5 +301,19 @@ def test_bad_options_are_clear_errors(layer):
         apt(W, parse_sparsity("4:8"), H=H, blocksize=12)
     with pytest.raises(ConfigError, match="max_subsets"):
         apt(W, parse_sparsity("8:16"), H=H, blocksize=16, max_subsets=100)
+    with pytest.raises(ConfigError, match="method.refine_iters=-1"):
+        apt(W, parse_sparsity(0.5), H=H, refine_iters=-1)
     with pytest.raises(ValueError, match="mask shape"):
         apt_update(W, torch.zeros(3, 3, dtype=torch.bool), H=H)
+
+
+@pytest.mark.parametrize("spec", [0.5, 0.8, "2:4"])
+def test_cg_refinement_only_lowers_the_loss_and_reaches_exact(layer, spec):
+    W, H = layer
+    sp = parse_sparsity(spec)
+    errs = [apt(W, sp, H=H, blocksize=16, refine_iters=k).error for k in (0, 1, 3, 10)]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(errs, errs[1:])), errs
+    exact = apt(W, sp, H=H, blocksize=16, variant="exact")
+    refined = apt(W, sp, H=H, blocksize=16, refine_iters=200)
+    assert torch.equal(refined.mask, exact.mask)
+    torch.testing.assert_close(refined.weight, exact.weight, rtol=1e-4, atol=1e-5)

@@ -79,3 +79,17 @@ def undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     H = H.clone()
     H[dead, dead] = 0
     return H
+
+
+def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tries: int, dtype: torch.dtype):
+    """Working copies of ``W`` and ``H`` in ``dtype`` with dead inputs handled as the reference does
+    (``H_jj = 0``: set ``H_jj = 1`` and zero that weight column), and the upper Cholesky factor of
+    the damped inverse. Returns ``(W, H, dead, U, info)``."""
+    W = w.to(dtype).clone()
+    H = H.to(dtype).clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    U, info = inverse_hessian_factor(H, percdamp, max_damp_tries)
+    info["dead_columns"] = int(dead.sum())
+    return W, H, dead, U, info

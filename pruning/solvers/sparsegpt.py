@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import SolverResult, check_pattern, inverse_hessian_factor, relative_error, undamped
+from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, undamped
 from pruning.sparsity import Sparsity
 
 
@@ -35,14 +35,8 @@ def sparsegpt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms:
     if prunen and blocksize % prunem:
         raise ConfigError(f"method.blocksize={blocksize} must be a multiple of M={prunem} for {sparsity} sparsity")
     W0 = w.float()
-    W = W0.clone()
+    W, H, dead, Hinv, info = prepare_layer(W0, H, percdamp, max_damp_tries, torch.float32)
     rows, columns = W.shape
-    H = H.float().clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    Hinv, info = inverse_hessian_factor(H, percdamp, max_damp_tries)
-    info["dead_columns"] = int(dead.sum())
 
     full_mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, columns, blocksize):
