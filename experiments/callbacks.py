@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 class BenchmarkTable(Callback):
     """At the end of a multirun, write ``benchmark.md`` / ``benchmark.csv`` into the sweep directory
-    (``python -m analysis.tables <sweep dir>`` prints the same table at any time)."""
+    (``python -m analysis.tables <sweep dir> --table benchmark`` prints it again at any time)."""
 
     def __init__(self, dataset: str = "wikitext2") -> None:
         self.dataset = dataset
@@ -24,5 +24,5 @@ class BenchmarkTable(Callback):
             for path in write_benchmark(config.hydra.sweep.dir, self.dataset):
                 log.info("wrote %s", path)
         except Exception as e:  # the jobs' records are safe on disk; the table can be rebuilt later
-            log.error("benchmark table not written (%s: %s); run: python -m analysis.tables %s",
+            log.error("benchmark table not written (%s: %s); run: python -m analysis.tables %s --table benchmark",
                       type(e).__name__, e, config.hydra.sweep.dir)

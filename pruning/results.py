@@ -49,10 +49,17 @@ def _drop(d: dict, dotted: str) -> None:
             del d[head]
 
 
+# A dense job prunes nothing: what it would calibrate on and at which sparsity does not change it, so
+# the dense job of a sweep over sparsities or calibration sets runs once and is skipped after.
+DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine")
+
+
 def config_hash(config: dict) -> str:
-    """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE."""
+    """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
+    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense``)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
-    for key in HASH_EXCLUDE:
+    dense = (cfg.get("method") or {}).get("name") == "dense"
+    for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

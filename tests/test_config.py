@@ -115,5 +115,5 @@ def test_apt_benchmark_preset_runs_and_writes_its_table(tiny_data_root, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(list(sweep.rglob("results.json"))) == 4
     table = (sweep / "benchmark.md").read_text()
-    assert "| apt − sparsegpt |" in table and "| 2:4 | apt |" in table
+    assert "| APT − SparseGPT |" in table and "| 2:4 | apt |" in table
     assert (sweep / "benchmark.csv").read_text().startswith("sparsity,label,ppl_wikitext2")

@@ -105,3 +105,18 @@ def test_peak_memory_is_per_job():
     high = peak_memory()["peak_rss_bytes"]
     assert reset_peak_memory() == "job"
     assert peak_memory()["peak_rss_bytes"] < high - 200 * 2**20
+
+
+def test_dense_hash_ignores_sparsity_and_calibration():
+    dense = {"method": {"name": "dense"}, "sparsity": 0.5, "calibration": {"dataset": "c4"}, "seed": 0}
+    assert config_hash(dense) == config_hash({**dense, "sparsity": "2:4", "calibration": {"dataset": "ptb"}})
+    pruned = {**dense, "method": {"name": "apt"}}
+    assert config_hash(pruned) != config_hash({**pruned, "sparsity": "2:4"})
+
+
+def test_dense_job_of_a_sparsity_sweep_runs_once(tiny_data_root, tmp_path):
+    first = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "sparsity=0.5")), tmp_path)
+    before = (tmp_path / "results.json").read_bytes()
+    again = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "sparsity=2:4")), tmp_path)
+    assert again["config_hash"] == first["config_hash"]
+    assert (tmp_path / "results.json").read_bytes() == before  # skipped: neither re-run nor refused
