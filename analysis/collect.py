@@ -1,5 +1,10 @@
 """Collect ``results.json`` records into one tidy pandas frame: one row per complete job.
 
+Columns: model, method / label (``apt-exact`` for a non-default variant) and ``param_*``, sparsity
+(spec, kind, ratio, N, M, actual), protocol and calibration, ``ppl_<dataset>``, zero-shot
+``zs_<task>_<metric>`` (acc, acc_norm and their stderr), timings, peak RSS, versions, git commit,
+config hash and the job directory.
+
     python -m analysis.collect outputs/sweeps/apt-benchmark [more dirs…] [--csv out.csv]
 
 Every ``results.json`` below the given directories is read. Jobs that are not complete (failed,
@@ -31,6 +36,7 @@ class Collection:
     frame: pd.DataFrame
     skipped: list[dict] = field(default_factory=list)  # {"path", "status", "error"} of jobs left out
     duplicates: list[dict] = field(default_factory=list)  # {"config_hash", "kept", "dropped"}
+    layers: pd.DataFrame | None = None  # with layers=True: one row per pruned linear of every kept job
 
 
 def method_label(method: dict) -> str:
@@ -63,6 +69,9 @@ def flatten(record: dict, path: Path) -> dict:
     for name, r in record["metrics"].get("perplexity", {}).items():
         row[f"ppl_{name}"] = _number(r.get("ppl"))
         row[f"ppl_{name}_windows"] = r.get("nwindows")
+    zero_shot = record["metrics"].get("zero_shot") or {}
+    for task, metrics in (zero_shot.get("tasks") or {}).items():  # acc, acc_stderr, acc_norm, acc_norm_stderr
+        row.update({f"zs_{task}_{k}": _number(v) for k, v in metrics.items()})
     row.update({k: record.get("timings", {}).get(k) for k in TIMING_KEYS})
     row["peak_rss_gb"] = (record.get("memory") or {}).get("peak_rss_bytes", 0) / 2 ** 30
     versions = record.get("versions") or {}
@@ -80,10 +89,11 @@ def _number(value):
         return None
 
 
-def collect(*dirs: str | Path) -> Collection:
+def collect(*dirs: str | Path, layers: bool = False) -> Collection:
+    """Every complete record below ``dirs``; ``layers=True`` also gathers the per-layer reports."""
     if not dirs:
         raise ValueError("collect() needs at least one output directory")
-    rows, skipped = [], []
+    rows, skipped, layer_rows = [], [], []
     for d in dirs:
         d = Path(d)
         if not d.exists():
@@ -98,6 +108,10 @@ def collect(*dirs: str | Path) -> Collection:
                 skipped.append({"path": str(path), "status": record.get("status"), "error": record.get("error")})
                 continue
             rows.append(flatten(record, path))
+            if layers:
+                keys = {k: rows[-1][k] for k in ("model", "label", "sparsity", "config_hash", "path")}
+                layer_rows += [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "solver_s")}}
+                               for r in record.get("layers") or []]
     frame = pd.DataFrame(rows)
     duplicates = []
     if not frame.empty:
@@ -110,7 +124,13 @@ def collect(*dirs: str | Path) -> Collection:
         frame = frame[~dup].reset_index(drop=True)
     for s in skipped:
         log.warning("left out %s (%s): %s", s["path"], s["status"], s["error"])
-    return Collection(frame, skipped, duplicates)
+    layer_frame = None
+    if layers:
+        layer_frame = pd.DataFrame(layer_rows, columns=["model", "label", "sparsity", "config_hash", "path", "name",
+                                                        "block", "layer", "rel_error", "solver_s"])
+        kept = set(frame.path) if not frame.empty else set()  # duplicates dropped above lose their layers too
+        layer_frame = layer_frame[layer_frame.path.isin(kept)].reset_index(drop=True)
+    return Collection(frame, skipped, duplicates, layer_frame)
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,13 @@
-"""Tables from collected records (:mod:`analysis.collect`).
+"""Paper-style tables from collected records (:mod:`analysis.collect`), as Markdown, LaTeX or CSV.
 
-    python -m analysis.tables outputs/sweeps/apt-benchmark --table benchmark [--format md|csv] [--out FILE]
+    python -m analysis.tables DIR… --table ppl|zeroshot|benchmark --format md|latex|csv
+        [--dataset wikitext2|ptb|c4] [--columns sparsity|model] [--metrics wanda|llm-pruner]
+        [--compare apt,sparsegpt] [--delta-vs-dense] [--explode 1e4] [--out FILE]
 
+``ppl``: perplexity in the layout of SparseGPT's Table 1 (rows methods incl. dense; columns the
+sparsities of one model, or the models). ``zeroshot``: accuracy per task and the mean, with the
+metric of each task from a named preset printed in the caption. Best values are bold; exploded
+perplexities (NaN or above ``--explode``) are marked, never printed as ordinary numbers.
 ``benchmark`` is the solver benchmark of the APT issue: WikiText-2 perplexity per method and
 sparsity (with APT's difference to SparseGPT), then per (sparsity, method) the mean relative layer
 error, solver-only seconds and end-to-end seconds. Perplexities above ``explode`` (default 1e4) or
@@ -18,11 +24,28 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.collect import collect
+from analysis.render import EXPLODED, Table
 from pruning.results import write_text_atomic
 from pruning.sparsity import parse_sparsity
 
 METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "apt", "apt-exact")
-EXPLODED = "†"
+METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "apt": "APT",
+                "apt-exact": "APT-exact"}
+DATASET_NAMES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
+# lm-eval task names, in the column order of the Wanda / LLM-Pruner tables, and their headers.
+TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa",
+         "lambada_openai")
+TASK_NAMES = {"boolq": "BoolQ", "rte": "RTE", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
+              "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA", "piqa": "PIQA",
+              "lambada_openai": "LAMBADA"}
+# Which metric each paper's table reports per task (protocols.md §5.2). Wanda's repository does not
+# say; acc everywhere is assumed. LLM-Pruner's dense numbers are on the acc_norm scale for
+# HellaSwag, ARC, OpenBookQA and PIQA.
+METRIC_PRESETS = {
+    "wanda": {t: "acc" for t in TASKS},
+    "llm-pruner": {**{t: "acc" for t in TASKS},
+                   **{t: "acc_norm" for t in ("hellaswag", "arc_easy", "arc_challenge", "openbookqa", "piqa")}},
+}
 
 
 def sparsity_order(spec: str) -> tuple:
@@ -37,7 +60,7 @@ def _order(values, key):
     return sorted(values, key=key)
 
 
-def _method_key(label: str):
+def method_key(label: str):
     return (METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER), label)
 
 
@@ -47,10 +70,9 @@ def fmt_ppl(v, explode: float = 1e4) -> str:
     return f"{v:.3g}{EXPLODED}" if v > explode else f"{v:.2f}"
 
 
-def benchmark_tables(frame: pd.DataFrame, *, dataset: str = "wikitext2", baseline: str = "sparsegpt",
-                     target: str = "apt") -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(ppl, long)``: perplexity wide (methods × sparsities, plus the target − baseline row) and
-    the long table of every metric per (sparsity, method)."""
+def benchmark_long(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: str = "sparsegpt") -> pd.DataFrame:
+    """Every metric per (sparsity, method) of one model's sweep, and each solver's time relative to
+    ``baseline``'s at the same sparsity (``solver_x_<baseline>``)."""
     col = f"ppl_{dataset}"
     if frame.empty or col not in frame:
         raise ValueError(f"no complete records with {dataset} perplexity")
@@ -58,58 +80,198 @@ def benchmark_tables(frame: pd.DataFrame, *, dataset: str = "wikitext2", baselin
     if len(models) > 1:
         raise ValueError(f"records of several models ({', '.join(map(str, models))}): pass one model's sweep")
     f = frame[frame.sparsity != "dense"]
-    sparsities = _order(f["sparsity"].unique(), sparsity_order)
-    labels = _order(f["label"].unique(), _method_key)
-    ppl = f.pivot_table(index="label", columns="sparsity", values=col, aggfunc="last").reindex(index=labels,
-                                                                                                columns=sparsities)
-    if baseline in ppl.index and target in ppl.index:
-        ppl.loc[f"{target} − {baseline}"] = ppl.loc[target] - ppl.loc[baseline]
     long = f[["sparsity", "label", col, "mean_rel_error", "solver_s", "prune_total_s", "total_s"]].copy()
+    base = long[long.label == baseline].set_index("sparsity")["solver_s"]
+    long[f"solver_x_{baseline}"] = long["solver_s"] / long["sparsity"].map(base)
     long["_s"] = long["sparsity"].map(sparsity_order)
-    long["_m"] = long["label"].map(_method_key)
-    long = long.sort_values(["_s", "_m"]).drop(columns=["_s", "_m"]).reset_index(drop=True)
-    return ppl, long
+    long["_m"] = long["label"].map(method_key)
+    return long.sort_values(["_s", "_m"]).drop(columns=["_s", "_m"]).reset_index(drop=True)
 
 
-def to_markdown(df: pd.DataFrame, formats: dict | None = None, index: bool = True) -> str:
+def to_markdown(df: pd.DataFrame, formats: dict | None = None) -> str:
+    """A plain Markdown table of ``df``'s columns (no index); ``formats`` maps a column to a formatter."""
     formats = formats or {}
-    cols = list(df.columns)
-    head = ([df.index.name or ""] if index else []) + [str(c) for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for idx, row in df.iterrows():
-        cells = [str(idx)] if index else []
-        for c in cols:
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    for _, row in df.iterrows():
+        cells = []
+        for c in df.columns:
             v = row[c]
-            fn = formats.get(c, formats.get("*"))
-            cells.append("" if v is None or (isinstance(v, float) and math.isnan(v) and fn is None)
-                         else fn(v) if fn else str(v))
+            missing = v is None or (isinstance(v, float) and math.isnan(v))
+            cells.append("–" if missing and c not in formats else formats[c](v) if c in formats else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def benchmark_markdown(frame: pd.DataFrame, dataset: str = "wikitext2", explode: float = 1e4) -> str:
-    ppl, long = benchmark_tables(frame, dataset=dataset)
-    delta_rows = [i for i in ppl.index if "−" in str(i)]
-    wide = ppl.copy().astype(object)
-    for i in ppl.index:
-        for c in ppl.columns:
-            v = ppl.loc[i, c]
-            wide.loc[i, c] = ("" if pd.isna(v) else f"{v:+.2f}") if i in delta_rows else fmt_ppl(_nan(v), explode)
-    wide.index.name = "method"
-    model = frame["model"].iloc[0]
-    protocol = frame["protocol"].iloc[0]
-    out = [f"{dataset} perplexity, {model}, protocol `{protocol}` ({EXPLODED}: above {explode:g} or NaN)\n",
-           to_markdown(wide), "\nPer layer and timing (mean relative layer error ‖(W−W')X‖²/‖WX‖² over all "
-           "pruned linears; solver-only and end-to-end seconds)\n"]
-    col = f"ppl_{dataset}"
-    out.append(to_markdown(long.rename(columns={"label": "method", col: "ppl"}), index=False, formats={
-        "ppl": lambda v: fmt_ppl(_nan(v), explode), "mean_rel_error": lambda v: f"{v:.4f}",
-        "solver_s": lambda v: f"{v:.1f}", "prune_total_s": lambda v: f"{v:.1f}", "total_s": lambda v: f"{v:.1f}"}))
-    return "".join(out)
+    """The APT benchmark: the perplexity table (with APT − SparseGPT), then per (sparsity, method) the
+    mean relative layer error, solver-only, pruning and end-to-end seconds."""
+    wide = ppl_table(frame, dataset, compare=("apt", "sparsegpt"), explode=explode).to_markdown()
+    long = benchmark_long(frame, dataset).rename(columns={"label": "method", f"ppl_{dataset}": "ppl"})
+
+    def num(fmt):
+        return lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+    return (wide + "\nMean relative layer error ‖(W−W')X‖²/‖WX‖² over all pruned linears; solver-only, "
+            "pruning (calibration forward passes + solver) and end-to-end seconds; solver time relative to "
+            "SparseGPT's at the same sparsity.\n\n"
+            + to_markdown(long, {"ppl": lambda v: fmt_ppl(_nan(v), explode), "mean_rel_error": num("{:.4f}"),
+                                 "solver_s": num("{:.1f}"), "prune_total_s": num("{:.1f}"), "total_s": num("{:.1f}"),
+                                 "solver_x_sparsegpt": num("{:.2f}×")}))
 
 
 def _nan(v):
     return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+def _label(row, with_sparsity: bool) -> str:
+    name = METHOD_NAMES.get(row["label"], row["label"])
+    if row["sparsity"] == "dense" or not with_sparsity:
+        return name
+    return f"{name} {sparsity_name(row['sparsity'])}"
+
+
+def sparsity_name(spec: str) -> str:
+    """``0.5`` → ``50%``; N:M stays."""
+    if spec == "dense":
+        return "dense"
+    sp = parse_sparsity(spec)
+    return f"{sp.ratio * 100:g}%" if sp.kind == "unstructured" else spec
+
+
+def _setting(frame: pd.DataFrame) -> str:
+    """The protocol and calibration a caption must state, from the records themselves."""
+    parts = []
+    for key, fmt in (("protocol", "protocol {}"), ("calib_dataset", "calibration {}")):
+        vals = sorted({str(v) for v in frame[key].dropna()}) if key in frame else []
+        if vals:
+            parts.append(fmt.format("/".join(vals)))
+    sizes = frame.dropna(subset=["calib_nsamples"]) if "calib_nsamples" in frame else frame.iloc[:0]
+    sizes = sorted({f"{int(n)} × {int(s)}" for n, s in zip(sizes["calib_nsamples"], sizes["calib_seqlen"])})
+    if sizes:
+        parts[-1] += " " + "/".join(sizes)
+    return ", ".join(parts)
+
+
+def _add_compare_rows(values, present, compare, by_sparsity: bool, frame) -> list:
+    """Rows ``target − baseline`` (per sparsity when rows carry it); returns their labels."""
+    target, baseline = compare
+    added = []
+    specs = sorted({s for s in frame["sparsity"] if s != "dense"}, key=sparsity_order) if by_sparsity else [None]
+    for spec in specs:
+        t = METHOD_NAMES.get(target, target) + (f" {sparsity_name(spec)}" if spec else "")
+        b = METHOD_NAMES.get(baseline, baseline) + (f" {sparsity_name(spec)}" if spec else "")
+        if t in values.index and b in values.index:
+            name = f"{METHOD_NAMES.get(target, target)} − {METHOD_NAMES.get(baseline, baseline)}" + (
+                f" ({sparsity_name(spec)})" if spec else "")
+            values.loc[name] = values.loc[t] - values.loc[b]
+            present.loc[name] = present.loc[t] & present.loc[b]
+            added.append(name)
+    return added
+
+
+def _pivot(frame: pd.DataFrame, col: str, rows: list, columns: list, row_of, col_of):
+    values = pd.DataFrame(float("nan"), index=rows, columns=columns, dtype=float)
+    present = pd.DataFrame(False, index=rows, columns=columns)
+    for _, r in frame.iterrows():
+        ri, ci = row_of(r), col_of(r)
+        for c in (columns if ci is None else [ci]):  # dense: the same value in every column
+            if ri in values.index and c in values.columns:
+                values.at[ri, c] = r[col] if pd.notna(r[col]) else float("nan")
+                present.at[ri, c] = True
+    return values, present
+
+
+def ppl_table(frame: pd.DataFrame, dataset: str = "wikitext2", *, columns: str = "sparsity",
+              compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
+              explode: float = 1e4) -> Table:
+    """Perplexity in the layout of SparseGPT's Table 1.
+
+    ``columns="sparsity"``: one model; rows are methods (Dense first), columns the sparsities.
+    ``columns="model"``: rows are method × sparsity (``SparseGPT 50%``, ``SparseGPT 2:4``), columns
+    the models. ``compare=("apt", "sparsegpt")`` adds difference rows; ``delta_vs_dense`` prints each
+    cell's difference to the dense model of its column.
+    """
+    col = f"ppl_{dataset}"
+    if frame.empty or col not in frame:
+        have = sorted(c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith("_windows"))
+        raise ValueError(f"no records with {dataset} perplexity; datasets present: {', '.join(have) or 'none'}")
+    f = frame[frame[f"{col}_windows"].notna()]  # evaluated on this dataset (a NaN perplexity is still a result)
+    if columns == "sparsity":
+        models = f["model"].unique()
+        if len(models) > 1:
+            raise ValueError(f"records of several models ({', '.join(map(str, models))}): use columns=model")
+        labels = _order(f["label"].unique(), method_key)
+        rows = [METHOD_NAMES.get(m, m) for m in labels]
+        cols = [sparsity_name(s) for s in _order([s for s in f["sparsity"].unique() if s != "dense"], sparsity_order)]
+        values, present = _pivot(f, col, rows, cols, lambda r: _label(r, False),
+                                 lambda r: None if r["sparsity"] == "dense" else sparsity_name(r["sparsity"]))
+        title = f"{DATASET_NAMES.get(dataset, dataset)} perplexity of {models[0]}"
+    elif columns == "model":
+        keys = sorted({(r["label"], r["sparsity"]) for _, r in f.iterrows()},
+                      key=lambda k: (k[1] != "dense", sparsity_order(k[1]), method_key(k[0])))
+        rows = list(dict.fromkeys(_label({"label": lab, "sparsity": sp}, True) for lab, sp in keys))
+        cols = list(dict.fromkeys(f["model"]))
+        values, present = _pivot(f, col, rows, cols, lambda r: _label(r, True), lambda r: r["model"])
+        title = f"{DATASET_NAMES.get(dataset, dataset)} perplexity"
+    else:
+        raise ValueError(f"columns={columns!r}; allowed: sparsity, model")
+    signed = _add_compare_rows(values, present, compare, columns == "model", f) if compare else []
+    deltas = None
+    if delta_vs_dense and "Dense" in values.index:
+        deltas = values - values.loc["Dense"]
+    setting = _setting(f[f["sparsity"] != "dense"])
+    caption = f"{title} (lower is better; best per column in bold)" + (f"; {setting}" if setting else "")
+    return Table(values, caption, better="lower", explode=explode, present=present, deltas=deltas,
+                 reference_rows=("Dense",), signed_rows=tuple(signed))
+
+
+def zeroshot_table(frame: pd.DataFrame, preset: str = "wanda", *, tasks: list[str] | None = None,
+                   compare: tuple[str, str] | None = None) -> Table:
+    """Zero-shot accuracy (%) per task and their mean; the metric of each task comes from an
+    explicit map (``preset``: ``wanda`` = acc everywhere, ``llm-pruner`` = acc_norm for HellaSwag,
+    ARC, OpenBookQA, PIQA), printed in the caption."""
+    if preset not in METRIC_PRESETS:
+        raise ValueError(f"metric preset {preset!r}; allowed: {', '.join(METRIC_PRESETS)}")
+    metric_map = METRIC_PRESETS[preset]
+    available = [t for t in TASKS if any(c.startswith(f"zs_{t}_") for c in frame.columns)]
+    tasks = list(tasks) if tasks else available
+    unknown = [t for t in tasks if t not in metric_map]
+    if unknown:
+        raise ValueError(f"tasks {unknown} have no metric in preset {preset!r}; known: {', '.join(TASKS)}")
+    if not tasks:
+        raise ValueError("no zero-shot results in these records (metrics.zero_shot is empty)")
+    zs_cols = [c for c in frame.columns if c.startswith("zs_")]
+    frame = frame[frame[zs_cols].notna().any(axis=1)]  # jobs evaluated without zero-shot are not rows
+    models = frame["model"].unique()
+    multi_model = len(models) > 1
+    multi_sparsity = len({s for s in frame["sparsity"] if s != "dense"}) > 1
+
+    def row_of(r):
+        return (f"{r['model']} · " if multi_model else "") + _label(r, multi_sparsity)
+
+    keys = sorted({(r["model"], r["label"], r["sparsity"]) for _, r in frame.iterrows()},
+                  key=lambda k: (str(k[0]), k[2] != "dense", sparsity_order(k[2]), method_key(k[1])))
+    rows = list(dict.fromkeys(row_of({"model": m, "label": lab, "sparsity": sp}) for m, lab, sp in keys))
+    cols = [TASK_NAMES[t] for t in tasks] + ["Mean"]
+    values = pd.DataFrame(float("nan"), index=rows, columns=cols, dtype=float)
+    present = pd.DataFrame(False, index=rows, columns=cols)
+    for _, r in frame.iterrows():
+        ri, scores = row_of(r), []
+        for t in tasks:
+            v = r.get(f"zs_{t}_{metric_map[t]}")
+            if v is not None and pd.notna(v):
+                values.at[ri, TASK_NAMES[t]] = 100 * float(v)
+                present.at[ri, TASK_NAMES[t]] = True
+                scores.append(100 * float(v))
+        if len(scores) == len(tasks):  # a mean over a subset of tasks would not be comparable
+            values.at[ri, "Mean"] = sum(scores) / len(scores)
+            present.at[ri, "Mean"] = True
+    signed = _add_compare_rows(values, present, compare, multi_sparsity, frame) if compare else []
+    used = ", ".join(f"{TASK_NAMES[t]} {metric_map[t]}" for t in tasks)
+    setting = _setting(frame[frame["sparsity"] != "dense"])
+    caption = (f"Zero-shot accuracy (%), higher is better, best per column in bold; metrics ({preset} preset): "
+               f"{used}" + (f"; {setting}" if setting else ""))
+    return Table(values, caption, better="higher", present=present, reference_rows=("Dense",),
+                 signed_rows=tuple(signed))
 
 
 def write_benchmark(sweep_dir: str | Path, dataset: str = "wikitext2") -> list[Path]:
@@ -119,24 +281,59 @@ def write_benchmark(sweep_dir: str | Path, dataset: str = "wikitext2") -> list[P
     text = benchmark_markdown(col.frame, dataset)
     if col.skipped:
         text += "\nLeft out (not complete): " + ", ".join(f"{s['path']} ({s['status']})" for s in col.skipped) + "\n"
-    _, long = benchmark_tables(col.frame, dataset=dataset)
     return [write_text_atomic(sweep_dir / "benchmark.md", text),
-            write_text_atomic(sweep_dir / "benchmark.csv", long.to_csv(index=False))]
+            write_text_atomic(sweep_dir / "benchmark.csv", benchmark_long(col.frame, dataset).to_csv(index=False))]
+
+
+def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
+          metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
+          explode: float = 1e4) -> str:
+    """One table as text: ``table`` ∈ ppl | zeroshot | benchmark, ``fmt`` ∈ md | latex | csv."""
+    if table == "benchmark":
+        if fmt == "md":
+            return benchmark_markdown(frame, dataset, explode)
+        if fmt == "csv":
+            return benchmark_long(frame, dataset).to_csv(index=False)
+        raise ValueError("the benchmark table is written as md or csv")
+    if table == "ppl":
+        t = ppl_table(frame, dataset, columns=columns, compare=compare, delta_vs_dense=delta_vs_dense,
+                      explode=explode)
+    elif table == "zeroshot":
+        t = zeroshot_table(frame, metrics, compare=compare)
+    else:
+        raise ValueError(f"table={table!r}; allowed: ppl, zeroshot, benchmark")
+    return t.render(fmt)
+
+
+def _pair(text: str) -> tuple[str, str]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise argparse.ArgumentTypeError(f"--compare {text!r}: give TARGET,BASELINE, e.g. apt,sparsegpt")
+    return parts[0], parts[1]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="output directories (searched recursively for results.json)")
-    p.add_argument("--table", choices=["benchmark"], default="benchmark")
-    p.add_argument("--format", choices=["md", "csv"], default="md")
-    p.add_argument("--dataset", default="wikitext2")
+    p.add_argument("--table", choices=["ppl", "zeroshot", "benchmark"], default="ppl")
+    p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
+    p.add_argument("--dataset", default="wikitext2", help="perplexity dataset: wikitext2 | ptb | c4")
+    p.add_argument("--columns", choices=["sparsity", "model"], default="sparsity",
+                   help="ppl table: one model with sparsities as columns, or models as columns")
+    p.add_argument("--metrics", choices=sorted(METRIC_PRESETS), default="wanda",
+                   help="zero-shot metric per task: wanda (acc) or llm-pruner (acc_norm where it applies)")
+    p.add_argument("--compare", type=_pair, help="add TARGET − BASELINE rows, e.g. apt,sparsegpt")
+    p.add_argument("--delta-vs-dense", action="store_true", help="print each cell's difference to dense")
+    p.add_argument("--explode", type=float, default=1e4, help="perplexities above this are marked, not printed")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
     frame = collect(*args.dirs).frame
-    if args.format == "md":
-        text = benchmark_markdown(frame, args.dataset)
-    else:
-        text = benchmark_tables(frame, dataset=args.dataset)[1].to_csv(index=False)
+    try:
+        text = build(frame, args.table, args.format, dataset=args.dataset, columns=args.columns,
+                     metrics=args.metrics, compare=args.compare, delta_vs_dense=args.delta_vs_dense,
+                     explode=args.explode)
+    except ValueError as e:
+        p.error(str(e))
     if args.out:
         write_text_atomic(args.out, text)
     else:

@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from analysis.collect import collect, method_label
-from analysis.tables import benchmark_markdown, benchmark_tables, main as tables_main, write_benchmark
+from analysis.tables import benchmark_long, benchmark_markdown, main as tables_main, ppl_table, write_benchmark
 from pruning.sparsity import parse_sparsity
 
 
@@ -15,7 +15,7 @@ def record(method="apt", spec=0.5, ppl=40.0, err=0.02, chash=None, finished="202
     sp = parse_sparsity(spec)
     params = {"variant": variant} if method == "apt" else {}
     return {
-        "status": status, "config_hash": chash or f"{method}{variant}{spec}", "config": {"seed": 0},
+        "status": status, "config_hash": chash or f"{model}-{method}{variant}{spec}", "config": {"seed": 0},
         "job": {"finished": finished}, "versions": {"torch": "2.13.0", "git": {"commit": "abc"}},
         "model": {"name": model}, "method": {"name": method, "params": params},
         "sparsity": {"target": sp.as_dict(), "actual": sp.ratio},
@@ -76,16 +76,19 @@ def test_method_label():
 
 def test_benchmark_table_orders_marks_and_computes_the_delta(sweep):
     frame = collect(sweep).frame
-    ppl, long = benchmark_tables(frame)
-    assert list(ppl.columns) == ["0.5", "2:4"]
-    assert list(ppl.index) == ["magnitude", "sparsegpt", "apt", "apt-exact", "apt − sparsegpt"]
-    assert ppl.loc["apt − sparsegpt", "0.5"] == pytest.approx(-4.0)
-    assert ppl.loc["apt − sparsegpt", "2:4"] == pytest.approx(-10.9)
+    ppl = ppl_table(frame, compare=("apt", "sparsegpt")).values
+    assert list(ppl.columns) == ["50%", "2:4"]
+    assert list(ppl.index) == ["Magnitude", "SparseGPT", "APT", "APT-exact", "APT − SparseGPT"]
+    assert ppl.loc["APT − SparseGPT", "50%"] == pytest.approx(-4.0)
+    assert ppl.loc["APT − SparseGPT", "2:4"] == pytest.approx(-10.9)
+    long = benchmark_long(frame)
     assert long["label"].tolist()[:4] == ["magnitude", "sparsegpt", "apt", "apt-exact"]
+    assert long.set_index(["sparsity", "label"]).loc[("0.5", "apt"), "solver_x_sparsegpt"] == pytest.approx(1.0)
     md = benchmark_markdown(frame)
-    assert "| magnitude | 2.5e+05† |" in md  # exploded: marked, not printed as an ordinary number
-    assert "| apt − sparsegpt | -4.00 | -10.90 |" in md
-    assert "| 0.5 | apt | 40.00 | 0.0150 | 10.0 | 90.0 | 170.0 |" in md
+    assert "| Magnitude | 2.5e+05† |" in md  # exploded: marked, not printed as an ordinary number
+    assert "| APT − SparseGPT | -4.00 | -10.90 |" in md
+    assert "| APT-exact | **39.00** |" in md  # best of its column in bold
+    assert "| 0.5 | apt | 40.00 | 0.0150 | 10.0 | 90.0 | 170.0 | 1.00× |" in md
 
 
 def test_benchmark_files_and_cli(sweep, capsys):
@@ -93,11 +96,13 @@ def test_benchmark_files_and_cli(sweep, capsys):
     assert [p.name for p in paths] == ["benchmark.md", "benchmark.csv"]
     text = paths[0].read_text()
     assert "Left out (not complete)" in text and "(failed)" in text
-    assert tables_main([str(sweep), "--format", "csv"]) == 0
+    assert tables_main([str(sweep), "--format", "csv"]) == 0  # default: the perplexity table
+    assert capsys.readouterr().out.startswith("Method,50%,2:4\nMagnitude,250000,\nSparseGPT,44,90.9\n")
+    assert tables_main([str(sweep), "--table", "benchmark", "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith("sparsity,label,ppl_wikitext2,mean_rel_error")
 
 
 def test_benchmark_refuses_mixed_models(sweep):
     write(sweep, "z", record("apt", 0.7, model="gemma3-270m"))
     with pytest.raises(ValueError, match="several models"):
-        benchmark_tables(collect(sweep).frame)
+        benchmark_long(collect(sweep).frame)

@@ -1,0 +1,138 @@
+"""Plots from collected records (:mod:`analysis.collect`), saved as PNG and/or PDF.
+
+    python -m analysis.plots DIR… [--out-dir analysis/figures] [--dataset wikitext2]
+        [--layer-sparsity 0.5] [--formats png,pdf]
+
+* ``ppl_vs_sparsity``: perplexity against unstructured sparsity per method (log y; dense as a
+  dashed line), with N:M patterns in a second panel;
+* ``layer_error_by_depth``: the mean relative reconstruction error ‖(W−W')X‖²/‖WX‖² of each
+  block's linears against depth, one line per method, at one sparsity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from analysis.collect import collect
+from analysis.tables import METHOD_NAMES, method_key, sparsity_name, sparsity_order
+
+MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D"}
+
+
+def _one_model(frame: pd.DataFrame) -> str:
+    models = frame["model"].unique()
+    if len(models) != 1:
+        raise ValueError(f"plots are per model; these records hold {', '.join(map(str, models)) or 'none'}")
+    return str(models[0])
+
+
+def ppl_vs_sparsity(frame: pd.DataFrame, dataset: str = "wikitext2"):
+    col = f"ppl_{dataset}"
+    if frame.empty or col not in frame:
+        raise ValueError(f"no records with {dataset} perplexity")
+    model = _one_model(frame)
+    f = frame[frame[col].notna()]
+    pruned = f[f.sparsity != "dense"]
+    nm = pruned[pruned.sparsity_kind == "nm"]
+    fig, axes = plt.subplots(1, 2 if not nm.empty else 1, figsize=(9 if not nm.empty else 6, 4), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 1]} if not nm.empty else None, sharey=True)
+    ax = axes[0, 0]
+    labels = sorted(pruned["label"].unique(), key=method_key)
+    for label in labels:
+        rows = pruned[(pruned.label == label) & (pruned.sparsity_kind == "unstructured")].sort_values("sparsity_ratio")
+        if not rows.empty:
+            ax.plot(100 * rows.sparsity_ratio, rows[col], marker=MARKERS.get(label, "o"),
+                    label=METHOD_NAMES.get(label, label))
+    dense = f[f.sparsity == "dense"][col]
+    for a in axes[0]:
+        if not dense.empty:
+            a.axhline(float(dense.iloc[-1]), color="grey", linestyle="--", linewidth=1, label="Dense")
+        a.set_yscale("log")
+        a.grid(True, which="both", alpha=0.3)
+    ax.set_xlabel("unstructured sparsity (%)")
+    ax.set_ylabel(f"{dataset} perplexity (log)")
+    ax.set_title(f"{model}: perplexity vs sparsity")
+    ax.legend(fontsize=8)
+    if not nm.empty:
+        ax2 = axes[0, 1]
+        patterns = sorted(nm["sparsity"].unique(), key=sparsity_order)
+        for label in labels:
+            rows = nm[nm.label == label]
+            xs = [patterns.index(s) for s in rows.sparsity]
+            ax2.scatter(xs, rows[col], marker=MARKERS.get(label, "o"), label=METHOD_NAMES.get(label, label))
+        ax2.set_xticks(range(len(patterns)), patterns)
+        ax2.set_xlim(-0.5, len(patterns) - 0.5)
+        ax2.set_xlabel("N:M")
+        ax2.set_title("semi-structured")
+    fig.tight_layout()
+    return fig
+
+
+def layer_error_by_depth(layers: pd.DataFrame, sparsity: str = "0.5"):
+    if layers is None or layers.empty:
+        raise ValueError("no per-layer reports in these records")
+    model = _one_model(layers)
+    rows = layers[(layers.sparsity == str(sparsity)) & layers.rel_error.notna()]
+    if rows.empty:
+        have = ", ".join(sorted(layers.sparsity.unique(), key=sparsity_order))
+        raise ValueError(f"no per-layer errors at sparsity {sparsity}; present: {have}")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label in sorted(rows["label"].unique(), key=method_key):
+        per_block = rows[rows.label == label].groupby("block")["rel_error"].mean()
+        ax.plot(per_block.index, per_block.values, marker=MARKERS.get(label, "o"), markersize=3,
+                label=METHOD_NAMES.get(label, label))
+    ax.set_yscale("log")
+    ax.set_xlabel("block (depth)")
+    ax.set_ylabel("mean relative layer error (log)")
+    ax.set_title(f"{model}: reconstruction error across depth at {sparsity_name(str(sparsity))}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig, out_dir: str | Path, name: str, formats=("png",)) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{name}.{fmt}"
+        tmp = out_dir / f".{name}.tmp.{fmt}"
+        fig.savefig(tmp, dpi=150)
+        tmp.replace(path)  # atomic: a reader never sees half a figure
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.plots", description=__doc__.split("\n\n")[0])
+    p.add_argument("dirs", nargs="+", help="output directories (searched recursively for results.json)")
+    p.add_argument("--out-dir", default="analysis/figures")
+    p.add_argument("--dataset", default="wikitext2")
+    p.add_argument("--layer-sparsity", default="0.5", help="sparsity of the per-layer error plot (e.g. 0.5, 2:4)")
+    p.add_argument("--formats", default="png", help="comma-separated: png, pdf, svg")
+    args = p.parse_args(argv)
+    plt.switch_backend("Agg")  # files only: no display needed
+    col = collect(*args.dirs, layers=True)
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    try:
+        written = save(ppl_vs_sparsity(col.frame, args.dataset), args.out_dir, f"ppl_vs_sparsity_{args.dataset}",
+                       formats)
+        tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
+        written += save(layer_error_by_depth(col.layers, args.layer_sparsity), args.out_dir,
+                        f"layer_error_by_depth_{tag}", formats)
+    except ValueError as e:
+        p.error(str(e))
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

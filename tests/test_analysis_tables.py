@@ -1,0 +1,169 @@
+"""Paper tables (golden files), the metric-map presets, plots, the notebook and the W&B report."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from analysis.collect import collect
+from analysis.tables import build, main as tables_main, ppl_table, zeroshot_table
+from tests.test_analysis import record, write
+
+GOLDEN = Path(__file__).parent / "golden"
+REPO = Path(__file__).resolve().parent.parent
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"  # regenerate after an intended change, then review the diff
+
+
+def zs(acc, acc_norm=None):
+    out = {"acc": acc, "acc_stderr": 0.01}
+    if acc_norm is not None:
+        out.update(acc_norm=acc_norm, acc_norm_stderr=0.01)
+    return out
+
+
+def with_extras(rec, c4=None, zero_shot=None, layers=None):
+    if c4 is not None:
+        rec["metrics"]["perplexity"]["c4"] = {"ppl": c4, "nwindows": 16}
+    if zero_shot is not None:
+        rec["metrics"]["zero_shot"] = {"tasks": zero_shot}
+    if layers is not None:
+        rec["layers"] = [{"name": f"model.layers.{b}.mlp", "block": b, "layer": "mlp", "rel_error": e, "solver_s": 0.1}
+                         for b, e in enumerate(layers)]
+    return rec
+
+
+def dense_record(model="smollm2-135m", ppl=20.71, c4=30.5, zero_shot=None):
+    rec = record("dense", 0.5, ppl, None, model=model, chash=f"dense-{model}")
+    rec["sparsity"]["target"] = {"kind": "dense", "ratio": 0.0, "n": None, "m": None, "spec": "0"}
+    rec["protocol"]["calibration"] = {"used": False}
+    return with_extras(rec, c4, zero_shot)
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A small sweep on one model (+ one record of a second model in its own directory)."""
+    root = tmp_path / "sweep"
+    zs_dense = {"boolq": zs(0.60), "piqa": zs(0.66, 0.65), "hellaswag": zs(0.35, 0.41), "arc_easy": zs(0.55, 0.50)}
+    write(root, "dense", dense_record(zero_shot=zs_dense))
+    rows = [("magnitude", 0.5, 465.62, 0.06), ("wanda", 0.5, 46.13, 0.03), ("sparsegpt", 0.5, 44.03, 0.0175),
+            ("apt", 0.5, 43.07, 0.0166), ("magnitude", "2:4", 1937.7, 0.11), ("wanda", "2:4", 160.96, 0.058),
+            ("sparsegpt", "2:4", 90.87, 0.031), ("apt", "2:4", 80.5, 0.028), ("magnitude", 0.8, 2.5e5, 0.4),
+            ("sparsegpt", 0.8, float("nan"), 0.3), ("apt", 0.8, 900.0, 0.25)]
+    for i, (m, s, p, e) in enumerate(rows):
+        extra = {}
+        if s == 0.5:
+            extra["zero_shot"] = {"boolq": zs(0.58 - 0.01 * i), "piqa": zs(0.62, 0.61 + 0.001 * i),
+                                  "hellaswag": zs(0.31, 0.36), "arc_easy": zs(0.50, 0.45)}
+            extra["layers"] = [e * (1 + b) for b in range(4)]
+        write(root, f"{m}_{s}", with_extras(record(m, s, p, e), c4=1.5 * p, **extra))
+    other = tmp_path / "other"
+    write(other, "dense", dense_record("opt-125m", 27.66, 26.56))
+    write(other, "sgpt", record("sparsegpt", 0.5, 36.85, 0.02, model="opt-125m"))
+    write(other, "apt", record("apt", 0.5, 35.10, 0.018, model="opt-125m"))
+    return root, other
+
+
+def check_golden(name: str, text: str):
+    path = GOLDEN / name
+    if UPDATE:
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.is_file(), f"golden file {path} missing: run with UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("fmt", ["md", "latex", "csv"])
+def test_ppl_table_by_sparsity_matches_golden(results, fmt):
+    frame = collect(results[0]).frame
+    check_golden(f"ppl_by_sparsity.{ {'md': 'md', 'latex': 'tex', 'csv': 'csv'}[fmt]}",
+                 build(frame, "ppl", fmt, compare=("apt", "sparsegpt")))
+
+
+def test_ppl_table_by_model_matches_golden(results):
+    frame = collect(*results).frame
+    frame = frame[frame.sparsity.isin(["dense", "0.5"])]
+    check_golden("ppl_by_model.md", build(frame, "ppl", "md", columns="model", compare=("apt", "sparsegpt"),
+                                          delta_vs_dense=True))
+
+
+@pytest.mark.parametrize("preset", ["wanda", "llm-pruner"])
+def test_zeroshot_table_matches_golden_and_preset_changes_metric(results, preset):
+    frame = collect(results[0]).frame
+    frame = frame[frame.sparsity.isin(["dense", "0.5"])]
+    text = build(frame, "zeroshot", "md", metrics=preset)
+    check_golden(f"zeroshot_{preset}.md", text)
+    table = zeroshot_table(frame, preset)
+    hellaswag = table.values.at["Dense", "HellaSwag"]
+    assert hellaswag == pytest.approx(35.0 if preset == "wanda" else 41.0)
+    assert ("HellaSwag acc_norm" in table.caption) == (preset == "llm-pruner")
+    assert f"({preset} preset)" in table.caption
+
+
+def test_table_rules(results):
+    frame = collect(results[0]).frame
+    t = ppl_table(frame, compare=("apt", "sparsegpt"))
+    best = t.best()
+    assert best.at["APT", "50%"] and not best.at["Dense", "50%"]  # dense never competes
+    assert t.text("SparseGPT", "80%") == "NaN†" and t.text("Magnitude", "80%") == "2.5e+05†"
+    assert t.text("Wanda", "80%") == "–"  # no record
+    assert t.text("APT − SparseGPT", "50%") == "-0.96"
+    assert t.text("APT − SparseGPT", "80%") == "–" or "nan" not in t.text("APT − SparseGPT", "80%").lower()
+    with pytest.raises(ValueError, match="several models"):
+        ppl_table(collect(*results).frame)
+    with pytest.raises(ValueError, match="datasets present: c4, wikitext2"):
+        ppl_table(frame, "ptb")
+    with pytest.raises(ValueError, match="metric preset 'paper'"):
+        zeroshot_table(frame, "paper")
+
+
+def test_tables_cli(results, tmp_path, capsys):
+    out = tmp_path / "t.tex"
+    assert tables_main([str(results[0]), "--table", "ppl", "--format", "latex", "--dataset", "c4", "--out", str(out)]) == 0
+    assert out.read_text().startswith("\\begin{table}") and "C4 perplexity" in out.read_text()
+    with pytest.raises(SystemExit):
+        tables_main([str(results[0]), "--compare", "apt"])
+    assert "TARGET,BASELINE" in capsys.readouterr().err
+
+
+def test_plots_are_written(results, tmp_path):
+    from analysis.plots import main as plots_main
+    assert plots_main([str(results[0]), "--out-dir", str(tmp_path / "fig"), "--formats", "png,pdf"]) == 0
+    names = sorted(p.name for p in (tmp_path / "fig").iterdir())
+    assert names == ["layer_error_by_depth_50pct.pdf", "layer_error_by_depth_50pct.png",
+                     "ppl_vs_sparsity_wikitext2.pdf", "ppl_vs_sparsity_wikitext2.png"]
+    assert all((tmp_path / "fig" / n).stat().st_size > 5000 for n in names)
+
+
+def test_notebook_executes(results, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+    nb = nbformat.read(REPO / "analysis" / "notebooks" / "paper_tables.ipynb", as_version=4)
+    monkeypatch.setenv("RESULTS_DIR", str(results[0]))
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the kernel imports this checkout's analysis package
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "analysis" / "notebooks")}}).execute()
+    outputs = json.dumps([c.get("outputs", []) for c in nb.cells], ensure_ascii=False)
+    assert "12 complete jobs" in outputs and "APT − SparseGPT" in outputs and "image/png" in outputs
+
+
+def test_wandb_report_offline(results, tmp_path, monkeypatch):
+    from pruning.tracking import WandbTracker
+    from analysis.wandb_report import report
+    seen = {"tables": []}
+    log_table, original = WandbTracker.log_table, WandbTracker.finish
+
+    def logged(self, key, rows):
+        seen["tables"].append((key, len(rows)))
+        log_table(self, key, rows)
+    monkeypatch.setattr(WandbTracker, "log_table", logged)
+
+    def finish(self, exit_code=0):
+        seen["summary"], seen["group"], seen["job_type"] = dict(self.run.summary), self.run.group, self.run.job_type
+        original(self, exit_code)
+    monkeypatch.setattr(WandbTracker, "finish", finish)
+    out = report(results[0], out_dir=str(tmp_path), group="unit")
+    assert dict(seen["tables"]) == {"records": 12, "ppl/c4": 5, "ppl/wikitext2": 5, "zeroshot": 5}
+    assert seen["summary"]["report/n_records"] == 12 and (seen["group"], seen["job_type"]) == ("unit", "report")
+    assert {"records", "ppl/wikitext2", "zeroshot"} <= set(seen["summary"])  # W&B keeps a reference to each table
+    assert list((tmp_path / "wandb").glob("offline-run-*")) and out["tables"][0] == "records"
