@@ -56,10 +56,6 @@ def sparsity_order(spec: str) -> tuple:
     return (1, sp.ratio, 0) if sp.kind == "unstructured" else (2, sp.ratio, sp.m)
 
 
-def _order(values, key):
-    return sorted(values, key=key)
-
-
 def method_key(label: str):
     return (METHOD_ORDER.index(label) if label in METHOD_ORDER else len(METHOD_ORDER), label)
 
@@ -147,7 +143,10 @@ def _setting(frame: pd.DataFrame) -> str:
     sizes = frame.dropna(subset=["calib_nsamples"]) if "calib_nsamples" in frame else frame.iloc[:0]
     sizes = sorted({f"{int(n)} × {int(s)}" for n, s in zip(sizes["calib_nsamples"], sizes["calib_seqlen"])})
     if sizes:
-        parts[-1] += " " + "/".join(sizes)
+        if parts and parts[-1].startswith("calibration"):
+            parts[-1] += " " + "/".join(sizes)
+        else:
+            parts.append("calibration " + "/".join(sizes))
     return ", ".join(parts)
 
 
@@ -199,9 +198,10 @@ def ppl_table(frame: pd.DataFrame, dataset: str = "wikitext2", *, columns: str =
         models = f["model"].unique()
         if len(models) > 1:
             raise ValueError(f"records of several models ({', '.join(map(str, models))}): use columns=model")
-        labels = _order(f["label"].unique(), method_key)
+        labels = sorted(f["label"].unique(), key=method_key)
         rows = [METHOD_NAMES.get(m, m) for m in labels]
-        cols = [sparsity_name(s) for s in _order([s for s in f["sparsity"].unique() if s != "dense"], sparsity_order)]
+        specs = sorted((s for s in f["sparsity"].unique() if s != "dense"), key=sparsity_order)
+        cols = [sparsity_name(s) for s in specs]
         values, present = _pivot(f, col, rows, cols, lambda r: _label(r, False),
                                  lambda r: None if r["sparsity"] == "dense" else sparsity_name(r["sparsity"]))
         title = f"{DATASET_NAMES.get(dataset, dataset)} perplexity of {models[0]}"

@@ -119,7 +119,8 @@ def test_table_rules(results):
 
 def test_tables_cli(results, tmp_path, capsys):
     out = tmp_path / "t.tex"
-    assert tables_main([str(results[0]), "--table", "ppl", "--format", "latex", "--dataset", "c4", "--out", str(out)]) == 0
+    args = [str(results[0]), "--table", "ppl", "--format", "latex", "--dataset", "c4", "--out", str(out)]
+    assert tables_main(args) == 0
     assert out.read_text().startswith("\\begin{table}") and "C4 perplexity" in out.read_text()
     with pytest.raises(SystemExit):
         tables_main([str(results[0]), "--compare", "apt"])

@@ -181,7 +181,8 @@ def test_nm_choice_is_the_brute_force_optimum(hessian64):
                       for Q in itertools.combinations(range(m), n)}
             best = min(losses, key=losses.get)
             assert mask[r].nonzero().flatten().tolist() == list(best)
-            torch.testing.assert_close(z[r, list(best)], torch.linalg.solve(G[list(best)][:, list(best)], w[r, list(best)]))
+            b = list(best)
+            torch.testing.assert_close(z[r, b], torch.linalg.solve(G[b][:, b], w[r, b]))
 
 
 def test_nm_first_group_of_the_solver_is_the_brute_force_optimum(layer, hessian64):
@@ -246,12 +247,13 @@ def test_jitter_then_pseudo_inverse_on_singular_systems():
     """A singular G_QQ is solved with jitter; an indefinite one falls back to a pseudo-inverse."""
     singular = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
     info = {}
-    z = masked_solve(singular, torch.ones(1, 2, dtype=torch.bool), torch.tensor([[1.0, 1.0]], dtype=torch.float64), info)
+    both = torch.ones(1, 2, dtype=torch.bool)
+    z = masked_solve(singular, both, torch.tensor([[1.0, 1.0]], dtype=torch.float64), info)
     assert info["jitter_solves"] == 1 and torch.isfinite(z).all()
     torch.testing.assert_close(singular @ z[0], torch.tensor([1.0, 1.0], dtype=torch.float64), rtol=1e-4, atol=1e-4)
     indefinite = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
     info = {}
-    z = masked_solve(indefinite, torch.ones(1, 2, dtype=torch.bool), torch.tensor([[2.0, 3.0]], dtype=torch.float64), info)
+    z = masked_solve(indefinite, both, torch.tensor([[2.0, 3.0]], dtype=torch.float64), info)
     assert info["fallback_solves"] == 1 and torch.allclose(z, torch.tensor([[2.0, -3.0]], dtype=torch.float64))
 
 
