@@ -87,6 +87,14 @@ def test_ppl_table_by_model_matches_golden(results):
                                           delta_vs_dense=True))
 
 
+@pytest.mark.parametrize("fmt", ["latex", "csv"])
+def test_zeroshot_table_formats_match_golden(results, fmt):
+    frame = collect(results[0]).frame
+    frame = frame[frame.sparsity.isin(["dense", "0.5"])]
+    check_golden(f"zeroshot_llm-pruner.{ {'latex': 'tex', 'csv': 'csv'}[fmt]}",
+                 build(frame, "zeroshot", fmt, metrics="llm-pruner"))
+
+
 @pytest.mark.parametrize("preset", ["wanda", "llm-pruner"])
 def test_zeroshot_table_matches_golden_and_preset_changes_metric(results, preset):
     frame = collect(results[0]).frame
