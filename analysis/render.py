@@ -95,7 +95,7 @@ class Table:
         def esc(x) -> str:
             x = str(x)
             for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
-                         (EXPLODED, r"$^\dagger$"), (MISSING, "--"), ("−", "$-$")):
+                         (EXPLODED, r"$^\dagger$"), (MISSING, "--"), ("−", "$-$"), ("×", r"$\times$")):
                 x = x.replace(a, b)
             return x
 
