@@ -357,12 +357,11 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
          granularity: str, refine_iters: int = 0) -> SolverResult:
     W, Hf, dead, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64)
     info.update(jitter_solves=0, fallback_solves=0)
+    Wd = W.clone()  # the prepared dense weights, the reference of exact / refined reconstruction
     mask = _block_pass(W, U, sparsity, blocksize, score, granularity, fixed_mask, info)
     if (variant == "exact" or refine_iters) and not info["hinv_fallback"]:
-        Wd = w.double().clone()
-        Wd[:, dead] = 0
         Hd = Hf.clone()
-        Hd.diagonal().add_(info["percdamp_used"] * torch.mean(torch.diag(Hf)))
+        Hd.diagonal().add_(info["damp"])  # the damped Hessian whose inverse U factors
         if variant == "exact":
             W = exact_reconstruction(Wd, Hd, mask, U.t() @ U, info)
         else:

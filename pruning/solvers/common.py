@@ -62,7 +62,8 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
             Hinv = torch.cholesky_inverse(L)
             U = torch.linalg.cholesky(Hinv, upper=True)
             if torch.isfinite(U).all():
-                info = {"percdamp_used": frac, "damp_retries": attempt, "hinv_fallback": False}
+                info = {"percdamp_used": frac, "damp": float(frac * mean_diag), "damp_retries": attempt,
+                        "hinv_fallback": False}
                 if attempt:
                     log.warning("Cholesky needed percdamp=%g (asked %g)", frac, percdamp)
                 return U, info
