@@ -22,6 +22,7 @@ from pruning.data import dataset_spec
 from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import evaluate_perplexity
+from pruning.evaluation.zero_shot import evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
                              reset_peak_memory, utc_now, versions, write_json_atomic,
@@ -55,6 +56,9 @@ def validate(cfg: DictConfig) -> dict:
     for name in cfg.eval.perplexity.datasets or []:
         dataset_spec(name)
     dataset_spec(cfg.calibration.dataset)
+    zero_shot = cfg.eval.get("zero_shot")
+    if zero_shot is not None and zero_shot.get("enabled", True):
+        validate_zero_shot(zero_shot)
     return {"method": method, "sparsity": target, "params": params}
 
 
@@ -74,6 +78,11 @@ def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
 
 def _summary(record: dict) -> dict:
     out = {f"{name}/ppl": r["ppl"] for name, r in record["metrics"]["perplexity"].items()}
+    zero_shot = record["metrics"].get("zero_shot") or {}
+    for task, scores in (zero_shot.get("tasks") or {}).items():
+        out.update({f"zeroshot/{task}/{k}": v for k, v in scores.items() if v is not None})
+    if zero_shot.get("mean_acc") is not None:
+        out["zeroshot/mean_acc"] = zero_shot["mean_acc"]
     if record["metrics"].get("mean_rel_error") is not None:
         out["layers/mean_rel_error"] = record["metrics"]["mean_rel_error"]
     out["sparsity/target"] = record["sparsity"]["target"]["ratio"]
@@ -169,6 +178,12 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
                                                                   config.get("data"))
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
+        zero_shot = cfg.eval.get("zero_shot")
+        if zero_shot is not None and zero_shot.get("enabled", True):
+            t_zs = time.perf_counter()
+            record["metrics"]["zero_shot"] = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot,
+                                                                config.get("data"))
+            record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
         record["sparsity"].update(measure_sparsity(linears))  # actual, zeros, total, n_linears
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())

@@ -42,7 +42,39 @@ def tiny_data_root(tmp_path_factory) -> Path:
         with open(root / "c4" / name, "w", encoding="utf-8") as f:
             for i in range(n):
                 f.write(json.dumps({"text": _sentence(rng, rng.randint(5, 120)), "timestamp": "", "url": str(i)}) + "\n")
+    write_tiny_tasks(root, rng)
     return root
+
+
+def write_tiny_tasks(root: Path, rng: random.Random, n: int = 6) -> None:
+    """Synthetic zero-shot task files in the offline formats of ``../shared/data`` (SOURCES.md)."""
+    import bz2
+
+    def jsonl(rel: str, rows: list[dict]) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    s = lambda k: _sentence(rng, k)  # noqa: E731
+    jsonl("boolq/boolq_validation_mosaicml.jsonl",
+          [{"query": f"Passage: {s(30)}\nQuestion: {s(6)}?", "choices": ["no", "yes"], "gold": i % 2} for i in range(n)])
+    jsonl("rte/superglue_rte_val.jsonl", [{"premise": s(20), "hypothesis": s(8), "idx": i,
+                                            "label": ("entailment", "not_entailment")[i % 2]} for i in range(n)])
+    (root / "hellaswag").mkdir(exist_ok=True)
+    with bz2.open(root / "hellaswag" / "hellaswag_val_full.txt.bz2", "wt", encoding="utf-8") as f:
+        for i in range(n):
+            f.write("\n".join([f"Label {i}: {s(15)}", str(i % 4)] + [s(8) for _ in range(4)]) + "\n")
+    jsonl("winogrande/winogrande_xl_validation_mosaicml.jsonl",
+          [{"context_options": [f"{s(8)} Anna", f"{s(8)} Bob"], "continuation": s(6), "gold": i % 2} for i in range(n)])
+    for task in ("arc_easy", "arc_challenge"):
+        rows = [{"query": f"Question: {s(10)}?", "choices": [s(3) for _ in range(4)], "gold": i % 4} for i in range(n)]
+        rows[0]["choices"][3] = rows[0]["choices"][1]  # a 3-option question padded to 4, as in the real copy
+        rows[0]["gold"] = 2
+        jsonl(f"{task}/{task}_test_mosaicml.jsonl", rows)
+    jsonl("openbookqa/openbookqa_test_mosaicml.jsonl",
+          [{"query": s(10), "choices": [s(3) for _ in range(4)], "gold": i % 4} for i in range(n)])
+    jsonl("piqa/valid.jsonl", [{"goal": s(8), "sol1": s(10), "sol2": s(10)} for _ in range(n)])
+    (root / "piqa" / "valid-labels.lst").write_text("".join(f"{i % 2}\n" for i in range(n)))
+    jsonl("lambada_openai/lambada_test.jsonl", [{"text": s(40)} for _ in range(n)])
 
 
 def compose_cfg(overrides=(), return_hydra_config: bool = False):

@@ -1,0 +1,182 @@
+"""Zero-shot accuracy through lm-evaluation-harness on the in-memory (pruned) model.
+
+The model and tokenizer are wrapped in lm-eval's ``HFLM`` (no reload from disk) and scored with
+``simple_evaluate``; no metric is computed here. Task definitions:
+
+* **local** (a data root exists and holds the task's files): the YAMLs in ``lm_eval_tasks/``,
+  offline twins of lm-eval's stock tasks of the same name (same prompts, targets and metrics) over
+  the checksummed files of the data root; the differences our copies force are recorded per task
+  (``task_info.<task>.deviations``).
+* **hub** (``data.source=hub``, no data root, or a task without an offline copy under
+  ``data.source=auto``): lm-eval's stock task, which downloads its dataset.
+
+The record gets, per task, ``acc``, ``acc_stderr``, ``acc_norm``, ``acc_norm_stderr`` (where the
+task defines them; LAMBADA also ``perplexity``), the number of documents scored, the task version,
+its source and its chance level (mean of 1/#choices over all its documents), plus the mean
+``acc`` over the tasks and the lm-eval version.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from importlib import metadata
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pruning.data import SOURCES, resolve_data_root
+from pruning.errors import ConfigError, DataError
+from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS, task_files, task_info
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
+METRICS = ("acc", "acc_norm", "perplexity")
+
+
+def validate_zero_shot(zs: dict | DictConfig) -> dict:
+    """Check ``eval.zero_shot`` before any heavy work; returns it as a plain dict."""
+    zs = OmegaConf.to_container(zs, resolve=True) if isinstance(zs, DictConfig) else dict(zs)
+    tasks = zs.get("tasks")
+    if not tasks or isinstance(tasks, str) or not all(isinstance(t, str) and t for t in tasks):
+        raise ConfigError(f"eval.zero_shot.tasks={tasks!r}: give a list of lm-eval task names, e.g. "
+                          f"[{', '.join(OFFLINE_TASKS)}]")
+    if len(set(tasks)) != len(tasks):
+        raise ConfigError(f"eval.zero_shot.tasks={tasks!r} names a task twice")
+    limit = zs.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
+                              or (isinstance(limit, float) and limit >= 1)):
+        raise ConfigError(f"eval.zero_shot.limit={limit!r}; allowed: null (all documents), an integer >= 1 "
+                          "(first N documents per task) or a fraction 0 < limit < 1")
+    shots = zs.get("num_fewshot", 0)
+    if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
+        raise ConfigError(f"eval.zero_shot.num_fewshot={shots!r}; allowed: an integer >= 0")
+    bs = zs.get("batch_size", 1)
+    if not (isinstance(bs, int) and bs >= 1) and bs != "auto":
+        raise ConfigError(f"eval.zero_shot.batch_size={bs!r}; allowed: an integer >= 1 or 'auto'")
+    if zs.get("add_bos_token") not in (None, True, False):
+        raise ConfigError(f"eval.zero_shot.add_bos_token={zs.get('add_bos_token')!r}; allowed: null (the "
+                          "tokenizer's default), true, false")
+    return zs
+
+
+def task_sources(tasks: list[str], data: dict | None) -> dict[str, str]:
+    """``local`` or ``hub`` per task, following ``data.root`` / ``data.source`` like the text datasets."""
+    data = data or {}
+    source = data.get("source", "auto")
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r}; allowed: {', '.join(SOURCES)}")
+    root = resolve_data_root(data.get("root")) if source != "hub" else None
+    out = {}
+    for task in tasks:
+        if root is not None and task in OFFLINE_TASKS:
+            try:
+                task_files(task, root)
+                out[task] = "local"
+                continue
+            except DataError as e:
+                if source == "local":
+                    raise
+                log.warning("%s; falling back to lm-eval's stock task (hub)", e)
+        elif source == "local":
+            raise DataError(f"task {task!r} cannot be read offline ("
+                            + ("no data root" if root is None else f"offline tasks: {', '.join(OFFLINE_TASKS)}")
+                            + "); allow the hub with data.source=auto|hub")
+        out[task] = "hub"
+    return out
+
+
+def _task_manager(source: str, data: dict | None):
+    from lm_eval.tasks import TaskManager
+
+    if source == "hub":
+        return TaskManager()
+    data = data or {}
+    meta = {"data_root": str(resolve_data_root(data.get("root"))),
+            "verify_checksums": bool(data.get("verify_checksums", True))}
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=meta)
+
+
+def _number(value):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else str(value)  # JSON has no NaN / inf
+    return None  # lm-eval writes "N/A" for a missing stderr
+
+
+def _chance(task) -> float | None:
+    """Mean of 1/#choices over all the task's documents (None for non-multiple-choice tasks)."""
+    if task.OUTPUT_TYPE != "multiple_choice":
+        return None
+    docs = list(task.eval_docs)
+    return sum(1.0 / len(task.doc_to_choice(d)) for d in docs) / len(docs) if docs else None
+
+
+def _lm(model, tokenizer, zs: dict):
+    from lm_eval.models.huggingface import HFLM
+
+    device = next(model.parameters()).device
+    max_length = int(zs.get("max_length") or 2048)
+    context = getattr(model.config, "max_position_embeddings", None)
+    if context and max_length > int(context):
+        log.warning("eval.zero_shot.max_length=%d exceeds the model's context %d; using %d", max_length, context, context)
+        max_length = int(context)
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.get("batch_size", 1), max_length=max_length,
+                device=str(device), add_bos_token=zs.get("add_bos_token")), max_length
+
+
+def evaluate_zero_shot(model, tokenizer, zs: dict | DictConfig, data: dict | None = None) -> dict:
+    """Score ``zs["tasks"]`` with lm-eval; returns the ``metrics.zero_shot`` block of the record."""
+    import lm_eval
+    from lm_eval.tasks import get_task_dict
+
+    zs = validate_zero_shot(zs)
+    sources = task_sources(zs["tasks"], data)
+    t0 = time.perf_counter()
+    lm, max_length = _lm(model, tokenizer, zs)
+    seed = zs.get("seed")
+    seeds = {} if seed is None else {k: int(seed) for k in
+                                      ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")}
+    out = {"tasks": {}, "task_info": {}, "lm_eval_version": metadata.version("lm_eval"),
+           "config": {**{k: zs.get(k) for k in ("tasks", "num_fewshot", "limit", "batch_size", "add_bos_token",
+                                                "seed", "bootstrap_iters")}, "max_length": max_length}}
+    was_training = model.training
+    model.eval()
+    try:
+        for source in ("local", "hub"):
+            names = [t for t in zs["tasks"] if sources[t] == source]
+            if not names:
+                continue
+            manager = _task_manager(source, data)
+            log.info("zero-shot (%s tasks): %s, %s-shot, limit=%s", source, ", ".join(names),
+                     zs.get("num_fewshot", 0), zs.get("limit"))
+            result = lm_eval.simple_evaluate(
+                model=lm, tasks=names, num_fewshot=zs.get("num_fewshot", 0), limit=zs.get("limit"),
+                task_manager=manager, log_samples=False, bootstrap_iters=int(zs.get("bootstrap_iters", 100000)),
+                **seeds)
+            tasks = get_task_dict(names, manager)
+            for name in names:
+                scores = result["results"][name]
+                row = {}
+                for metric in METRICS:
+                    if f"{metric},none" in scores:
+                        row[metric] = _number(scores[f"{metric},none"])
+                        row[f"{metric}_stderr"] = _number(scores.get(f"{metric}_stderr,none"))
+                n = (result.get("n-samples") or {}).get(name, {})
+                row["n_docs"] = n.get("effective")
+                info = (task_info(name, (data or {}).get("root"), verify=bool((data or {}).get("verify_checksums", True)))
+                        if source == "local" else {"source": "hub"})
+                info.update(version=(result.get("versions") or {}).get(name),
+                            n_shot=(result.get("n-shot") or {}).get(name), n_docs_total=n.get("original"),
+                            chance=_chance(tasks[name]))
+                out["tasks"][name], out["task_info"][name] = row, info
+    finally:
+        model.train(was_training)
+    accs = [r["acc"] for r in out["tasks"].values() if isinstance(r.get("acc"), float)]
+    out["mean_acc"] = sum(accs) / len(accs) if len(accs) == len(out["tasks"]) else None
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    for name, row in out["tasks"].items():
+        log.info("zero-shot %s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in row.items()
+                                                      if isinstance(v, float) and not k.endswith("stderr")))
+    return out
