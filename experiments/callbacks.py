@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
@@ -26,3 +28,32 @@ class BenchmarkTable(Callback):
         except Exception as e:  # the jobs' records are safe on disk; the table can be rebuilt later
             log.error("benchmark table not written (%s: %s); run: python -m analysis.tables %s --table benchmark",
                       type(e).__name__, e, config.hydra.sweep.dir)
+
+
+class SweepSummary(Callback):
+    """Multirun bookkeeping (registered in ``conf/config.yaml`` for every run).
+
+    Start: clear the failure list of an earlier invocation of the same sweep (those jobs run again).
+    End: log every failed job and exit non-zero, so a scheduler or shell script sees the failure.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from experiments.run import FAILED_JOBS
+
+        path = Path(config.hydra.sweep.dir) / FAILED_JOBS
+        if path.exists():
+            path.unlink()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from experiments.run import FAILED_JOBS
+
+        path = Path(config.hydra.sweep.dir) / FAILED_JOBS
+        if not path.exists():
+            return
+        failed = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not failed:
+            return
+        lines = "\n".join(f"  #{f['num']} {' '.join(f['overrides'])}: {f['error']} ({f['output_dir']})" for f in failed)
+        log.error("%d job(s) of the sweep failed (their records hold the traceback; re-running the sweep redoes "
+                  "them and skips the complete ones):\n%s", len(failed), lines)
+        raise SystemExit(1)

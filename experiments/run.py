@@ -1,19 +1,32 @@
 """Hydra entry point: ``python -m experiments.run [overrides]`` (``--help`` lists the options).
 
-Thin on purpose: it registers the config resolvers and hands the composed config and the job's
-output directory to :func:`pruning.pipeline.run_job`.
+Thin on purpose: it registers the config resolvers, takes a GPU from ``runtime.gpus`` when jobs
+share a machine, and hands the composed config and the job's output directory to
+:func:`pruning.pipeline.run_job`. In a multirun a failing job does not stop the sweep: its
+``failed`` record holds the error, the failure is listed in ``<sweep dir>/failed_jobs.jsonl``, and
+:class:`experiments.callbacks.SweepSummary` makes the process exit non-zero at the end.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import re
+import traceback
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pruning.errors import ConfigError
 from pruning.sparsity import parse_sparsity
+
+log = logging.getLogger(__name__)
+
+FAILED_JOBS = "failed_jobs.jsonl"
 
 
 def run_tag(method: str, sparsity, calibration: str) -> str:
@@ -38,11 +51,34 @@ OmegaConf.register_new_resolver("run_tag", run_tag, replace=True)
 OmegaConf.register_new_resolver("override_suffix", override_suffix, replace=True)
 
 
+def record_failure(sweep_dir: str | Path, hc, error: BaseException) -> None:
+    """Append one line for a failed job (O_APPEND: safe from parallel worker processes)."""
+    line = json.dumps({"num": hc.job.num, "overrides": list(hc.overrides.task), "output_dir": hc.runtime.output_dir,
+                       "error": f"{type(error).__name__}: {error}"}) + "\n"
+    fd = os.open(Path(sweep_dir) / FAILED_JOBS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from pruning.pipeline import run_job
+    from pruning.placement import gpu_from_pool, use_gpu
 
-    run_job(cfg, HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    runtime = cfg.get("runtime") or {}
+    try:
+        with gpu_from_pool(runtime.get("gpus"), runtime.get("gpu_lock_dir") or "outputs/.gpu-locks") as gpu:
+            use_gpu(gpu)
+            run_job(cfg, hc.runtime.output_dir)
+    except Exception as e:
+        if hc.mode != RunMode.MULTIRUN:
+            raise
+        log.error("job %d failed (%s: %s); the sweep goes on. Traceback:\n%s", hc.job.num, type(e).__name__, e,
+                  traceback.format_exc())
+        record_failure(hc.sweep.dir, hc, e)
 
 
 if __name__ == "__main__":

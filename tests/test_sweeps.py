@@ -1,0 +1,146 @@
+"""Sweeps at scale: launchers, failure isolation, resume after SIGKILL, the GPU pool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from pruning.errors import ConfigError
+from pruning.placement import gpu_from_pool
+from tests.conftest import REPO, compose_cfg, tiny_overrides
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "experiments.run", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, **kwargs)
+
+
+def _records(sweep: Path) -> dict[str, dict]:
+    """Records by job tag (``<protocol>/<model>/<tag>/<extra overrides>/results.json``)."""
+    return {p.relative_to(sweep).parts[2]: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
+
+
+def _tiny(data_root, *extra) -> list[str]:
+    return [a for a in tiny_overrides("tiny-llama", data_root, *extra)] + ["runtime.threads=1"]
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("slurm_local", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"),
+    ("local", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+])
+def test_launcher_configs_compose_without_a_cluster(launcher, target):
+    cfg = compose_cfg([f"hydra/launcher={launcher}", "+experiment=zeroshot_table"], return_hydra_config=True)
+    node = cfg.hydra.launcher
+    assert node._target_ == target
+    if launcher == "slurm":
+        assert node.gpus_per_node == 1 and node.timeout_min == 360 and node.array_parallelism == 16
+        assert node.mem_gb == 64 and node.max_num_timeout == 0
+    out = _cli(f"hydra/launcher={launcher}", "--cfg", "hydra")  # what a user runs to inspect it
+    assert out.returncode == 0 and target in out.stdout, out.stderr[-2000:]
+
+
+def test_zeroshot_table_preset_turns_zero_shot_on():
+    cfg = compose_cfg(["+experiment=zeroshot_table"], return_hydra_config=True)
+    assert cfg.eval.zero_shot.enabled and cfg.sweep_name == "zeroshot-table"
+    assert dict(cfg.hydra.sweeper.params) == {"method": "dense,magnitude,wanda,sparsegpt,apt", "sparsity": "0.5,2:4"}
+
+
+def test_joblib_multirun_of_tiny_jobs_completes(tiny_data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = _cli("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *_tiny(tiny_data_root),
+               "method=magnitude,wanda", "sparsity=0.5,2:4", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = _records(sweep)
+    assert len(records) == 4 and all(r["status"] == "complete" for r in records.values())
+    assert len({r["job"]["host"] + str(r["config_hash"]) for r in records.values()}) == 4
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tiny_data_root, tmp_path):
+    """2:3 cannot tile the width-64 layers: that job fails at pruning time, the others complete, the
+    failure is listed and the process exits non-zero."""
+    sweep = tmp_path / "sweep"
+    args = [*_tiny(tiny_data_root, "method=magnitude"), "sparsity=0.5,2:3,2:4", f"hydra.sweep.dir={sweep}"]
+    out = _cli("-m", *args)
+    assert out.returncode != 0
+    log = out.stdout + out.stderr  # Hydra's logging goes to stdout
+    assert "1 job(s) of the sweep failed" in log and "magnitude_2of3_c4" in log
+    records = _records(sweep)
+    status = {k: r["status"] for k, r in records.items()}
+    assert status == {"magnitude_s0.5_c4": "complete", "magnitude_2of3_c4": "failed", "magnitude_2of4_c4": "complete"}
+    failed = next(r for r in records.values() if r["status"] == "failed")
+    assert "M=3 does not divide the input width 64" in failed["error"] and "Traceback" in failed["traceback"]
+    listed = [json.loads(x) for x in (sweep / "failed_jobs.jsonl").read_text().splitlines()]
+    assert len(listed) == 1 and listed[0]["num"] == 1
+
+    # Re-running redoes only the failed job (it fails again) and keeps the complete ones untouched.
+    before = {k: r["job"]["finished"] for k, r in records.items() if r["status"] == "complete"}
+    time.sleep(1.1)  # record timestamps have one-second resolution
+    again = _cli("-m", *args)
+    assert again.returncode != 0
+    after = _records(sweep)
+    assert {k: after[k]["job"]["finished"] for k in before} == before
+    assert len((sweep / "failed_jobs.jsonl").read_text().splitlines()) == 1  # this invocation's failures only
+
+
+def test_single_run_failure_still_raises(tiny_data_root, tmp_path):
+    out = _cli(*_tiny(tiny_data_root, "method=magnitude"), "sparsity=2:3", f"hydra.run.dir={tmp_path / 'job'}")
+    assert out.returncode != 0 and "does not divide" in out.stdout + out.stderr
+    assert json.loads((tmp_path / "job" / "results.json").read_text())["status"] == "failed"
+
+
+def test_sigkill_mid_sweep_then_rerun_redoes_only_the_unfinished_jobs(tiny_data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *_tiny(tiny_data_root), "method=magnitude,wanda,sparsegpt", f"hydra.sweep.dir={sweep}"]
+    proc = subprocess.Popen([sys.executable, "-m", "experiments.run", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    second = sweep / "quick" / "tiny-llama" / "wanda_s0.5_c4"
+    deadline = time.monotonic() + 300
+    try:
+        while not list(second.rglob("config.resolved.yaml")):  # job 2 has started
+            assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before job 2 started"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = _records(sweep)
+    assert [k for k, r in first.items() if r["status"] == "complete"] == ["magnitude_s0.5_c4"]
+    assert not list(second.rglob("results.json"))  # killed mid-job: no record, never a partial one
+    done = next(iter(first.values()))
+    time.sleep(1.1)
+    out = _cli(*args)
+    assert out.returncode == 0, out.stderr[-3000:]
+    after = _records(sweep)
+    assert len(after) == 3 and all(r["status"] == "complete" for r in after.values())
+    kept = after["magnitude_s0.5_c4"]
+    assert kept["job"]["started"] == done["job"]["started"] and kept["job"]["finished"] == done["job"]["finished"]
+    for name in ("wanda_s0.5_c4", "sparsegpt_s0.5_c4"):
+        assert after[name]["job"]["started"] > done["job"]["finished"]
+
+
+def test_gpu_pool_hands_out_distinct_gpus_and_waits_when_full(tmp_path):
+    with gpu_from_pool(None, tmp_path) as none:
+        assert none is None
+    with gpu_from_pool([3, 5], tmp_path) as a:
+        # a second process sees GPU 3 locked and takes 5; with both taken it times out
+        code = ("import sys; from pruning.placement import gpu_from_pool\n"
+                "with gpu_from_pool([3, 5], sys.argv[1]) as g: print(g)\n"
+                "try:\n  with gpu_from_pool([3], sys.argv[1], poll_s=0.05, timeout_s=0.2): print('no')\n"
+                "except TimeoutError as e: print('timeout', e)")
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+        assert a == 3 and out.stdout.splitlines()[0] == "5", out.stderr
+        assert out.stdout.splitlines()[1].startswith("timeout no free GPU among [3]")
+    with gpu_from_pool([3, 5], tmp_path) as again:  # released when the job ended
+        assert again == 3
+    with pytest.raises(ConfigError, match="runtime.gpus='0,1'"):
+        with gpu_from_pool("0,1", tmp_path):
+            pass
