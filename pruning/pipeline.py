@@ -184,6 +184,9 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
             record["metrics"]["zero_shot"] = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot,
                                                                 config.get("data"))
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
+            tracker.log_table("zero_shot", [{"task": task, **scores, "chance": record["metrics"]["zero_shot"]
+                                             ["task_info"][task].get("chance")}
+                                            for task, scores in record["metrics"]["zero_shot"]["tasks"].items()])
         record["sparsity"].update(measure_sparsity(linears))  # actual, zeros, total, n_linears
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())
