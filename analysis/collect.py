@@ -104,6 +104,8 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             except (OSError, json.JSONDecodeError) as e:
                 skipped.append({"path": str(path), "status": "unreadable", "error": str(e)})
                 continue
+            if record.get("kind") == "solver_timing":  # synthetic-layer timings: analysis.solver_timing
+                continue
             if record.get("status") != "complete":
                 skipped.append({"path": str(path), "status": record.get("status"), "error": record.get("error")})
                 continue

@@ -57,3 +57,18 @@ class SweepSummary(Callback):
         log.error("%d job(s) of the sweep failed (their records hold the traceback; re-running the sweep redoes "
                   "them and skips the complete ones):\n%s", len(failed), lines)
         raise SystemExit(1)
+
+
+class SolverTimingTable(Callback):
+    """End of a solver-timing multirun: ``solver_timing.csv`` (per shape) and ``.md`` (per model,
+    with the ratio to SparseGPT) in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from analysis.solver_timing import write_tables
+
+        try:
+            for path in write_tables(config.hydra.sweep.dir):
+                log.info("wrote %s", path)
+        except Exception as e:  # the records are safe on disk; the table can be rebuilt
+            log.error("timing table not written (%s: %s); run: python -m analysis.solver_timing %s",
+                      type(e).__name__, e, config.hydra.sweep.dir)

@@ -144,3 +144,32 @@ def test_gpu_pool_hands_out_distinct_gpus_and_waits_when_full(tmp_path):
     with pytest.raises(ConfigError, match="runtime.gpus='0,1'"):
         with gpu_from_pool("0,1", tmp_path):
             pass
+
+
+def test_solver_timing_benchmark_writes_per_model_totals(tmp_path):
+    import pandas as pd
+
+    sweep = tmp_path / "timing"
+    out = subprocess.run([sys.executable, "-m", "experiments.solver_timing", "-m", "shapes=tiny",
+                          "method=apt,sparsegpt,wanda", "sparsity=0.5,2:4", "threads=1", "hessian_rank=16",
+                          f"hydra.sweep.dir={sweep}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    frame = pd.read_csv(sweep / "solver_timing.csv")
+    assert len(frame) == 3 * 2 * 2 and set(frame["layer"]) == {"attn", "mlp"}
+    assert (frame["seconds"] > 0).all()
+    assert (frame[frame["method"] != "wanda"]["rel_error"] > 0).all()  # wanda's solver reads no H: no error
+    table = (sweep / "solver_timing.md").read_text()
+    assert table.count("| tiny | 0.5 | cpu | sparsegpt | blocksize=128,max_damp_tries=6,percdamp=0.01 |") == 1
+    assert "| 1.00× |" in table and table.count("\n") == 2 + 6
+    rec = json.loads(next(sweep.rglob("results.json")).read_text())
+    assert rec["kind"] == "solver_timing" and rec["layers"][0]["count"] == 2
+    from analysis.collect import collect  # timing records are not pruning jobs: collect leaves them out
+
+    col = collect(sweep)
+    assert col.frame.empty and not col.skipped
+
+
+def test_solver_timing_rejects_bad_input(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "experiments.solver_timing", "shapes=tiny", "method=dense",
+                          f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "method='dense' has no solver to time" in out.stderr

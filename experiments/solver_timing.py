@@ -1,0 +1,134 @@
+"""Solver-only timing on a model's layer shapes: ``python -m experiments.solver_timing [-m] [overrides]``.
+
+No model and no data: for every shape of ``conf/shapes/<name>.yaml`` a random weight and a random
+correlated Hessian ``H = B Bᵀ/r + 0.01·I`` (``B``: ``cols × r`` Gaussian mixed across columns, so
+inputs are correlated as in real layers) are built, the solver of ``conf/method/<name>.yaml`` runs
+once to warm up and ``repeats`` times timed (CUDA synchronised), and the job writes
+``results.json`` with seconds per shape and the per-model total (seconds × linears of that
+shape). At the end of a multirun :class:`experiments.callbacks.SolverTimingTable` writes
+``solver_timing.csv`` / ``.md`` with the ratio of each method to SparseGPT. Skips a job whose
+complete record exists for the same config (``force=true`` re-runs it).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+import experiments.run  # noqa: F401  (registers override_suffix)
+from pruning.errors import ConfigError
+from pruning.results import (RESULTS_FILE, config_hash, is_complete, read_record, utc_now, versions,
+                             write_json_atomic)
+from pruning.solvers import SOLVERS
+from pruning.sparsity import parse_sparsity
+
+log = logging.getLogger(__name__)
+
+OmegaConf.register_new_resolver("sparsity_tag", lambda s: parse_sparsity(s).tag, replace=True)
+
+
+def random_layer(rows: int, cols: int, rank: int, seed: int, device, dtype=torch.float32):
+    """A random weight and a correlated positive-definite Hessian of the layer's input width."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g, dtype=dtype)
+    r = min(rank, cols)
+    mix = torch.randn(cols, r, generator=g, dtype=dtype) * torch.rand(cols, 1, generator=g, dtype=dtype).add(0.1)
+    w, mix = w.to(device), mix.to(device)
+    H = mix @ mix.T / r
+    H.diagonal().add_(0.01)
+    return w, H
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_solver(method: str, params: dict, w, H, sparsity, repeats: int) -> tuple[list[float], object]:
+    solver = SOLVERS[method]
+    kwargs = dict(params)
+    if solver.needs_hessian:
+        kwargs["H"] = H
+    if solver.needs_norms:
+        kwargs["sq_norms"] = H.diagonal().clone()  # ∝ ‖X_j‖²; only the ranking matters
+    res = solver.fn(w.clone(), sparsity, **kwargs)  # warm-up (allocations, kernels)
+    seconds = []
+    for _ in range(repeats):
+        wc = w.clone()
+        _sync(w.device)
+        t0 = time.perf_counter()
+        res = solver.fn(wc, sparsity, **kwargs)
+        _sync(w.device)
+        seconds.append(time.perf_counter() - t0)
+    return seconds, res
+
+
+def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    chash = config_hash({k: v for k, v in config.items() if k not in ("threads",)})
+    path = out_dir / RESULTS_FILE
+    existing = read_record(path)
+    if is_complete(existing) and existing.get("config_hash") == chash and not cfg.force:
+        log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)
+        return existing
+    method = cfg.method.name
+    if method not in SOLVERS:
+        raise ConfigError(f"method={method!r} has no solver to time; allowed: {', '.join(SOLVERS)}")
+    params = {k: v for k, v in config["method"].items() if k != "name"}
+    unknown = sorted(set(params) - set(SOLVERS[method].params()))
+    if unknown:
+        raise ConfigError(f"method {method!r} has no parameter(s) {unknown}")
+    sparsity = parse_sparsity(cfg.sparsity)
+    if sparsity.kind == "dense":
+        raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing")
+    if int(cfg.repeats) < 1:
+        raise ConfigError(f"repeats={cfg.repeats!r}; allowed: an integer >= 1")
+    shapes = dict(config["shapes"]["layers"])
+    wanted = cfg.layers or list(shapes)
+    missing = [n for n in wanted if n not in shapes]
+    if missing:
+        raise ConfigError(f"layers={missing} are not shapes of {config['shapes']['name']}; allowed: {', '.join(shapes)}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu")
+    for name in wanted:
+        sparsity.check_width(shapes[name][1], name)
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+    record = {"status": "running", "kind": "solver_timing", "config_hash": chash, "config": config,
+              "versions": versions(), "job": {"started": utc_now(), "output_dir": str(out_dir.resolve())},
+              "method": {"name": method, "params": params}, "sparsity": sparsity.as_dict(), "layers": []}
+    total = 0.0
+    for i, name in enumerate(wanted):
+        rows, cols, count = shapes[name]
+        w, H = random_layer(rows, cols, int(cfg.hessian_rank), int(cfg.seed) + i, cfg.device)
+        seconds, res = time_solver(method, params, w, H, sparsity, int(cfg.repeats))
+        median = statistics.median(seconds)
+        total += median * count
+        record["layers"].append({"layer": name, "rows": rows, "cols": cols, "count": count, "seconds": median,
+                                 "seconds_all": seconds, "rel_error": res.error,
+                                 "sparsity": float(res.mask.float().mean())})
+        log.info("%s %s %dx%d: %.3f s (x%d per model)", method, name, rows, cols, median, count)
+    record.update(status="complete", model_seconds=total, device=str(cfg.device))
+    record["job"]["finished"] = utc_now()
+    write_json_atomic(path, record)
+    log.info("%s on %s shapes at %s: %.1f s of solver time per model; wrote %s", method, config["shapes"]["name"],
+             sparsity, total, path)
+    return record
+
+
+@hydra.main(config_path="../conf", config_name="solver_timing", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_timing(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
