@@ -6,7 +6,10 @@
 * ``ppl_vs_sparsity``: perplexity against unstructured sparsity per method (log y; dense as a
   dashed line), with N:M patterns in a second panel;
 * ``layer_error_by_depth``: the mean relative reconstruction error ‖(W−W')X‖²/‖WX‖² of each
-  block's linears against depth, one line per method, at one sparsity.
+  block's linears against depth, one line per method, at one sparsity;
+* ``calibration_effect`` (``--figures calibration``): perplexity against the number of
+  calibration tokens, one line per method × calibration set, one panel per evaluation set (the
+  calibration study of the quick protocol).
 """
 
 from __future__ import annotations
@@ -96,6 +99,38 @@ def layer_error_by_depth(layers: pd.DataFrame, sparsity: str = "0.5"):
     return fig
 
 
+CALIB_STYLE = {"c4": "-", "wikitext2": "--", "ptb": ":"}
+
+
+def calibration_effect(frame: pd.DataFrame, datasets=("wikitext2", "c4")):
+    """Perplexity against calibration tokens (nsamples × seqlen, log2 axis) per method and calibration
+    set; 2048-token windows are drawn hollow so they stand apart from 512-token ones."""
+    f = frame[frame["calib_nsamples"].notna()] if "calib_nsamples" in frame else frame.iloc[0:0]
+    datasets = [d for d in datasets if f"ppl_{d}" in f and f[f"ppl_{d}"].notna().any()]
+    if f.empty or not datasets:
+        raise ValueError("no calibrated records with perplexity to plot")
+    model = _one_model(f)
+    f = f.assign(tokens=f["calib_nsamples"] * f["calib_seqlen"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        for (label, calib), g in sorted(f.groupby(["label", "calib_dataset"]), key=lambda kv: (method_key(kv[0][0]), kv[0][1])):
+            g = g.sort_values("tokens")
+            name = f"{METHOD_NAMES.get(label, label)}, calib {calib}"
+            line, = ax.plot(g["tokens"], g[f"ppl_{ds}"], CALIB_STYLE.get(calib, "-"), marker=MARKERS.get(label, "o"),
+                            label=name)
+            long = g[g["calib_seqlen"] >= 2048]
+            ax.plot(long["tokens"], long[f"ppl_{ds}"], marker=MARKERS.get(label, "o"), markersize=10,
+                    linestyle="none", markerfacecolor="none", color=line.get_color())
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("calibration tokens (nsamples × seqlen; hollow: 2048-token windows)")
+        ax.set_ylabel(f"{ds} perplexity")
+        ax.set_title(f"{model}: evaluated on {ds}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, out_dir: str | Path, name: str, formats=("png",)) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,16 +152,26 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="wikitext2")
     p.add_argument("--layer-sparsity", default="0.5", help="sparsity of the per-layer error plot (e.g. 0.5, 2:4)")
     p.add_argument("--formats", default="png", help="comma-separated: png, pdf, svg")
+    p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration")
     args = p.parse_args(argv)
+    figures = {f.strip() for f in args.figures.split(",") if f.strip()}
+    unknown = figures - {"ppl", "layers", "calibration"}
+    if unknown:
+        p.error(f"--figures: unknown {sorted(unknown)}; allowed: ppl, layers, calibration")
     plt.switch_backend("Agg")  # files only: no display needed
     col = collect(*args.dirs, layers=True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    written = []
     try:
-        written = save(ppl_vs_sparsity(col.frame, args.dataset), args.out_dir, f"ppl_vs_sparsity_{args.dataset}",
-                       formats)
-        tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
-        written += save(layer_error_by_depth(col.layers, args.layer_sparsity), args.out_dir,
-                        f"layer_error_by_depth_{tag}", formats)
+        if "ppl" in figures:
+            written += save(ppl_vs_sparsity(col.frame, args.dataset), args.out_dir,
+                            f"ppl_vs_sparsity_{args.dataset}", formats)
+        if "layers" in figures:
+            tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
+            written += save(layer_error_by_depth(col.layers, args.layer_sparsity), args.out_dir,
+                            f"layer_error_by_depth_{tag}", formats)
+        if "calibration" in figures:
+            written += save(calibration_effect(col.frame), args.out_dir, "calibration_study", formats)
     except ValueError as e:
         p.error(str(e))
     for path in written:

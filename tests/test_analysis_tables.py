@@ -176,3 +176,23 @@ def test_wandb_report_offline(results, tmp_path, monkeypatch):
     assert seen["summary"]["report/n_records"] == 12 and (seen["group"], seen["job_type"]) == ("unit", "report")
     assert {"records", "ppl/wikitext2", "zeroshot"} <= set(seen["summary"])  # W&B keeps a reference to each table
     assert list((tmp_path / "wandb").glob("offline-run-*")) and out["tables"][0] == "records"
+
+
+def test_calibration_study_figure(tmp_path):
+    """ppl against calibration tokens per method × calibration set, one panel per evaluation set."""
+    from analysis.plots import calibration_effect, main as plots_main
+    root = tmp_path / "study"
+    for method in ("wanda", "sparsegpt"):
+        for calib in ("c4", "wikitext2"):
+            for n, seqlen in ((16, 512), (32, 512), (128, 512), (128, 2048)):
+                rec = with_extras(record(method, 0.5, 40.0 - n / 100, 0.02, chash=f"{method}{calib}{n}{seqlen}"), c4=60.0)
+                rec["protocol"]["calibration"].update(dataset=calib, nsamples=n, seqlen=seqlen)
+                write(root, f"{method}_{calib}_{n}_{seqlen}", rec)
+    fig = calibration_effect(collect(root).frame)
+    assert len(fig.axes) == 2 and len(fig.axes[0].get_legend().get_texts()) == 4
+    xs = sorted(set(fig.axes[0].lines[0].get_xdata()))
+    assert xs == [16 * 512, 32 * 512, 128 * 512, 128 * 2048]
+    assert plots_main([str(root), "--figures", "calibration", "--out-dir", str(tmp_path / "fig")]) == 0
+    assert [p.name for p in (tmp_path / "fig").iterdir()] == ["calibration_study.png"]
+    with pytest.raises(SystemExit):
+        plots_main([str(root), "--figures", "calibrations"])
