@@ -48,11 +48,13 @@ def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float) -> dict:
     return row
 
 
-def _prune_without_data(model, adapter, solver, sparsity, params, t_total) -> "EngineReport":
+def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store=None) -> "EngineReport":
     """Solvers that read only the weights (magnitude) with no error report: no forward pass at all."""
     report = EngineReport()
     solver_s = 0.0
     for bi, block in enumerate(tqdm(adapter.blocks(model), desc=f"prune {sparsity}", unit="block")):
+        if store is not None:
+            store.hold(bi, block)
         for n, layer in adapter.prunable(block).items():
             t0 = time.perf_counter()
             res = solver.fn(layer.weight.data, sparsity, **params)
@@ -60,6 +62,8 @@ def _prune_without_data(model, adapter, solver, sparsity, params, t_total) -> "E
             solver_s += dt
             layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
             report.layers.append(_layer_row(adapter, bi, n, layer, res, dt))
+        if store is not None:
+            store.put_back(bi, block)
     report.timings = {"calib_forward_s": 0.0, "solver_s": round(solver_s, 3),
                       "prune_total_s": round(time.perf_counter() - t_total, 3)}
     return report
@@ -110,8 +114,11 @@ def _to(obj, device):
 @torch.no_grad()
 def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, *, device=None, true_sequential: bool = False,
-                report_error: bool = True, batch_size: int = 1) -> EngineReport:
-    """Prune every prunable linear of every block in place; returns the per-layer report and timings."""
+                report_error: bool = True, batch_size: int = 1, store=None) -> EngineReport:
+    """Prune every prunable linear of every block in place; returns the per-layer report and timings.
+
+    ``store`` (:class:`pruning.offload.BlockStore`): blocks live on disk; each is loaded, pruned,
+    written back and released in turn, so one block is in memory at a time."""
     params = dict(params or {})
     report = EngineReport()
     t_total = time.perf_counter()
@@ -120,7 +127,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         sparsity.check_width(m.in_features, name)
 
     if not solver.needs_data(report_error):
-        return _prune_without_data(model, adapter, solver, sparsity, params, t_total)
+        return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store)
     if windows is None:
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
@@ -133,6 +140,8 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
 
     blocks = adapter.blocks(model)
     for bi, block in enumerate(tqdm(blocks, desc=f"prune {sparsity}", unit="block")):
+        if store is not None:
+            store.hold(bi, block, device)
         home = next(block.parameters()).device
         block.to(device)
         linears = adapter.prunable(block)
@@ -179,7 +188,10 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]
         forward_s += time.perf_counter() - t0
-        block.to(home)
+        if store is not None:
+            store.put_back(bi, block)
+        else:
+            block.to(home)
     report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),
                       "prune_total_s": round(time.perf_counter() - t_total, 3)}
     return report

@@ -50,6 +50,7 @@ class LoadedModel:
     tokenizer: object
     adapter: FamilyAdapter
     info: dict
+    store: object = None  # pruning.offload.BlockStore when the blocks live on disk
 
 
 def cache_root(cfg_value: str | None = None) -> Path:
@@ -184,8 +185,32 @@ def _random_model(cfg):
     return model, byte_tokenizer()
 
 
-def load_model(cfg, device: str | None = None) -> LoadedModel:
-    """Load the model described by a ``model`` config node."""
+def _load_offloaded(cfg, source: str, where: str | None, revision, dtype, store_root, tok_kwargs):
+    """The model with its blocks in a :class:`pruning.offload.BlockStore` (``runtime.offload=disk``)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from pruning import offload
+
+    if source == "random":
+        arch = dict(cfg.get("arch") or {})
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+        model, adapter, store = offload.random_offloaded(config, adapter_for, store_root, int(cfg.get("seed", 0)), dtype)
+        return model, byte_tokenizer(), adapter, store
+    if where is None:
+        raise ConfigError("runtime.offload=disk reads safetensors checkpoints; a GGUF needs model.cache=true")
+    if source == "hub":
+        from huggingface_hub import snapshot_download
+
+        where = snapshot_download(where, revision=revision,
+                                  allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
+    config = AutoConfig.from_pretrained(where, trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    model, adapter, store = offload.checkpoint_offloaded(where, config, adapter_for, store_root, dtype)
+    return model, AutoTokenizer.from_pretrained(where, **tok_kwargs), adapter, store
+
+
+def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike | None = None) -> LoadedModel:
+    """Load the model described by a ``model`` config node; with ``offload_dir`` the decoder blocks
+    are kept in a block store there instead of in memory (:mod:`pruning.offload`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
@@ -198,6 +223,8 @@ def load_model(cfg, device: str | None = None) -> LoadedModel:
     tok_kwargs = {"use_fast": bool(tok_cfg.get("use_fast", False))}
     cache = cache_root(cfg.get("cache_dir"))
     info = {"name": cfg.get("name"), "source": source}
+    if offload_dir is not None:
+        return _offloaded_model(cfg, source, dev, dtype, cache, offload_dir, tok_kwargs, info, t0)
 
     if source == "random":
         model, tokenizer = _random_model(cfg)
@@ -252,3 +279,36 @@ def load_model(cfg, device: str | None = None) -> LoadedModel:
     log.info("loaded %s (%s, %.1fM params, %s on %s) in %.1fs", info["name"], info["architecture"],
              info["n_params"] / 1e6, info["dtype"], info["device"], info["load_seconds"])
     return LoadedModel(model, tokenizer, adapter, info)
+
+
+def _offloaded_model(cfg, source, dev, dtype, cache, offload_dir, tok_kwargs, info, t0) -> LoadedModel:
+    if dev.type != "cpu":
+        raise ConfigError(f"runtime.offload=disk keeps the model on the CPU (model.device={dev}); "
+                          "use engine.device=cuda to prune each block on the GPU")
+    dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    if source in ("hub", "local"):
+        where, revision = (cfg.get("hub_id"), cfg.get("revision")) if source == "hub" else (cfg.get("path"), None)
+    elif source == "random":
+        where, revision = None, None
+    else:
+        gguf = (Path(str(cfg.get("path") or "")).expanduser() if source == "gguf" else
+                packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file")) if source == "packaged_gguf" else
+                assembled_gguf_path(cfg.get("package"), cache))
+        tok_kwargs["use_fast"] = True
+        where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.get("cache", True) else None), None
+    model, tokenizer, adapter, store = _load_offloaded(cfg, source, where, revision, dtype, offload_dir, tok_kwargs)
+    model.config.use_cache = False
+    model.eval()
+    store.attach(model)
+    info.update(
+        family=adapter.family, model_type=model.config.model_type, architecture=type(model).__name__,
+        n_params=sum(p.numel() for p in model.parameters()), n_blocks=len(adapter.blocks(model)),
+        dtype=str(dtype).replace("torch.", ""), device="cpu", offload={"mode": "disk", "dir": str(offload_dir),
+                                                                      "block_bytes": store.nbytes()},
+        max_position_embeddings=getattr(model.config, "max_position_embeddings", None),
+        load_seconds=round(time.perf_counter() - t0, 3),
+    )
+    log.info("loaded %s (%s, %.1fM params, %s) with its %d blocks on disk (%.2f GB in %s) in %.1fs", info["name"],
+             info["architecture"], info["n_params"] / 1e6, info["dtype"], info["n_blocks"], store.nbytes() / 2**30,
+             offload_dir, info["load_seconds"])
+    return LoadedModel(model, tokenizer, adapter, info, store)

@@ -8,6 +8,7 @@ when it finished, ``failed`` (with the error and traceback) when it did not.
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import time
 import traceback
@@ -24,6 +25,7 @@ from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.evaluation.zero_shot import evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model
+from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
                              reset_peak_memory, utc_now, versions, write_json_atomic,
                              write_text_atomic)
@@ -57,8 +59,15 @@ def validate(cfg: DictConfig) -> dict:
         dataset_spec(name)
     dataset_spec(cfg.calibration.dataset)
     zero_shot = cfg.eval.get("zero_shot")
-    if zero_shot is not None and zero_shot.get("enabled", True):
+    zero_shot_on = zero_shot is not None and zero_shot.get("enabled", True)
+    if zero_shot_on:
         validate_zero_shot(zero_shot)
+    offload = (cfg.get("runtime") or {}).get("offload")
+    if offload not in OFFLOAD_MODES:
+        raise ConfigError(f"runtime.offload={offload!r}; allowed: null (the model in memory), disk")
+    if offload and zero_shot_on:
+        raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
+                          "model in memory); use eval=ppl or run without offload")
     return {"method": method, "sparsity": target, "params": params}
 
 
@@ -132,12 +141,17 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
                           "run_dir": tracker.run_dir}
     t_start = time.perf_counter()
     record["memory"]["peak_scope"] = reset_peak_memory()
+    offload_dir, temporary_store = None, False
     try:
         threads = (config.get("runtime") or {}).get("threads")
         if threads:
             torch.set_num_threads(int(threads))
         torch.manual_seed(int(config.get("seed", 0)))
-        loaded = load_model(cfg.model)
+        runtime = config.get("runtime") or {}
+        if runtime.get("offload"):
+            offload_dir = Path(runtime.get("offload_dir") or out_dir / "offload")
+            temporary_store = not runtime.get("offload_dir")
+        loaded = load_model(cfg.model, offload_dir=offload_dir)
         record["model"] = loaded.info
         record["timings"]["load_s"] = loaded.info["load_seconds"]
         check_context(loaded.info, cfg, calibrating=method != "dense")
@@ -164,7 +178,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
                                  parsed["params"], device=eng.get("device"),
                                  true_sequential=bool(eng.get("true_sequential", False)),
                                  report_error=report_error,
-                                 batch_size=int(eng.get("batch_size", 1)))
+                                 batch_size=int(eng.get("batch_size", 1)), store=loaded.store)
             record["layers"] = report.layers
             record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
             record["timings"].update(report.timings)
@@ -187,7 +201,8 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
             tracker.log_table("zero_shot", [{"task": task, **scores, "chance": record["metrics"]["zero_shot"]
                                              ["task_info"][task].get("chance")}
                                             for task, scores in record["metrics"]["zero_shot"]["tasks"].items()])
-        record["sparsity"].update(measure_sparsity(linears))  # actual, zeros, total, n_linears
+        record["sparsity"].update(measure_sparsity(linears) if loaded.store is None else  # actual, zeros, total,
+                                  measure_offloaded_sparsity(loaded.model, loaded.adapter, loaded.store))  # n_linears
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())
         record["status"] = "complete"
@@ -207,3 +222,6 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         finally:
             tracker.finish(exit_code=1)
         raise
+    finally:
+        if temporary_store and offload_dir is not None:
+            shutil.rmtree(offload_dir, ignore_errors=True)
