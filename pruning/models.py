@@ -185,6 +185,20 @@ def _random_model(cfg):
     return model, byte_tokenizer()
 
 
+def _gguf_file(cfg, source: str, cache: Path, info: dict) -> Path:
+    """The GGUF file of a ``gguf`` / ``packaged_gguf`` / ``assembled_gguf`` model, recorded in ``info``."""
+    if source == "gguf":
+        gguf = Path(str(cfg.get("path") or "")).expanduser()
+        _check_gguf(gguf)
+    elif source == "packaged_gguf":
+        gguf = packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file"))
+    else:
+        gguf = assembled_gguf_path(cfg.get("package"), cache)
+    info.update(gguf=str(gguf), gguf_sha256=file_sha256(gguf),
+                note="dequantized from GGUF; 'dense' means the dequantized weights")
+    return gguf
+
+
 def _load_offloaded(cfg, source: str, where: str | None, revision, dtype, store_root, tok_kwargs):
     """The model with its blocks in a :class:`pruning.offload.BlockStore` (``runtime.offload=disk``)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -240,15 +254,7 @@ def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike
             if not where or not Path(where).is_dir():
                 raise ModelLoadError(f"model.path={where!r} is not a directory (source=local)")
         else:
-            if source == "gguf":
-                gguf = Path(str(cfg.get("path") or "")).expanduser()
-                _check_gguf(gguf)
-            elif source == "packaged_gguf":
-                gguf = packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file"))
-            else:
-                gguf = assembled_gguf_path(cfg.get("package"), cache)
-            info.update(gguf=str(gguf), gguf_sha256=file_sha256(gguf),
-                        note="dequantized from GGUF; 'dense' means the dequantized weights")
+            gguf = _gguf_file(cfg, source, cache, info)
             # GGUF tokenizers convert to fast tokenizers only; the slow one does not exist here.
             tok_kwargs["use_fast"] = True
             where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.get("cache", True) else None), None
@@ -291,9 +297,7 @@ def _offloaded_model(cfg, source, dev, dtype, cache, offload_dir, tok_kwargs, in
     elif source == "random":
         where, revision = None, None
     else:
-        gguf = (Path(str(cfg.get("path") or "")).expanduser() if source == "gguf" else
-                packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file")) if source == "packaged_gguf" else
-                assembled_gguf_path(cfg.get("package"), cache))
+        gguf = _gguf_file(cfg, source, cache, info)
         tok_kwargs["use_fast"] = True
         where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.get("cache", True) else None), None
     model, tokenizer, adapter, store = _load_offloaded(cfg, source, where, revision, dtype, offload_dir, tok_kwargs)

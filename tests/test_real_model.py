@@ -73,3 +73,17 @@ def test_quick_zero_shot_on_smollm2(smollm2):
         assert zs["task_info"][name]["source"] == "local" and zs["task_info"][name]["checksum_verified"]
     # a trained model, not noise: LAMBADA perplexity of a random 49k-vocabulary model is in the tens of thousands
     assert zs["tasks"]["lambada_openai"]["perplexity"] < 300
+
+
+def test_offloaded_smollm2_prunes_and_scores_like_in_memory(tmp_path, model_cache):
+    """runtime.offload=disk on the real checkpoint (the GGUF's safetensors cache, tied LM head)."""
+    from pruning.pipeline import run_job
+
+    base = [f"model.cache_dir={model_cache}", "method=magnitude", "engine.report_error=false", "logger=none",
+            "eval.perplexity.max_windows=1"]
+    mem = run_job(compose_cfg(base), tmp_path / "mem")
+    disk = run_job(compose_cfg(base + ["runtime.offload=disk"]), tmp_path / "disk")
+    assert disk["model"]["offload"]["block_bytes"] > 0.35 * 2**30  # 30 blocks of float32 weights
+    assert disk["sparsity"]["zeros"] == mem["sparsity"]["zeros"]
+    assert disk["metrics"]["perplexity"]["wikitext2"]["ppl"] == pytest.approx(
+        mem["metrics"]["perplexity"]["wikitext2"]["ppl"], rel=1e-5)
