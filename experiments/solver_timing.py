@@ -24,8 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiments.run  # noqa: F401  (registers override_suffix)
 from pruning.errors import ConfigError
-from pruning.results import (RESULTS_FILE, config_hash, is_complete, read_record, utc_now, versions,
-                             write_json_atomic)
+from pruning.results import RESULTS_FILE, config_hash, reusable_record, utc_now, versions, write_json_atomic
 from pruning.solvers import SOLVERS
 from pruning.sparsity import parse_sparsity
 
@@ -75,17 +74,14 @@ def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash({k: v for k, v in config.items() if k not in ("threads",)})
     path = out_dir / RESULTS_FILE
-    existing = read_record(path)
-    if is_complete(existing) and existing.get("config_hash") == chash and not cfg.force:
-        log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)
+    existing = reusable_record(path, chash, bool(cfg.force))
+    if existing is not None:
         return existing
     method = cfg.method.name
     if method not in SOLVERS:
         raise ConfigError(f"method={method!r} has no solver to time; allowed: {', '.join(SOLVERS)}")
     params = {k: v for k, v in config["method"].items() if k != "name"}
-    unknown = sorted(set(params) - set(SOLVERS[method].params()))
-    if unknown:
-        raise ConfigError(f"method {method!r} has no parameter(s) {unknown}")
+    SOLVERS[method].check_params(method, params)
     sparsity = parse_sparsity(cfg.sparsity)
     if sparsity.kind == "dense":
         raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing")

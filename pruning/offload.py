@@ -15,7 +15,6 @@ block.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -25,7 +24,6 @@ from torch import nn
 from pruning.adapters import FamilyAdapter
 from pruning.errors import ConfigError, ModelLoadError
 
-log = logging.getLogger(__name__)
 
 OFFLOAD_MODES = (None, "disk")
 
@@ -217,6 +215,7 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
     outside: dict[str, torch.Tensor] = {}
     per_block: dict[int, dict[str, torch.Tensor]] = {}
     n_blocks = len(adapter.blocks(model))
+    block_size = [len(b.state_dict()) for b in adapter.blocks(model)]  # tensors that make a block complete
     for fname in files:
         with safe_open(str(where / fname), framework="pt") as f:
             for key in f.keys():
@@ -227,7 +226,7 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
                 if name.startswith(prefix):
                     i, rest = name[len(prefix):].split(".", 1)
                     per_block.setdefault(int(i), {})[rest] = f.get_tensor(key).to(dtype)
-                    if len(per_block[int(i)]) == len(adapter.blocks(model)[int(i)].state_dict()):
+                    if len(per_block[int(i)]) == block_size[int(i)]:
                         store.save_tensors(int(i), per_block.pop(int(i)))  # complete: flush to disk
                 else:
                     outside[name] = f.get_tensor(key)
@@ -238,7 +237,8 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
         raise ModelLoadError(f"checkpoint {where}: no tensors for blocks {missing_blocks}")
     missing = _materialize_outside_blocks(model, adapter, outside, dtype)
     model.tie_weights()
-    still = [n for n in missing if dict(model.named_parameters(remove_duplicate=False))[n].is_meta]
+    params = dict(model.named_parameters(remove_duplicate=False))
+    still = [n for n in missing if params[n].is_meta]
     if still:
         raise ModelLoadError(f"checkpoint {where} lacks {still}")
     return model, adapter, store

@@ -26,9 +26,8 @@ from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.evaluation.zero_shot import evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model
 from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
-from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, peak_memory, read_record,
-                             reset_peak_memory, utc_now, versions, write_json_atomic,
-                             write_text_atomic)
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, peak_memory, reset_peak_memory,
+                             reusable_record, utc_now, versions, write_json_atomic, write_text_atomic)
 from pruning.solvers import SOLVERS
 from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
@@ -49,10 +48,7 @@ def validate(cfg: DictConfig) -> dict:
     if method == "dense":
         target = Sparsity("dense", 0.0)
     else:
-        allowed = SOLVERS[method].params()
-        unknown = sorted(set(params) - set(allowed))
-        if unknown:
-            raise ConfigError(f"method {method!r} has no parameter(s) {unknown}; allowed: {', '.join(allowed) or 'none'}")
+        SOLVERS[method].check_params(method, params)
         if target.kind == "dense":
             raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing; use method=dense for the unpruned model")
     for name in cfg.eval.perplexity.datasets or []:
@@ -106,15 +102,9 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config)
     path = out_dir / RESULTS_FILE
-    existing = read_record(path)
-    if is_complete(existing) and not cfg.get("force", False):
-        if existing.get("config_hash") == chash:
-            log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)
-            return existing
-        raise ConfigError(
-            f"{path} holds a complete record of another config (hash {existing.get('config_hash')}, this job "
-            f"{chash}); refusing to overwrite it. Pass force=true, or choose another hydra.run.dir"
-        )
+    existing = reusable_record(path, chash, bool(cfg.get("force", False)))
+    if existing is not None:
+        return existing
     parsed = validate(cfg)
     method, target = parsed["method"], parsed["sparsity"]
     if method == "dense" and cfg.sparsity is not None:
@@ -143,11 +133,10 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
     record["memory"]["peak_scope"] = reset_peak_memory()
     offload_dir, temporary_store = None, False
     try:
-        threads = (config.get("runtime") or {}).get("threads")
-        if threads:
-            torch.set_num_threads(int(threads))
-        torch.manual_seed(int(config.get("seed", 0)))
         runtime = config.get("runtime") or {}
+        if runtime.get("threads"):
+            torch.set_num_threads(int(runtime["threads"]))
+        torch.manual_seed(int(config.get("seed", 0)))
         if runtime.get("offload"):
             offload_dir = Path(runtime.get("offload_dir") or out_dir / "offload")
             temporary_store = not runtime.get("offload_dir")

@@ -19,11 +19,15 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
+import logging
 from pathlib import Path
 
 import torch
 
 import pruning
+from pruning.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
@@ -183,6 +187,21 @@ def read_record(path: str | os.PathLike) -> dict | None:
             return json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def reusable_record(path: str | os.PathLike, chash: str, force: bool) -> dict | None:
+    """The complete record at ``path`` when it holds this config (the job is skipped), else None.
+    A complete record of *another* config is never overwritten: :class:`ConfigError`."""
+    existing = read_record(path)
+    if not is_complete(existing) or force:
+        return None
+    if existing.get("config_hash") == chash:
+        log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)
+        return existing
+    raise ConfigError(
+        f"{path} holds a complete record of another config (hash {existing.get('config_hash')}, this job "
+        f"{chash}); refusing to overwrite it. Pass force=true, or choose another hydra.run.dir"
+    )
 
 
 def is_complete(record: dict | None, expected_hash: str | None = None) -> bool:

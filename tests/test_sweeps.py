@@ -29,7 +29,7 @@ def _records(sweep: Path) -> dict[str, dict]:
 
 
 def _tiny(data_root, *extra) -> list[str]:
-    return [a for a in tiny_overrides("tiny-llama", data_root, *extra)] + ["runtime.threads=1"]
+    return tiny_overrides("tiny-llama", data_root, *extra) + ["runtime.threads=1"]
 
 
 @pytest.mark.parametrize("launcher, target", [

@@ -10,6 +10,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from pruning.errors import ConfigError
 from pruning.solvers.apt import apt
 from pruning.solvers.common import SolverResult
 from pruning.solvers.magnitude import magnitude
@@ -32,6 +33,13 @@ class Solver:
         sig = inspect.signature(self.fn)
         return tuple(n for n, p in sig.parameters.items()
                      if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("H", "sq_norms"))
+
+    def check_params(self, method: str, params: dict) -> None:
+        """A clear error for knobs the solver does not have (a typo in ``method.<knob>=...``)."""
+        allowed = self.params()
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(f"method {method!r} has no parameter(s) {unknown}; allowed: {', '.join(allowed) or 'none'}")
 
 
 SOLVERS: dict[str, Solver] = {
