@@ -305,6 +305,25 @@ def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext
     return t.render(fmt)
 
 
+def label_by_params(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Ablations: append ``(key=value, …)`` to a method's label for each of ``keys`` (method
+    parameters) whose value varies among that method's rows, so e.g. two APT settings get two rows
+    and SparseGPT, whose parameters do not vary, keeps its label (the baseline of the ratios)."""
+    frame = frame.copy()
+    unknown = [k for k in keys if f"param_{k}" not in frame.columns]
+    if unknown:
+        known = sorted(c[len("param_"):] for c in frame.columns if c.startswith("param_"))
+        raise ValueError(f"--label-params {','.join(unknown)}: no such method parameter in these records; "
+                         f"known: {', '.join(known)}")
+    base = frame["label"].copy()
+    for label, rows in frame.groupby(base):
+        varying = [k for k in keys if rows[f"param_{k}"].astype(str).nunique() > 1]
+        if varying:
+            suffixes = [", ".join(f"{k}={r['param_' + k]}" for k in varying) for _, r in rows.iterrows()]
+            frame.loc[rows.index, "label"] = [f"{label} ({s})" for s in suffixes]
+    return frame
+
+
 def _pair(text: str) -> tuple[str, str]:
     parts = [p.strip() for p in text.split(",")]
     if len(parts) != 2 or not all(parts):
@@ -325,10 +344,14 @@ def main(argv=None) -> int:
     p.add_argument("--compare", type=_pair, help="add TARGET − BASELINE rows, e.g. apt,sparsegpt")
     p.add_argument("--delta-vs-dense", action="store_true", help="print each cell's difference to dense")
     p.add_argument("--explode", type=float, default=1e4, help="perplexities above this are marked, not printed")
+    p.add_argument("--label-params", help="comma-separated method parameters that tell rows of one method "
+                   "apart (ablations), e.g. nm_update,blocksize")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
     frame = collect(*args.dirs).frame
     try:
+        if args.label_params:
+            frame = label_by_params(frame, [k.strip() for k in args.label_params.split(",") if k.strip()])
         text = build(frame, args.table, args.format, dataset=args.dataset, columns=args.columns,
                      metrics=args.metrics, compare=args.compare, delta_vs_dense=args.delta_vs_dense,
                      explode=args.explode)

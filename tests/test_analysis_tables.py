@@ -196,3 +196,24 @@ def test_calibration_study_figure(tmp_path):
     assert [p.name for p in (tmp_path / "fig").iterdir()] == ["calibration_study.png"]
     with pytest.raises(SystemExit):
         plots_main([str(root), "--figures", "calibrations"])
+
+
+def test_label_params_separate_ablation_rows(tmp_path, capsys):
+    """Two APT settings at 2:4 become two rows of the benchmark table; SparseGPT, whose parameters do
+    not vary, keeps its label and stays the baseline of the time ratios."""
+    root = tmp_path / "ablation"
+    for name, update, ppl, solver_s in (("group", "group", 90.0, 12.0), ("block", "block", 85.0, 30.0)):
+        rec = record("apt", "2:4", ppl, 0.03, chash=f"apt-{name}")
+        rec["method"]["params"].update(nm_update=update, blocksize=128)
+        rec["timings"]["solver_s"] = solver_s
+        write(root, name, rec)
+    sgpt = record("sparsegpt", "2:4", 93.4, 0.031)
+    sgpt["method"]["params"] = {"blocksize": 128}
+    write(root, "sgpt", sgpt)
+    assert tables_main([str(root), "--table", "benchmark", "--label-params", "nm_update,blocksize"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2:4 | apt (nm_update=group) | 90.00 |" in out and "| 2:4 | apt (nm_update=block) | 85.00 |" in out
+    assert "1.20×" in out and "3.00×" in out and "| 2:4 | sparsegpt | 93.40 |" in out
+    with pytest.raises(SystemExit):
+        tables_main([str(root), "--label-params", "blocksize,bogus"])
+    assert "no such method parameter in these records; known: blocksize, nm_update, variant" in capsys.readouterr().err

@@ -157,15 +157,41 @@ def test_apt_beats_sparsegpt_and_exact_beats_apt(layer, spec):
 
 @pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4", "3:8", "1:2"])
 @pytest.mark.parametrize("blocksize", [8, 16, 64])
-def test_nm_pattern_is_exact(layer, spec, blocksize):
+@pytest.mark.parametrize("nm_update", ["group", "block"])
+def test_nm_pattern_is_exact(layer, spec, blocksize, nm_update):
     """§9.8: every group of M inputs of every row has exactly N zeros; total sparsity N/M."""
     W, H = layer
     sp = parse_sparsity(spec)
     for variant in ("block", "exact"):
-        res = apt(W, sp, H=H, blocksize=blocksize, variant=variant)
+        res = apt(W, sp, H=H, blocksize=blocksize, variant=variant, nm_update=nm_update)
         assert (res.mask.view(48, -1, sp.m).sum(-1) == sp.n).all()
         assert (res.weight[res.mask] == 0).all() and torch.isfinite(res.weight).all()
         assert float(res.mask.float().mean()) == pytest.approx(sp.n / sp.m)
+
+
+@pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4"])
+@pytest.mark.parametrize("blocksize", [16, 64])
+def test_nm_group_update_is_the_per_group_algorithm(layer, spec, blocksize):
+    """``nm_update=group`` batches apt-method.md §6.2 with B = M lazily (in-block updates at once,
+    the columns right of the block once per block): same masks and weights as blocks of M columns."""
+    W, H = layer
+    sp = parse_sparsity(spec)
+    lazy = apt(W, sp, H=H, blocksize=blocksize, nm_update="group")
+    per_group = apt(W, sp, H=H, blocksize=sp.m, nm_update="block")
+    assert torch.equal(lazy.mask, per_group.mask)
+    torch.testing.assert_close(lazy.weight, per_group.weight, rtol=1e-5, atol=1e-6)
+    assert lazy.error == pytest.approx(per_group.error, rel=1e-6)
+
+
+def test_nm_block_update_is_the_joint_removal_of_the_block_mask(layer, hessian64):
+    """``nm_update=block`` with one block spanning the row: the final weights are the joint closed-form
+    removal of the whole mask from the dense row, i.e. the exact masked least squares (§3-4)."""
+    W, H = layer
+    Hd, _ = hessian64
+    res = apt(W, parse_sparsity("2:4"), H=H, blocksize=D, nm_update="block")
+    for r in (0, 7, 31):
+        Q = res.mask[r].nonzero().flatten().tolist()
+        torch.testing.assert_close(res.weight[r].double(), masked_ls(W[r].double(), Hd, Q), rtol=1e-4, atol=1e-5)
 
 
 def test_nm_choice_is_the_brute_force_optimum(hessian64):
@@ -299,6 +325,8 @@ def test_bad_options_are_clear_errors(layer):
         apt(W, parse_sparsity(0.5), H=H, score="wanda")
     with pytest.raises(ConfigError, match="method.granularity='column'"):
         apt(W, parse_sparsity(0.5), H=H, granularity="column")
+    with pytest.raises(ConfigError, match="method.nm_update='joint'.*allowed: group, block"):
+        apt(W, parse_sparsity("2:4"), H=H, nm_update="joint")
     with pytest.raises(ConfigError, match="multiple of M=8"):
         apt(W, parse_sparsity("4:8"), H=H, blocksize=12)
     with pytest.raises(ConfigError, match="max_subsets"):

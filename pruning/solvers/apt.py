@@ -17,12 +17,16 @@ of the block are frozen, so the result lies between SparseGPT and exact reconstr
   (``score=sparsegpt``); the lowest scores over the whole rows × block (``granularity=block``,
   SparseGPT's choice) or per row (``granularity=row``). Counts are allocated cumulatively so the
   layer reaches exactly ``round(s · numel)`` zeros (``round(s · cols)`` per row for ``row``).
-* N:M: inside each block, group by group, the joint loss of all C(M, N) candidate sets of a row
-  is evaluated against the free weights' inverse Hessian and the smallest is taken (exact given
-  the frozen prefix), followed by that group's joint update so later groups see compensated
-  weights. The block's mask then gets one joint update over the whole block, so kept weights of
-  earlier groups absorb the error of later ones too. ``blocksize`` must be a multiple of M;
-  ``blocksize=M`` is the per-group algorithm of apt-method.md §6.2.
+* N:M: group by group, the joint loss of all C(M, N) candidate sets of a row is evaluated
+  against the free weights' inverse Hessian and the smallest is taken (exact given the frozen
+  prefix), followed by that group's joint update of every weight to its right.
+  ``nm_update=group`` (default) is apt-method.md §6.2 with B = M, computed with SparseGPT's lazy
+  batching: updates inside a block of ``blocksize`` columns at once, the columns right of the
+  block once per block (same result as ``blocksize=M``, tested). ``nm_update=block`` then
+  re-solves the block's whole mask jointly from the block's start, so kept weights of earlier
+  groups absorb the error of later ones too: lower layer error, but one |Q| = N·B/M system per
+  row and block (on CPU about 2-3× the solver time; the README's benchmark has the trade-off).
+  ``blocksize`` must be a multiple of M.
 * ``variant=exact``: the mask of the block algorithm, then every row re-solved from the dense
   weights by exact least squares on its support: the best any fixed-mask solver can reach.
 * ``refine_iters=k`` (block variant, default 0): after the block pass, ``k`` steps of batched
@@ -56,6 +60,7 @@ log = logging.getLogger(__name__)
 VARIANTS = ("block", "exact")
 SCORES = ("obs", "sparsegpt")
 GRANULARITIES = ("block", "row")
+NM_UPDATES = ("group", "block")
 _JITTERS = tuple(10.0 ** e for e in range(-8, -1))
 _CHUNK_BYTES = 1 << 27  # padded systems are gathered in chunks of rows of at most this many bytes
 _CHUNK_ROWS = 256  # ... and at most this many rows (rows are sorted by set size, so padding stays small)
@@ -99,15 +104,22 @@ def robust_cholesky(A: torch.Tensor, valid: torch.Tensor | None = None) -> tuple
     return L, ok, jittered
 
 
+def _cholesky_apply(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(L Lᵀ)⁻¹ b`` for a batch of lower factors, as two triangular solves (on CPU about half the
+    time of ``torch.cholesky_solve``, which copies its operands first)."""
+    y = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
+    return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1)
+
+
 def _spd_solve(A: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, info: dict) -> torch.Tensor:
     """Solve ``A z = b`` for a batch (``A``: ``[c, k, k]``, ``b``: ``[c, k]``), robustly."""
     L, ok, jittered = robust_cholesky(A, valid)
     if jittered:
         info["jitter_solves"] = info.get("jitter_solves", 0) + jittered
     if bool(ok.all()):
-        return torch.cholesky_solve(b.unsqueeze(-1), L).squeeze(-1)
+        return _cholesky_apply(L, b)
     z = torch.zeros_like(b)
-    z[ok] = torch.cholesky_solve(b[ok].unsqueeze(-1), L[ok]).squeeze(-1)
+    z[ok] = _cholesky_apply(L[ok], b[ok])
     bad = ~ok
     info["fallback_solves"] = info.get("fallback_solves", 0) + int(bad.sum())
     pinv = torch.linalg.pinv(torch.nan_to_num(A[bad]), hermitian=True)
@@ -122,34 +134,38 @@ def masked_solve(A: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, info: di
 
     ``A``: ``[n, n]`` symmetric positive definite; ``sel``: ``[rows, n]`` bool; ``rhs``: ``[rows, n]``.
     Rows are taken in order of their set size and solved in batched chunks; inside a chunk the
-    smaller sets are padded with identity rows/columns to the chunk's largest size, which leaves
-    their solution unchanged.
+    smaller sets are padded to the chunk's largest size with identity rows/columns (padding slot
+    ``p`` points at column ``n + p`` of ``A`` bordered by an identity, so one gather builds the
+    padded systems) and zero right-hand sides, which leaves their solution unchanged.
     """
     info = {} if info is None else info
     rows, n = sel.shape
-    out = torch.zeros_like(rhs)
     counts = sel.sum(1)
     kmax = int(counts.max()) if rows else 0
     if kmax == 0:
-        return out
+        return torch.zeros_like(rhs)
+    Ab = torch.zeros(n + kmax, n + kmax, dtype=A.dtype, device=A.device)  # A bordered by an identity
+    Ab[:n, :n] = A
+    Ab.diagonal()[n:] = 1.0
+    rhs_b = torch.cat([rhs, rhs.new_zeros(rows, kmax)], dim=1)
+    out = torch.zeros_like(rhs_b)
     by_count = torch.argsort(counts, stable=True)
     order = torch.argsort((~sel).to(torch.int8), dim=1, stable=True)  # each row's selected columns first
-    step = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // (kmax * n * A.element_size())))
+    step = max(1, min(_CHUNK_ROWS, _CHUNK_BYTES // (kmax * (n + kmax) * A.element_size())))
+    slots = torch.arange(kmax, device=sel.device)
     for r0 in range(0, rows, step):
         r = by_count[r0:r0 + step]
         cnt = counts[r]
         k = int(cnt[-1])
         if k == 0:
             continue
-        idx = order[r, :k]
-        v = torch.arange(k, device=sel.device).unsqueeze(0) < cnt.unsqueeze(1)
-        Ag = A.reshape(-1)[idx.unsqueeze(2) * n + idx.unsqueeze(1)]
-        if not bool(v.all()):
-            Ag.masked_fill_(~(v.unsqueeze(2) & v.unsqueeze(1)), 0.0)
-            Ag.diagonal(dim1=1, dim2=2).add_((~v).to(A.dtype))
-        z = _spd_solve(Ag, rhs[r].gather(1, idx) * v, v, info) * v
-        out[r.unsqueeze(1), idx] = z  # padded positions are unselected columns of the row: they get 0
-    return out
+        v = slots[:k].unsqueeze(0) < cnt.unsqueeze(1)
+        idx = torch.where(v, order[r, :k], n + slots[:k])
+        # rows, then columns: two gathers instead of one with a [c, k, k] index tensor
+        Ag = Ab.index_select(0, idx.reshape(-1)).view(len(r), k, -1).gather(2, idx.unsqueeze(1).expand(-1, k, -1))
+        z = _spd_solve(Ag, rhs_b[r].gather(1, idx), v, info)
+        out[r.unsqueeze(1), idx] = z
+    return out[:, :n]
 
 
 def joint_removal(w: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, info: dict | None = None):
@@ -208,16 +224,23 @@ def nm_best_subsets(w: torch.Tensor, Ginv: torch.Tensor, n: int):
     """Per row of ``w`` (``[rows, M]``), the set of ``n`` weights whose joint removal loss
     ``½ w_Q [G_QQ]⁻¹ w_Qᵀ`` is smallest over all C(M, n) candidates (first one on ties);
     ``Ginv = subset_inverses(G, n)``. Returns the mask and the removal coefficients
-    ``z = w_Q [G_QQ]⁻¹`` (zeros off the chosen set)."""
-    subsets = _subsets(w.shape[1], n).to(w.device)
-    wq = w[:, subsets]  # [rows, C, n]
-    loss = 0.5 * (torch.einsum("rci,cij->rcj", wq, Ginv) * wq).sum(-1)
+    ``z = w_Q [G_QQ]⁻¹`` (zeros off the chosen set).
+
+    Each ``[G_QQ]⁻¹`` is embedded in an M × M matrix ``K_Q`` (zeros off ``Q``), so every candidate's
+    loss is one product of the rows' outer products ``w ⊗ w`` with the flattened ``K``s.
+    """
+    rows, m = w.shape
+    subsets = _subsets(m, n).to(w.device)
+    count = len(subsets)
+    K = w.new_zeros(count, m, m)
+    c = torch.arange(count, device=w.device)[:, None, None]
+    K[c, subsets[:, :, None], subsets[:, None, :]] = Ginv
+    loss = 0.5 * (w.unsqueeze(2) * w.unsqueeze(1)).reshape(rows, m * m) @ K.reshape(count, m * m).t()
     best = torch.argmin(loss, dim=1)
-    chosen = subsets[best]
-    rows = torch.arange(w.shape[0], device=w.device)
-    z = torch.einsum("ri,rij->rj", wq[rows, best], Ginv[best])
-    mask = torch.zeros_like(w, dtype=torch.bool).scatter_(1, chosen, True)
-    return mask, torch.zeros_like(w).scatter_(1, chosen, z)
+    members = torch.zeros(count, m, dtype=torch.bool, device=w.device)
+    members[c[:, :, 0], subsets] = True
+    z = torch.bmm(w.unsqueeze(1), K[best]).squeeze(1)
+    return members[best], z
 
 
 def _round(x: float) -> int:
@@ -247,11 +270,11 @@ def _unstructured_mask(score: torch.Tensor, ratio: float, c1: int, c2: int, gran
 
 # ----------------------------------------------------------------------------- the solver
 def _check(sparsity: Sparsity, blocksize: int, variant: str, score: str, granularity: str,
-           max_subsets: int) -> None:
+           max_subsets: int, nm_update: str = "group") -> None:
     if blocksize < 1:
         raise ConfigError(f"method.blocksize={blocksize}: need >= 1")
     for key, value, allowed in (("variant", variant, VARIANTS), ("score", score, SCORES),
-                                ("granularity", granularity, GRANULARITIES)):
+                                ("granularity", granularity, GRANULARITIES), ("nm_update", nm_update, NM_UPDATES)):
         if value not in allowed:
             raise ConfigError(f"method.{key}={value!r} is not an APT option; allowed: {', '.join(allowed)}")
     if sparsity.kind == "nm":
@@ -264,29 +287,42 @@ def _check(sparsity: Sparsity, blocksize: int, variant: str, score: str, granula
                               f"exceed method.max_subsets={max_subsets}; raise it or choose a smaller M")
 
 
-def _nm_block_mask(W1: torch.Tensor, U1: torch.Tensor, n: int, m: int, info: dict) -> torch.Tensor:
-    """N:M mask of one block, group by group: each group's set is the best of all C(M, N) against the
-    inverse Hessian of the weights still free, after the joint updates of the groups before it."""
+def _nm_groups(W1: torch.Tensor, U1: torch.Tensor, n: int, m: int, info: dict):
+    """The groups of one block in turn: each group's set is the best of all C(M, N) against the inverse
+    Hessian of the weights still free, then removed by its joint closed-form update, applied at once
+    inside the block (so later groups see compensated weights).
+
+    Returns the block mask, the compensated block and ``D`` (``[rows, b]``, group ``g``'s columns
+    holding ``z_g U_ggᵀ``) such that the same updates on columns right of the block are one product,
+    ``D @ U[i1:i2, i2:]`` (SparseGPT's lazy batching; ``U`` is upper triangular, so group ``g``'s row
+    of ``U`` is zero left of the group).
+    """
     W1 = W1.clone()
     mask = torch.zeros_like(W1, dtype=torch.bool)
+    D = torch.zeros_like(W1)
     starts = range(0, W1.shape[1], m)
     Ug = torch.stack([U1[j:j + m, j:j + m] for j in starts])  # diagonal M × M blocks of U
-    Ginv = subset_inverses(Ug.transpose(1, 2) @ Ug, n, info)  # the groups' G_gg = U_ggᵀ U_gg
+    UgT = Ug.transpose(1, 2)
+    Ginv = subset_inverses(UgT @ Ug, n, info)  # the groups' G_gg = U_ggᵀ U_gg
     for g, j1 in enumerate(starts):
         j2 = j1 + m
         mg, z = nm_best_subsets(W1[:, j1:j2], Ginv[g], n)
-        W1[:, j1:] -= (z @ Ug[g].t()) @ U1[j1:j2, j1:]
+        d = z @ UgT[g]
+        W1[:, j1:] -= d @ U1[j1:j2, j1:]
+        D[:, j1:j2] = d
         mask[:, j1:j2] = mg
-    return mask
+    return mask, W1.masked_fill_(mask, 0.0), D
 
 
 def _block_pass(W: torch.Tensor, U: torch.Tensor, sparsity: Sparsity, blocksize: int, score: str,
-                granularity: str, fixed_mask: torch.Tensor | None, info: dict) -> torch.Tensor:
+                granularity: str, nm_update: str, fixed_mask: torch.Tensor | None, info: dict) -> torch.Tensor:
     """The block algorithm (apt-method.md §6.2) in place on ``W``; returns the mask.
 
     Per block ``[i1, i2)``: ``G = U_bbᵀ U_b,:`` is the inverse Hessian of the free weights; the block
     mask is chosen on the current weights, then one joint solve per row removes the block's pruned
     set: ``z = w_Q [G_QQ]⁻¹`` and ``W[:, i1:] −= z G = (z U_bbᵀ) U_b,:`` (no B × cols matrix is formed).
+    N:M with ``nm_update=group``: the groups' own updates (``_nm_groups``) are kept, and only their
+    effect on the columns right of the block is applied here, as one product.
     """
     rows, cols = W.shape
     mask = torch.zeros_like(W, dtype=torch.bool)
@@ -298,7 +334,12 @@ def _block_pass(W: torch.Tensor, U: torch.Tensor, sparsity: Sparsity, blocksize:
         if fixed_mask is not None:
             mb = fixed_mask[:, i1:i2]
         elif sparsity.kind == "nm":
-            mb = _nm_block_mask(W1, U1, sparsity.n, sparsity.m, info)
+            mb, W1g, D = _nm_groups(W1, U1, sparsity.n, sparsity.m, info)
+            if nm_update == "group":
+                W[:, i2:] -= D @ U[i1:i2, i2:]
+                W[:, i1:i2] = W1g
+                mask[:, i1:i2] = mb
+                continue
         else:
             denom = torch.diagonal(G1) if score == "obs" else torch.diagonal(U1) ** 2
             mb = _unstructured_mask(W1 ** 2 / denom.unsqueeze(0), sparsity.ratio, i1, i2, granularity)
@@ -354,11 +395,11 @@ def refine_cg(W: torch.Tensor, W0: torch.Tensor, Hd: torch.Tensor, mask: torch.T
 
 def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch.Tensor | None, *,
          blocksize: int, percdamp: float, max_damp_tries: int, variant: str, score: str,
-         granularity: str, refine_iters: int = 0) -> SolverResult:
+         granularity: str, nm_update: str = "group", refine_iters: int = 0) -> SolverResult:
     W, Hf, dead, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64)
     info.update(jitter_solves=0, fallback_solves=0)
     Wd = W.clone()  # the prepared dense weights, the reference of exact / refined reconstruction
-    mask = _block_pass(W, U, sparsity, blocksize, score, granularity, fixed_mask, info)
+    mask = _block_pass(W, U, sparsity, blocksize, score, granularity, nm_update, fixed_mask, info)
     if (variant == "exact" or refine_iters) and not info["hinv_fallback"]:
         Hd = Hf.clone()
         Hd.diagonal().add_(info["damp"])  # the damped Hessian whose inverse U factors
@@ -377,15 +418,16 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
 
 def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch.Tensor | None = None,
         variant: str = "block", blocksize: int = 128, score: str = "obs", granularity: str = "block",
-        percdamp: float = 0.01, max_damp_tries: int = 6, max_subsets: int = 20000,
+        nm_update: str = "group", percdamp: float = 0.01, max_damp_tries: int = 6, max_subsets: int = 20000,
         refine_iters: int = 0) -> SolverResult:
     """APT on one linear layer: choose the mask and apply the joint optimal update (module docstring)."""
     check_pattern(w, sparsity)
-    _check(sparsity, blocksize, variant, score, granularity, max_subsets)
+    _check(sparsity, blocksize, variant, score, granularity, max_subsets, nm_update)
     if refine_iters < 0:
         raise ConfigError(f"method.refine_iters={refine_iters}: need >= 0")
     return _run(w, sparsity, H, None, blocksize=blocksize, percdamp=percdamp, max_damp_tries=max_damp_tries,
-                variant=variant, score=score, granularity=granularity, refine_iters=refine_iters)
+                variant=variant, score=score, granularity=granularity, nm_update=nm_update,
+                refine_iters=refine_iters)
 
 
 def apt_update(w: torch.Tensor, mask: torch.Tensor, *, H: torch.Tensor, variant: str = "block",
