@@ -1,6 +1,6 @@
 """Paper-style tables from collected records (:mod:`analysis.collect`), as Markdown, LaTeX or CSV.
 
-    python -m analysis.tables DIR… --table ppl|zeroshot|benchmark --format md|latex|csv
+    python -m analysis.tables DIR… --table ppl|zeroshot|benchmark|calibration --format md|latex|csv
         [--dataset wikitext2|ptb|c4] [--columns sparsity|model] [--metrics wanda|llm-pruner]
         [--compare apt,sparsegpt] [--delta-vs-dense] [--explode 1e4] [--out FILE]
 
@@ -11,7 +11,9 @@ perplexities (NaN or above ``--explode``) are marked, never printed as ordinary 
 ``benchmark`` is the solver benchmark of the APT issue: WikiText-2 perplexity per method and
 sparsity (with APT's difference to SparseGPT), then per (sparsity, method) the mean relative layer
 error, solver-only seconds and end-to-end seconds. Perplexities above ``explode`` (default 1e4) or
-NaN are marked, never printed as ordinary numbers.
+NaN are marked, never printed as ordinary numbers. ``calibration`` is the calibration study: per
+method, calibration set and windows × length, the perplexity on every evaluated dataset and the
+mean layer error. ``--label-params`` tells ablation rows of one method apart.
 """
 
 from __future__ import annotations
@@ -82,6 +84,42 @@ def benchmark_long(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: st
     long["_s"] = long["sparsity"].map(sparsity_order)
     long["_m"] = long["label"].map(method_key)
     return long.sort_values(["_s", "_m"]).drop(columns=["_s", "_m"]).reset_index(drop=True)
+
+
+def calibration_long(frame: pd.DataFrame) -> pd.DataFrame:
+    """The calibration study: one row per (method, sparsity, calibration set, windows × length), with
+    the calibration tokens, the perplexity on every evaluated dataset and the mean layer error."""
+    f = frame[frame.sparsity != "dense"]
+    if f.empty or "calib_nsamples" not in f or f["calib_nsamples"].isna().all():
+        raise ValueError("no pruned records with calibration data")
+    models = f["model"].unique()
+    if len(models) > 1:
+        raise ValueError(f"records of several models ({', '.join(map(str, models))}): pass one model's sweep")
+    ppl = [c for c in f.columns if c.startswith("ppl_") and not c.endswith("_windows") and f[c].notna().any()]
+    long = f[["label", "sparsity", "calib_dataset", "calib_nsamples", "calib_seqlen", *ppl, "mean_rel_error"]].copy()
+    long["calib_tokens"] = long["calib_nsamples"] * long["calib_seqlen"]
+    long["_m"] = long["label"].map(method_key)
+    long["_s"] = long["sparsity"].map(sparsity_order)
+    long = long.sort_values(["_m", "_s", "calib_dataset", "calib_tokens", "calib_nsamples"])
+    cols = ["label", "sparsity", "calib_dataset", "calib_nsamples", "calib_seqlen", "calib_tokens", *ppl, "mean_rel_error"]
+    return long[cols].reset_index(drop=True)
+
+
+def calibration_markdown(frame: pd.DataFrame, explode: float = 1e4) -> str:
+    long = calibration_long(frame)
+    ppl = [c for c in long.columns if c.startswith("ppl_")]
+    shown = pd.DataFrame({
+        "method": long["label"].map(lambda m: METHOD_NAMES.get(m, m)),
+        "sparsity": long["sparsity"].map(sparsity_name),
+        "calibration": long["calib_dataset"],
+        "windows": [f"{int(n)} × {int(s)}" for n, s in zip(long["calib_nsamples"], long["calib_seqlen"])],
+        "tokens": long["calib_tokens"].map(lambda v: f"{int(v):,}"),
+        **{f"{DATASET_NAMES.get(c[4:], c[4:])} ppl": long[c] for c in ppl},
+        "layer error": long["mean_rel_error"],
+    })
+    fmts = {f"{DATASET_NAMES.get(c[4:], c[4:])} ppl": (lambda v: fmt_ppl(_nan(v), explode)) for c in ppl}
+    fmts["layer error"] = lambda v: "–" if _nan(v) is None else f"{v:.4f}"
+    return to_markdown(shown, fmts)
 
 
 def to_markdown(df: pd.DataFrame, formats: dict | None = None) -> str:
@@ -168,12 +206,21 @@ def _add_compare_rows(values, present, compare, by_sparsity: bool, frame) -> lis
 
 
 def _pivot(frame: pd.DataFrame, col: str, rows: list, columns: list, row_of, col_of):
+    """One value per cell; two records of different configs for one cell are an error (a table that
+    silently kept one of them would misreport an ablation or a calibration study)."""
     values = pd.DataFrame(float("nan"), index=rows, columns=columns, dtype=float)
     present = pd.DataFrame(False, index=rows, columns=columns)
+    source = {}
     for _, r in frame.iterrows():
         ri, ci = row_of(r), col_of(r)
         for c in (columns if ci is None else [ci]):  # dense: the same value in every column
             if ri in values.index and c in values.columns:
+                if (ri, c) in source and ci is not None:
+                    raise ValueError(
+                        f"two records for the cell ({ri}, {c}) with different configs: {source[ri, c]} and "
+                        f"{r.get('path')}; a calibration study: --table calibration; method parameters: "
+                        f"--label-params KEY[,KEY]; or pass fewer directories")
+                source[ri, c] = r.get("path")
                 values.at[ri, c] = r[col] if pd.notna(r[col]) else float("nan")
                 present.at[ri, c] = True
     return values, present
@@ -295,13 +342,19 @@ def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext
         if fmt == "csv":
             return benchmark_long(frame, dataset).to_csv(index=False)
         raise ValueError("the benchmark table is written as md or csv")
+    if table == "calibration":
+        if fmt == "md":
+            return calibration_markdown(frame, explode)
+        if fmt == "csv":
+            return calibration_long(frame).to_csv(index=False)
+        raise ValueError("the calibration table is written as md or csv")
     if table == "ppl":
         t = ppl_table(frame, dataset, columns=columns, compare=compare, delta_vs_dense=delta_vs_dense,
                       explode=explode)
     elif table == "zeroshot":
         t = zeroshot_table(frame, metrics, compare=compare)
     else:
-        raise ValueError(f"table={table!r}; allowed: ppl, zeroshot, benchmark")
+        raise ValueError(f"table={table!r}; allowed: ppl, zeroshot, benchmark, calibration")
     return t.render(fmt)
 
 
@@ -334,7 +387,7 @@ def _pair(text: str) -> tuple[str, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="output directories (searched recursively for results.json)")
-    p.add_argument("--table", choices=["ppl", "zeroshot", "benchmark"], default="ppl")
+    p.add_argument("--table", choices=["ppl", "zeroshot", "benchmark", "calibration"], default="ppl")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.add_argument("--dataset", default="wikitext2", help="perplexity dataset: wikitext2 | ptb | c4")
     p.add_argument("--columns", choices=["sparsity", "model"], default="sparsity",

@@ -178,16 +178,24 @@ def test_wandb_report_offline(results, tmp_path, monkeypatch):
     assert list((tmp_path / "wandb").glob("offline-run-*")) and out["tables"][0] == "records"
 
 
-def test_calibration_study_figure(tmp_path):
-    """ppl against calibration tokens per method × calibration set, one panel per evaluation set."""
-    from analysis.plots import calibration_effect, main as plots_main
+@pytest.fixture
+def study(tmp_path):
+    """A calibration study: Wanda and SparseGPT × C4 / WikiText-2 × four window counts and lengths."""
     root = tmp_path / "study"
     for method in ("wanda", "sparsegpt"):
         for calib in ("c4", "wikitext2"):
             for n, seqlen in ((16, 512), (32, 512), (128, 512), (128, 2048)):
-                rec = with_extras(record(method, 0.5, 40.0 - n / 100, 0.02, chash=f"{method}{calib}{n}{seqlen}"), c4=60.0)
+                ppl = 40.0 - n * seqlen / 1e5 + (method == "wanda")
+                rec = with_extras(record(method, 0.5, ppl, 0.02, chash=f"{method}{calib}{n}{seqlen}"), c4=60.0)
                 rec["protocol"]["calibration"].update(dataset=calib, nsamples=n, seqlen=seqlen)
                 write(root, f"{method}_{calib}_{n}_{seqlen}", rec)
+    return root
+
+
+def test_calibration_study_figure(study, tmp_path):
+    """ppl against calibration tokens per method × calibration set, one panel per evaluation set."""
+    from analysis.plots import calibration_effect, main as plots_main
+    root = study
     fig = calibration_effect(collect(root).frame)
     assert len(fig.axes) == 2 and len(fig.axes[0].get_legend().get_texts()) == 4
     xs = sorted(set(fig.axes[0].lines[0].get_xdata()))
@@ -217,3 +225,19 @@ def test_label_params_separate_ablation_rows(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tables_main([str(root), "--label-params", "blocksize,bogus"])
     assert "no such method parameter in these records; known: blocksize, nm_update, variant" in capsys.readouterr().err
+
+
+def test_calibration_table_and_no_silent_cell_collisions(study, capsys):
+    """The study as a table (one row per method × set × windows, sorted by tokens); the ppl table
+    refuses to put two configs in one cell instead of keeping one of them."""
+    assert tables_main([str(study), "--table", "calibration"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")]
+    assert lines[0] == "| method | sparsity | calibration | windows | tokens | WikiText-2 ppl | C4 ppl | layer error |"
+    assert len(lines) == 1 + 16 and lines[1].startswith("| Wanda | 50% | c4 | 16 × 512 | 8,192 | 40.92 | 60.00 |")
+    assert lines[4].startswith("| Wanda | 50% | c4 | 128 × 2048 | 262,144 | 38.38 |")
+    assert lines[9].startswith("| SparseGPT | 50% | c4 | 16 × 512 |")
+    csv = build(collect(study).frame, "calibration", "csv")
+    assert csv.splitlines()[0] == ("label,sparsity,calib_dataset,calib_nsamples,calib_seqlen,calib_tokens,"
+                                   "ppl_wikitext2,ppl_c4,mean_rel_error")
+    with pytest.raises(ValueError, match=r"two records for the cell \((Wanda|SparseGPT), 50%\).*--table calibration"):
+        build(collect(study).frame, "ppl", "md")
