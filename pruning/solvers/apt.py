@@ -67,14 +67,16 @@ _CHUNK_ROWS = 256  # ... and at most this many rows (rows are sorted by set size
 
 
 # ----------------------------------------------------------------------------- small SPD systems
-def robust_cholesky(A: torch.Tensor, valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Batched lower Cholesky factors of SPD matrices ``A`` (``[..., k, k]``).
+def robust_cholesky(A: torch.Tensor, valid: torch.Tensor | None = None,
+                    upper: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Batched Cholesky factors of SPD matrices ``A`` (``[..., k, k]``), lower (``A = L Lᵀ``) or upper
+    (``A = Uᵀ U``; on CPU about 20% faster for a batch of small matrices).
 
     A matrix whose factorisation fails is retried with ``ε · mean(diag)`` added to its diagonal
     (only on the ``valid`` positions when given), ε from 1e-8 to 1e-2. Returns the factors, a bool
     ``ok`` per matrix (False: still failed, the caller falls back) and the number of jittered ones.
     """
-    L, status = torch.linalg.cholesky_ex(A)
+    L, status = torch.linalg.cholesky_ex(A, upper=upper)
     ok = status == 0
     jittered = 0
     if bool(ok.all()):
@@ -92,7 +94,7 @@ def robust_cholesky(A: torch.Tensor, valid: torch.Tensor | None = None) -> tuple
         if len(idx) == 0:
             break
         Aj = Ab[idx] + torch.diag_embed(eps * scale[idx, None] * vb[idx].to(A.dtype))
-        Lj, sj = torch.linalg.cholesky_ex(Aj)
+        Lj, sj = torch.linalg.cholesky_ex(Aj, upper=upper)
         good = sj == 0
         Lb[idx[good]] = Lj[good]
         pending[idx[good]] = False
@@ -104,22 +106,22 @@ def robust_cholesky(A: torch.Tensor, valid: torch.Tensor | None = None) -> tuple
     return L, ok, jittered
 
 
-def _cholesky_apply(L: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``(L Lᵀ)⁻¹ b`` for a batch of lower factors, as two triangular solves (on CPU about half the
+def _cholesky_apply(U: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(Uᵀ U)⁻¹ b`` for a batch of upper factors, as two triangular solves (on CPU about half the
     time of ``torch.cholesky_solve``, which copies its operands first)."""
-    y = torch.linalg.solve_triangular(L, b.unsqueeze(-1), upper=False)
-    return torch.linalg.solve_triangular(L.mT, y, upper=True).squeeze(-1)
+    y = torch.linalg.solve_triangular(U.mT, b.unsqueeze(-1), upper=False)
+    return torch.linalg.solve_triangular(U, y, upper=True).squeeze(-1)
 
 
 def _spd_solve(A: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, info: dict) -> torch.Tensor:
     """Solve ``A z = b`` for a batch (``A``: ``[c, k, k]``, ``b``: ``[c, k]``), robustly."""
-    L, ok, jittered = robust_cholesky(A, valid)
+    U, ok, jittered = robust_cholesky(A, valid, upper=True)
     if jittered:
         info["jitter_solves"] = info.get("jitter_solves", 0) + jittered
     if bool(ok.all()):
-        return _cholesky_apply(L, b)
+        return _cholesky_apply(U, b)
     z = torch.zeros_like(b)
-    z[ok] = _cholesky_apply(L[ok], b[ok])
+    z[ok] = _cholesky_apply(U[ok], b[ok])
     bad = ~ok
     info["fallback_solves"] = info.get("fallback_solves", 0) + int(bad.sum())
     pinv = torch.linalg.pinv(torch.nan_to_num(A[bad]), hermitian=True)
@@ -135,8 +137,8 @@ def masked_solve(A: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, info: di
     ``A``: ``[n, n]`` symmetric positive definite; ``sel``: ``[rows, n]`` bool; ``rhs``: ``[rows, n]``.
     Rows are taken in order of their set size and solved in batched chunks; inside a chunk the
     smaller sets are padded to the chunk's largest size with identity rows/columns (padding slot
-    ``p`` points at column ``n + p`` of ``A`` bordered by an identity, so one gather builds the
-    padded systems) and zero right-hand sides, which leaves their solution unchanged.
+    ``p`` points at column ``n + p`` of ``A`` bordered by an identity, so one broadcast gather
+    builds the padded systems) and zero right-hand sides, which leaves their solution unchanged.
     """
     info = {} if info is None else info
     rows, n = sel.shape
@@ -161,8 +163,7 @@ def masked_solve(A: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, info: di
             continue
         v = slots[:k].unsqueeze(0) < cnt.unsqueeze(1)
         idx = torch.where(v, order[r, :k], n + slots[:k])
-        # rows, then columns: two gathers instead of one with a [c, k, k] index tensor
-        Ag = Ab.index_select(0, idx.reshape(-1)).view(len(r), k, -1).gather(2, idx.unsqueeze(1).expand(-1, k, -1))
+        Ag = Ab[idx.unsqueeze(2), idx.unsqueeze(1)]  # broadcast indices: no [c, k, k] index tensor is built
         z = _spd_solve(Ag, rhs_b[r].gather(1, idx), v, info)
         out[r.unsqueeze(1), idx] = z
     return out[:, :n]
