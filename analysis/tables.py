@@ -336,18 +336,16 @@ def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
           explode: float = 1e4) -> str:
     """One table as text: ``table`` ∈ ppl | zeroshot | benchmark, ``fmt`` ∈ md | latex | csv."""
-    if table == "benchmark":
+    long_tables = {"benchmark": (lambda: benchmark_markdown(frame, dataset, explode),
+                                 lambda: benchmark_long(frame, dataset)),
+                   "calibration": (lambda: calibration_markdown(frame, explode), lambda: calibration_long(frame))}
+    if table in long_tables:
+        markdown, long = long_tables[table]
         if fmt == "md":
-            return benchmark_markdown(frame, dataset, explode)
+            return markdown()
         if fmt == "csv":
-            return benchmark_long(frame, dataset).to_csv(index=False)
-        raise ValueError("the benchmark table is written as md or csv")
-    if table == "calibration":
-        if fmt == "md":
-            return calibration_markdown(frame, explode)
-        if fmt == "csv":
-            return calibration_long(frame).to_csv(index=False)
-        raise ValueError("the calibration table is written as md or csv")
+            return long().to_csv(index=False)
+        raise ValueError(f"the {table} table is written as md or csv")
     if table == "ppl":
         t = ppl_table(frame, dataset, columns=columns, compare=compare, delta_vs_dense=delta_vs_dense,
                       explode=explode)
@@ -368,8 +366,7 @@ def label_by_params(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         known = sorted(c[len("param_"):] for c in frame.columns if c.startswith("param_"))
         raise ValueError(f"--label-params {','.join(unknown)}: no such method parameter in these records; "
                          f"known: {', '.join(known)}")
-    base = frame["label"].copy()
-    for label, rows in frame.groupby(base):
+    for label, rows in frame.groupby("label"):
         varying = [k for k in keys if rows[f"param_{k}"].astype(str).nunique() > 1]
         if varying:
             suffixes = [", ".join(f"{k}={r['param_' + k]}" for k in varying) for _, r in rows.iterrows()]
