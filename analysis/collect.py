@@ -40,7 +40,10 @@ class Collection:
 
 
 def method_label(method: dict) -> str:
-    """``apt``, ``apt-exact``, ``sparsegpt`` …: the method name plus a non-default variant."""
+    """``apt``, ``apt-exact``, ``apt-refit``, ``sparsegpt`` …: the method config's ``label`` where the record
+    has one, else (older records) the method name plus a non-default variant."""
+    if method.get("label"):
+        return method["label"]
     variant = (method.get("params") or {}).get("variant")
     return method["name"] if variant in (None, "block") else f"{method['name']}-{variant}"
 

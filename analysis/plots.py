@@ -24,7 +24,7 @@ import pandas as pd
 from analysis.collect import collect
 from analysis.tables import METHOD_NAMES, method_key, sparsity_name, sparsity_order
 
-MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D"}
+MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*"}
 
 
 def _one_model(frame: pd.DataFrame) -> str:

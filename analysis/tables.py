@@ -30,9 +30,9 @@ from analysis.render import EXPLODED, Table
 from pruning.results import write_text_atomic
 from pruning.sparsity import parse_sparsity
 
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "apt", "apt-exact")
+METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "apt", "apt-exact", "alps", "apt-refit")
 METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "apt": "APT",
-                "apt-exact": "APT-exact"}
+                "apt-exact": "APT-exact", "alps": "ALPS", "apt-refit": "APT-refit"}
 DATASET_NAMES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 # lm-eval task names, in the column order of the Wanda / LLM-Pruner tables, and their headers.
 TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa",

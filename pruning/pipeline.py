@@ -44,7 +44,7 @@ def validate(cfg: DictConfig) -> dict:
     if method not in METHODS:
         raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join(METHODS)}")
     target = parse_sparsity(cfg.sparsity)
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k != "name"}
+    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k not in ("name", "label")}
     if method == "dense":
         target = Sparsity("dense", 0.0)
     else:
@@ -64,7 +64,7 @@ def validate(cfg: DictConfig) -> dict:
     if offload and zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
-    return {"method": method, "sparsity": target, "params": params}
+    return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params}
 
 
 def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
@@ -116,7 +116,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
         "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
         "versions": versions(), "config": config,
-        "method": {"name": method, "params": parsed["params"]},
+        "method": {"name": method, "label": parsed["label"], "params": parsed["params"]},
         "sparsity": {"target": target.as_dict(), "actual": None},
         "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
                      "eval": config["eval"]},

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pruning.errors import ConfigError
+from pruning.solvers.alps import alps
 from pruning.solvers.apt import apt
 from pruning.solvers.common import SolverResult
 from pruning.solvers.magnitude import magnitude
@@ -47,6 +48,7 @@ SOLVERS: dict[str, Solver] = {
     "wanda": Solver(wanda, needs_hessian=False, needs_norms=True),
     "sparsegpt": Solver(sparsegpt, needs_hessian=True, needs_norms=False),
     "apt": Solver(apt, needs_hessian=True, needs_norms=False),
+    "alps": Solver(alps, needs_hessian=True, needs_norms=False),
 }
 
 __all__ = ["SOLVERS", "Solver", "SolverResult"]

@@ -53,6 +53,7 @@ import torch
 
 from pruning.errors import ConfigError
 from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, undamped
+from pruning.solvers.refit import refine_cg, swap_search
 from pruning.sparsity import Sparsity
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ VARIANTS = ("block", "exact")
 SCORES = ("obs", "sparsegpt")
 GRANULARITIES = ("block", "row")
 NM_UPDATES = ("group", "block")
+DTYPES = ("float64", "float32")
 _JITTERS = tuple(10.0 ** e for e in range(-8, -1))
 _CHUNK_BYTES = 1 << 27  # padded systems are gathered in chunks of rows of at most this many bytes
 _CHUNK_ROWS = 256  # ... and at most this many rows (rows are sorted by set size, so padding stays small)
@@ -368,47 +370,28 @@ def exact_reconstruction(W: torch.Tensor, Hd: torch.Tensor, mask: torch.Tensor, 
     return out.masked_fill(mask, 0.0)
 
 
-def refine_cg(W: torch.Tensor, W0: torch.Tensor, Hd: torch.Tensor, mask: torch.Tensor, iters: int) -> torch.Tensor:
-    """``iters`` steps of Jacobi-preconditioned conjugate gradients on every row's masked least-squares
-    problem ``min ½ (w' − w0) Hd (w' − w0)ᵀ`` over the kept weights (``w'_Q = 0``), all rows at once,
-    starting from ``W``. CG minimises over nested Krylov spaces, so the layer loss never increases;
-    enough steps reach ``variant=exact``. One ``rows × cols × cols`` product per step."""
-    keep = (~mask).to(W.dtype)
-    X = W * keep
-    R = -((X - W0) @ Hd) * keep  # minus the gradient, on the kept weights only
-    minv = 1.0 / torch.diagonal(Hd).clamp(min=torch.finfo(Hd.dtype).tiny)
-    Z = R * minv
-    P = Z.clone()
-    rz = (R * Z).sum(1)
-    for _ in range(iters):
-        AP = (P @ Hd) * keep
-        pap = (P * AP).sum(1)
-        alpha = torch.where(pap > 0, rz / pap.clamp(min=torch.finfo(Hd.dtype).tiny), torch.zeros_like(rz))
-        X += alpha.unsqueeze(1) * P
-        R -= alpha.unsqueeze(1) * AP
-        Z = R * minv
-        rz_new = (R * Z).sum(1)
-        beta = torch.where(rz > 0, rz_new / rz.clamp(min=torch.finfo(Hd.dtype).tiny), torch.zeros_like(rz))
-        P = Z + beta.unsqueeze(1) * P
-        rz = rz_new
-    return X
-
-
 def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch.Tensor | None, *,
          blocksize: int, percdamp: float, max_damp_tries: int, variant: str, score: str,
-         granularity: str, nm_update: str = "group", refine_iters: int = 0) -> SolverResult:
+         granularity: str, nm_update: str = "group", refine_iters: int = 0, swap_rounds: int = 0,
+         swaps_per_row: int = 8, swap_cg_iters: int = 2, dtype: str = "float64") -> SolverResult:
     W, Hf, dead, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64)
     info.update(jitter_solves=0, fallback_solves=0)
+    dt = getattr(torch, dtype)  # float32: about half the cost of every product and factorisation on CPU
+    W, U = W.to(dt), U.to(dt)
     Wd = W.clone()  # the prepared dense weights, the reference of exact / refined reconstruction
     mask = _block_pass(W, U, sparsity, blocksize, score, granularity, nm_update, fixed_mask, info)
-    if (variant == "exact" or refine_iters) and not info["hinv_fallback"]:
-        Hd = Hf.clone()
+    if (variant == "exact" or refine_iters or swap_rounds) and not info["hinv_fallback"]:
+        Hd = Hf.to(dt)
         Hd.diagonal().add_(info["damp"])  # the damped Hessian whose inverse U factors
         if variant == "exact":
             W = exact_reconstruction(Wd, Hd, mask, U.t() @ U, info)
         else:
-            W = refine_cg(W, Wd, Hd, mask, refine_iters)
-            info["refine_iters"] = refine_iters
+            if swap_rounds:
+                W, mask = swap_search(W, Wd, Hd, mask, sparsity, rounds=swap_rounds, swaps=swaps_per_row,
+                                      cg_iters=swap_cg_iters, info=info)
+            if refine_iters:
+                W = refine_cg(W, Wd, Hd, mask, refine_iters)
+                info["refine_iters"] = refine_iters
     W = W.masked_fill(mask, 0.0)
     if info["jitter_solves"] or info["fallback_solves"]:
         log.warning("APT: %d small systems needed jitter, %d fell back to a pseudo-inverse",
@@ -420,15 +403,25 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
 def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch.Tensor | None = None,
         variant: str = "block", blocksize: int = 128, score: str = "obs", granularity: str = "block",
         nm_update: str = "group", percdamp: float = 0.01, max_damp_tries: int = 6, max_subsets: int = 20000,
-        refine_iters: int = 0) -> SolverResult:
+        refine_iters: int = 0, swap_rounds: int = 0, swaps_per_row: int = 8, swap_cg_iters: int = 2,
+        dtype: str = "float64") -> SolverResult:
     """APT on one linear layer: choose the mask and apply the joint optimal update (module docstring)."""
     check_pattern(w, sparsity)
     _check(sparsity, blocksize, variant, score, granularity, max_subsets, nm_update)
-    if refine_iters < 0:
-        raise ConfigError(f"method.refine_iters={refine_iters}: need >= 0")
+    for key, value in (("refine_iters", refine_iters), ("swap_rounds", swap_rounds), ("swap_cg_iters", swap_cg_iters)):
+        if not isinstance(value, int) or value < 0:
+            raise ConfigError(f"method.{key}={value!r}: need an integer >= 0")
+    if not isinstance(swaps_per_row, int) or swaps_per_row < 1:
+        raise ConfigError(f"method.swaps_per_row={swaps_per_row!r}: need an integer >= 1")
+    if dtype not in DTYPES:
+        raise ConfigError(f"method.dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
+    if variant == "exact" and (refine_iters or swap_rounds):
+        raise ConfigError("method.variant=exact already solves every row exactly; refine_iters and swap_rounds "
+                          "apply to variant=block only")
     return _run(w, sparsity, H, None, blocksize=blocksize, percdamp=percdamp, max_damp_tries=max_damp_tries,
                 variant=variant, score=score, granularity=granularity, nm_update=nm_update,
-                refine_iters=refine_iters)
+                refine_iters=refine_iters, swap_rounds=swap_rounds, swaps_per_row=swaps_per_row,
+                swap_cg_iters=swap_cg_iters, dtype=dtype)
 
 
 def apt_update(w: torch.Tensor, mask: torch.Tensor, *, H: torch.Tensor, variant: str = "block",
