@@ -66,6 +66,7 @@ def flatten(record: dict, path: Path) -> dict:
         "calib_nsamples": calib.get("nsamples") if calib.get("used") else None,
         "calib_seqlen": calib.get("seqlen") if calib.get("used") else None,
         "seed": cfg.get("seed"),
+        "calib_seed": calib.get("seed") if calib.get("used") else None,
         "mean_rel_error": record["metrics"].get("mean_rel_error"),
     }
     row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})

@@ -9,7 +9,9 @@
   block's linears against depth, one line per method, at one sparsity;
 * ``calibration_effect`` (``--figures calibration``): perplexity against the number of
   calibration tokens, one line per method × calibration set, one panel per evaluation set (the
-  calibration study of the quick protocol).
+  calibration study of the quick protocol);
+* ``frontier_figure`` (``--figures frontier``, :mod:`analysis.frontier`): perplexity against sparsity
+  with mean ± std error bars over calibration seeds, one panel per model.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pandas as pd
 from analysis.collect import collect
 from analysis.tables import METHOD_NAMES, method_key, sparsity_name, sparsity_order
 
-MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*"}
+MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X"}
 
 
 def _one_model(frame: pd.DataFrame) -> str:
@@ -152,12 +154,12 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="wikitext2")
     p.add_argument("--layer-sparsity", default="0.5", help="sparsity of the per-layer error plot (e.g. 0.5, 2:4)")
     p.add_argument("--formats", default="png", help="comma-separated: png, pdf, svg")
-    p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration")
+    p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration, frontier")
     args = p.parse_args(argv)
     figures = {f.strip() for f in args.figures.split(",") if f.strip()}
-    unknown = figures - {"ppl", "layers", "calibration"}
+    unknown = figures - {"ppl", "layers", "calibration", "frontier"}
     if unknown:
-        p.error(f"--figures: unknown {sorted(unknown)}; allowed: ppl, layers, calibration")
+        p.error(f"--figures: unknown {sorted(unknown)}; allowed: ppl, layers, calibration, frontier")
     plt.switch_backend("Agg")  # files only: no display needed
     col = collect(*args.dirs, layers=True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -172,6 +174,9 @@ def main(argv=None) -> int:
                             f"layer_error_by_depth_{tag}", formats)
         if "calibration" in figures:
             written += save(calibration_effect(col.frame), args.out_dir, "calibration_study", formats)
+        if "frontier" in figures:
+            from analysis.frontier import frontier_figure
+            written += save(frontier_figure(col.frame, args.dataset), args.out_dir, f"frontier_{args.dataset}", formats)
     except ValueError as e:
         p.error(str(e))
     for path in written:

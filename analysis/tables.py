@@ -30,9 +30,9 @@ from analysis.render import EXPLODED, Table
 from pruning.results import write_text_atomic
 from pruning.sparsity import parse_sparsity
 
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "apt", "apt-exact", "alps", "apt-refit")
+METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "apt", "apt-exact", "apt-refit", "apt-swap", "alps")
 METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "apt": "APT",
-                "apt-exact": "APT-exact", "alps": "ALPS", "apt-refit": "APT-refit"}
+                "apt-exact": "APT-exact", "alps": "ALPS", "apt-refit": "APT-refit", "apt-swap": "APT-swap"}
 DATASET_NAMES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 # lm-eval task names, in the column order of the Wanda / LLM-Pruner tables, and their headers.
 TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa",
@@ -335,10 +335,14 @@ def write_benchmark(sweep_dir: str | Path, dataset: str = "wikitext2") -> list[P
 def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
           explode: float = 1e4) -> str:
-    """One table as text: ``table`` ∈ ppl | zeroshot | benchmark, ``fmt`` ∈ md | latex | csv."""
+    """One table as text: ``table`` ∈ ppl | zeroshot | benchmark | calibration | frontier, ``fmt`` ∈ md | latex | csv."""
     long_tables = {"benchmark": (lambda: benchmark_markdown(frame, dataset, explode),
                                  lambda: benchmark_long(frame, dataset)),
                    "calibration": (lambda: calibration_markdown(frame, explode), lambda: calibration_long(frame))}
+    if table == "frontier":
+        from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
+        return {"md": lambda: frontier_markdown(frame, explode=explode), "latex": lambda: frontier_latex(frame, explode=explode),
+                "csv": lambda: frontier_long(frame).to_csv(index=False)}[fmt]()
     if table in long_tables:
         markdown, long = long_tables[table]
         if fmt == "md":
@@ -352,7 +356,7 @@ def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext
     elif table == "zeroshot":
         t = zeroshot_table(frame, metrics, compare=compare)
     else:
-        raise ValueError(f"table={table!r}; allowed: ppl, zeroshot, benchmark, calibration")
+        raise ValueError(f"table={table!r}; allowed: ppl, zeroshot, benchmark, calibration, frontier")
     return t.render(fmt)
 
 
@@ -384,7 +388,7 @@ def _pair(text: str) -> tuple[str, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="output directories (searched recursively for results.json)")
-    p.add_argument("--table", choices=["ppl", "zeroshot", "benchmark", "calibration"], default="ppl")
+    p.add_argument("--table", choices=["ppl", "zeroshot", "benchmark", "calibration", "frontier"], default="ppl")
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.add_argument("--dataset", default="wikitext2", help="perplexity dataset: wikitext2 | ptb | c4")
     p.add_argument("--columns", choices=["sparsity", "model"], default="sparsity",

@@ -32,7 +32,8 @@ def test_capture_keeps_every_kwarg():
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba"])
 @pytest.mark.parametrize("method, spec", [("magnitude", 0.5), ("wanda", 0.5), ("sparsegpt", 0.5), ("apt", 0.5),
-                                          ("wanda", "2:4"), ("sparsegpt", "2:4"), ("apt", "2:4")])
+                                          ("alps", 0.5), ("wanda", "2:4"), ("sparsegpt", "2:4"), ("apt", "2:4"),
+                                          ("alps", "2:4")])
 def test_engine_reaches_target_and_touches_nothing_else(model, method, spec):
     lm = tiny(model)
     sp = parse_sparsity(spec)
@@ -47,7 +48,7 @@ def test_engine_reaches_target_and_touches_nothing_else(model, method, spec):
             assert nm_violations(w, sp.n, sp.m) == 0, name
         elif method == "wanda":
             assert ((w == 0).sum(1) >= int(w.shape[1] * 0.5)).all(), name
-        elif method == "apt":  # exactly round(s * numel) per matrix
+        elif method in ("apt", "alps"):  # exactly round(s * numel) per matrix
             assert int((w == 0).sum()) == w.numel() // 2, name
         else:  # per matrix (magnitude) or per block (sparsegpt): one more than int(numel*s) per unit
             assert float((w == 0).float().mean()) >= 0.5, name
@@ -122,12 +123,15 @@ def test_magnitude_without_error_report_needs_no_data(tiny_data_root, tmp_path, 
     assert rec["sparsity"]["actual"] >= 0.5 and all(r["rel_error"] is None for r in rec["layers"])
 
 
-@pytest.mark.parametrize("method", ["apt", "apt-exact"])
-def test_apt_job_end_to_end(tiny_data_root, tmp_path, method):
+@pytest.mark.parametrize("method", ["apt", "apt-exact", "apt-refit", "apt-swap", "alps"])
+def test_reconstruction_job_end_to_end(tiny_data_root, tmp_path, method):
+    blocks = [] if method == "alps" else ["method.blocksize=16"]
     cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, f"method={method}", "sparsity=0.6",
-                                     "calibration.nsamples=4", "calibration.seqlen=32", "method.blocksize=16"))
+                                     "calibration.nsamples=4", "calibration.seqlen=32", *blocks))
     rec = run_job(cfg, tmp_path)
     assert rec["status"] == "complete" and rec["sparsity"]["actual"] == pytest.approx(0.6, abs=1e-3)
-    assert rec["method"] == {"name": "apt", "params": {**rec["method"]["params"],
-                                                       "variant": "exact" if method == "apt-exact" else "block"}}
+    name = "alps" if method == "alps" else "apt"
+    assert rec["method"]["name"] == name and rec["method"]["label"] == method
+    if name == "apt":
+        assert rec["method"]["params"]["variant"] == ("exact" if method == "apt-exact" else "block")
     assert 0 < rec["metrics"]["mean_rel_error"] < 1 and len(rec["layers"]) == 14

@@ -1,0 +1,157 @@
+"""The accuracy-frontier benchmark: methods × sparsities × calibration seeds, per model.
+
+    python -m analysis.tables DIR… --table frontier [--format md|latex|csv]
+    python -m analysis.plots DIR… --figures frontier
+
+Every pruned record is paired with the baseline's record (SparseGPT by default) of the same model,
+sparsity and calibration seed, so ratios and differences compare methods on the *same* calibration
+windows. Per (model, sparsity, method) the table gives the number of seeds, perplexity mean ± sample
+standard deviation over seeds on each evaluated dataset, the mean of the per-seed ratios to the
+baseline, the paired difference to the baseline (mean ± std of the per-seed differences), whether
+that difference exceeds its own spread (``gain > std``; "–" with fewer than two seeds), the mean
+layer error and the solver seconds with their ratio to the baseline's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
+
+KEYS = ["model", "sparsity", "calib_seed"]
+
+
+def _datasets(frame: pd.DataFrame) -> list[str]:
+    order = list(DATASET_NAMES)
+    found = [c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith("_windows")
+             and frame[c].notna().any()]
+    return sorted(found, key=lambda d: (order.index(d) if d in order else len(order), d))
+
+
+def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFrame:
+    """One row per (model, sparsity, method): the statistics of the module docstring."""
+    if frame.empty:
+        raise ValueError("no complete records")
+    f = frame[frame.sparsity != "dense"].copy()
+    if f.empty:
+        raise ValueError("no pruned records")
+    datasets = _datasets(f)
+    base = f[f.label == baseline].set_index(KEYS)
+    if base.index.has_duplicates:
+        raise ValueError(f"several {baseline} records for one (model, sparsity, calibration seed): "
+                         "pass one configuration per cell")
+    for ds in datasets:
+        ref = f.set_index(KEYS).index.map(base[f"ppl_{ds}"].to_dict().get)
+        f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
+        f[f"diff_{ds}"] = f[f"ppl_{ds}"].to_numpy() - pd.to_numeric(pd.Series(ref, index=f.index))
+    ref_t = f.set_index(KEYS).index.map(base["solver_s"].to_dict().get)
+    f["solver_x"] = f["solver_s"].to_numpy() / pd.to_numeric(pd.Series(ref_t, index=f.index))
+    rows = []
+    for (model, sparsity, label), g in f.groupby(["model", "sparsity", "label"], sort=False):
+        if g["calib_seed"].duplicated().any():
+            raise ValueError(f"{model} {sparsity} {label}: several records for one calibration seed "
+                             "(different settings of one method?); use --label-params to tell them apart")
+        row = {"model": model, "sparsity": sparsity, "label": label, "n_seeds": len(g),
+               "seeds": ",".join(str(int(s)) for s in sorted(g["calib_seed"].dropna()))}
+        for ds in datasets:
+            v, r, d = g[f"ppl_{ds}"], g[f"ratio_{ds}"], g[f"diff_{ds}"]
+            row.update({f"ppl_{ds}": v.mean(), f"ppl_{ds}_std": v.std(ddof=1) if len(v) > 1 else math.nan,
+                        f"ratio_{ds}": r.mean(), f"diff_{ds}": d.mean(),
+                        f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
+            row[f"beyond_noise_{ds}"] = (None if label == baseline or d.notna().sum() < 2
+                                         else bool(abs(d.mean()) > d.std(ddof=1)))
+        row.update(mean_rel_error=g["mean_rel_error"].mean(), solver_s=g["solver_s"].mean(),
+                   solver_x=g["solver_x"].mean())
+        rows.append(row)
+    long = pd.DataFrame(rows)
+    long["_k"] = [(str(m), sparsity_order(s), method_key(lab)) for m, s, lab in
+                  zip(long["model"], long["sparsity"], long["label"])]
+    return long.sort_values("_k").drop(columns="_k").reset_index(drop=True)
+
+
+def _pm(mean, std, fmt=lambda v: f"{v:.2f}") -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return fmt(mean) if std is None or math.isnan(std) else f"{fmt(mean)} ± {std:.2f}"
+
+
+def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> pd.DataFrame:
+    """The table as strings (one model per block of rows), shared by the Markdown and LaTeX renderings."""
+    long = frontier_long(frame, baseline)
+    datasets = [c[4:] for c in long.columns if c.startswith("ppl_") and not c.endswith("_std")]
+    out = {"model": long["model"], "sparsity": long["sparsity"].map(sparsity_name),
+           "method": long["label"].map(lambda m: METHOD_NAMES.get(m, m)), "seeds": long["seeds"]}
+    base = METHOD_NAMES.get(baseline, baseline)
+    for ds in datasets:
+        name = DATASET_NAMES.get(ds, ds)
+        out[f"{name} ppl"] = [_pm(m, s, lambda v: fmt_ppl(v, explode)) for m, s in zip(long[f"ppl_{ds}"], long[f"ppl_{ds}_std"])]
+        out[f"{name} ÷ {base}"] = long[f"ratio_{ds}"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
+        out[f"{name} Δ {base}"] = [("–" if lab == baseline or math.isnan(m) else _pm(m, s, lambda v: f"{v:+.2f}"))
+                                   for lab, m, s in zip(long["label"], long[f"diff_{ds}"], long[f"diff_{ds}_std"])]
+        out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
+    out["layer error"] = long["mean_rel_error"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4f}")
+    out["solver s"] = long["solver_s"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.1f}")
+    out[f"solver ÷ {base}"] = long["solver_x"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.2f}×")
+    return pd.DataFrame(out)
+
+
+CAPTION = ("Perplexity mean ± std over calibration seeds (seeds listed); ratios and Δ are paired with {base} on "
+           "the same model, sparsity and calibration windows (mean of per-seed values); \"gain > std\": |mean Δ| "
+           "exceeds the std of the per-seed Δ (needs ≥ 2 seeds); layer error ‖(W−W')X‖²/‖WX‖² averaged over all "
+           "pruned linears; solver seconds exclude forward passes.")
+
+
+def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
+    shown = frontier_display(frame, baseline, explode)
+    return CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)) + "\n\n" + to_markdown(shown)
+
+
+def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
+    shown = frontier_display(frame, baseline, explode)
+    shown = shown.map(lambda v: str(v).replace("±", r"$\pm$").replace("÷", r"/").replace("Δ", r"$\Delta$")
+                      .replace("%", r"\%").replace("×", r"$\times$"))
+    shown.columns = [c.replace("÷", "/").replace("Δ", r"$\Delta$").replace("%", r"\%") for c in shown.columns]
+    body = shown.to_latex(index=False, escape=False)
+    caption = CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+    return "\\begin{table}\n\\centering\\small\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n"
+
+
+def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2"):
+    """Perplexity against unstructured sparsity with mean ± std error bars over calibration seeds,
+    one panel per model, N:M patterns as points at their ratio; log y."""
+    long = frontier_long(frame)
+    col = f"ppl_{dataset}"
+    if col not in long:
+        raise ValueError(f"no records with {dataset} perplexity")
+    models = list(dict.fromkeys(long["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
+    from analysis.plots import MARKERS  # plots imports this module's figure; avoid a cycle at import time
+    dense = frame[frame.sparsity == "dense"]
+    for ax, model in zip(axes[0], models):
+        sub = long[long.model == model]
+        for label in sorted(sub["label"].unique(), key=method_key):
+            rows = sub[sub.label == label].copy()
+            rows["x"] = rows["sparsity"].map(lambda s: 100 * sparsity_order(s)[1])
+            unstructured = rows[~rows.sparsity.str.contains(":")].sort_values("x")
+            nm = rows[rows.sparsity.str.contains(":")]
+            line = ax.errorbar(unstructured["x"], unstructured[col], yerr=unstructured[f"{col}_std"].fillna(0),
+                               marker=MARKERS.get(label, "o"), capsize=3, label=METHOD_NAMES.get(label, label))
+            for _, r in nm.iterrows():
+                ax.errorbar([r["x"] + (1.5 if r["sparsity"] == "4:8" else -1.5)], [r[col]],
+                            yerr=[0 if math.isnan(r[f"{col}_std"]) else r[f"{col}_std"]], capsize=3,
+                            marker=MARKERS.get(label, "o"), linestyle="none", color=line[0].get_color(), alpha=0.6)
+        d = dense[(dense.model == model) & dense[col].notna()][col] if col in dense else []
+        if len(d):
+            ax.axhline(float(d.iloc[-1]), color="grey", linestyle="--", linewidth=1, label="Dense")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.set_title(f"{model}: {DATASET_NAMES.get(dataset, dataset)} (N:M at 50% ± 1.5: 2:4 left, 4:8 right)",
+                     fontsize=9)
+        ax.set_xlabel("sparsity (%)")
+        ax.set_ylabel("perplexity (mean ± std over calibration seeds)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
