@@ -1,0 +1,82 @@
+"""The frontier table and figure: statistics over calibration seeds, paired with SparseGPT."""
+
+import math
+
+import pytest
+
+from analysis.collect import collect
+from analysis.frontier import frontier_figure, frontier_latex, frontier_long, frontier_markdown
+from analysis.tables import main as tables_main
+from tests.test_analysis import record, write
+
+# (label, sparsity, calibration seed) -> (WikiText-2 ppl, C4 ppl, solver seconds)
+CELLS = {
+    ("sparsegpt", 0.5, 0): (44.0, 70.0, 10.0), ("sparsegpt", 0.5, 1): (45.0, 71.0, 12.0),
+    ("sparsegpt", 0.5, 2): (46.0, 69.0, 11.0),
+    ("apt-refit", 0.5, 0): (40.0, 66.0, 15.0), ("apt-refit", 0.5, 1): (41.5, 66.0, 18.0),
+    ("apt-refit", 0.5, 2): (42.0, 65.0, 16.5),
+    ("alps", 0.5, 0): (43.9, 70.5, 100.0), ("alps", 0.5, 1): (45.2, 70.0, 100.0), ("alps", 0.5, 2): (45.8, 69.5, 100.0),
+    ("sparsegpt", "2:4", 0): (90.0, 120.0, 9.0), ("apt-refit", "2:4", 0): (80.0, 110.0, 13.5),
+}
+
+
+def frontier_record(label, spec, seed, ppl, c4, solver, model="smollm2-135m"):
+    method = "alps" if label == "alps" else "apt" if label.startswith("apt") else label
+    rec = record(method, spec, ppl, 0.02, chash=f"{model}-{label}-{spec}-{seed}", model=model)
+    rec["method"]["label"] = label
+    rec["metrics"]["perplexity"]["c4"] = {"ppl": c4, "nwindows": 16}
+    rec["protocol"]["calibration"]["seed"] = seed
+    rec["timings"]["solver_s"] = solver
+    return rec
+
+
+@pytest.fixture
+def frontier(tmp_path):
+    root = tmp_path / "frontier"
+    for (label, spec, seed), (ppl, c4, solver) in CELLS.items():
+        write(root, f"{label}_{spec}_{seed}", frontier_record(label, spec, seed, ppl, c4, solver))
+    write(root, "gemma_sgpt", frontier_record("sparsegpt", 0.5, 0, 30.0, 40.0, 20.0, model="gemma3-270m"))
+    write(root, "gemma_refit", frontier_record("apt-refit", 0.5, 0, 27.0, 38.0, 30.0, model="gemma3-270m"))
+    return root
+
+
+def test_statistics_are_paired_per_seed(frontier):
+    long = frontier_long(collect(frontier).frame)
+    row = long[(long.model == "smollm2-135m") & (long.label == "apt-refit") & (long.sparsity == "0.5")].iloc[0]
+    assert row.n_seeds == 3 and row.seeds == "0,1,2"
+    assert row.ppl_wikitext2 == pytest.approx((40 + 41.5 + 42) / 3)
+    assert row.ppl_wikitext2_std == pytest.approx(math.sqrt(((40 - 41.1667) ** 2 + (41.5 - 41.1667) ** 2
+                                                             + (42 - 41.1667) ** 2) / 2), rel=1e-4)
+    assert row.ratio_wikitext2 == pytest.approx((40 / 44 + 41.5 / 45 + 42 / 46) / 3)
+    assert row.diff_wikitext2 == pytest.approx((-4 - 3.5 - 4) / 3) and row.beyond_noise_wikitext2
+    assert row.solver_x == pytest.approx((15 / 10 + 18 / 12 + 16.5 / 11) / 3)
+    alps = long[(long.label == "alps") & (long.sparsity == "0.5")].iloc[0]
+    assert alps.beyond_noise_wikitext2 is False or alps.beyond_noise_wikitext2 == False  # noqa: E712  (−0.03 ± 0.25)
+    single = long[(long.label == "apt-refit") & (long.sparsity == "2:4")].iloc[0]
+    assert single.n_seeds == 1 and math.isnan(single.ppl_wikitext2_std) and single.beyond_noise_wikitext2 is None
+    gemma = long[(long.model == "gemma3-270m") & (long.label == "apt-refit")].iloc[0]
+    assert gemma.ratio_wikitext2 == pytest.approx(0.9) and gemma.ratio_c4 == pytest.approx(38 / 40)
+
+
+def test_markdown_and_latex(frontier):
+    frame = collect(frontier).frame
+    md = frontier_markdown(frame)
+    assert "| smollm2-135m | 50% | APT-refit | 0,1,2 | 41.17 ± 1.04 | 0.915 | -3.83 ± 0.29 | yes |" in md
+    assert "| smollm2-135m | 50% | ALPS | 0,1,2 |" in md and "| no |" in md
+    assert "| SparseGPT | 0 | 90.00 | 1.000 | – | – |" in md
+    tex = frontier_latex(frame)
+    assert "\\begin{tabular}" in tex and "41.17 $\\pm$ 1.04" in tex and "\\caption{" in tex
+
+
+def test_duplicate_seed_of_one_label_is_an_error(frontier):
+    write(frontier, "again", frontier_record("apt-refit", 0.5, 0, 39.0, 66.0, 15.0) | {"config_hash": "other"})
+    with pytest.raises(ValueError, match="several records for one calibration seed"):
+        frontier_long(collect(frontier).frame)
+
+
+def test_cli_and_figure(frontier, tmp_path, capsys):
+    assert tables_main([str(frontier), "--table", "frontier", "--format", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("model,sparsity,label,n_seeds,seeds,ppl_wikitext2") and "apt-refit" in out
+    fig = frontier_figure(collect(frontier).frame)
+    assert len(fig.axes) == 2  # one panel per model
