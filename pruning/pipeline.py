@@ -26,8 +26,9 @@ from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.evaluation.zero_shot import evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model
 from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
-from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, peak_memory, reset_peak_memory,
-                             reusable_record, utc_now, versions, write_json_atomic, write_text_atomic)
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, job_lock, peak_memory,
+                             read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
+                             write_text_atomic)
 from pruning.solvers import SOLVERS
 from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
@@ -98,9 +99,15 @@ def _summary(record: dict) -> dict:
 
 
 def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Run one job in ``out_dir``, which it owns (:func:`pruning.results.job_lock`) until it returns."""
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config)
+    with job_lock(out_dir, chash):
+        return _run_locked(cfg, out_dir, config, chash)
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dict:
     path = out_dir / RESULTS_FILE
     existing = reusable_record(path, chash, bool(cfg.get("force", False)))
     if existing is not None:
@@ -196,6 +203,7 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         record["memory"].update(peak_memory())
         record["status"] = "complete"
         record["job"]["finished"] = utc_now()
+        reusable_record(path, chash, bool(cfg.get("force", False)))  # again, right before writing
         write_json_atomic(path, record)
         tracker.log_summary(_summary(record))
         tracker.finish()
@@ -207,7 +215,11 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())
         try:
-            write_json_atomic(path, record)
+            other = read_record(path)
+            if is_complete(other) and other.get("config_hash") != chash:  # never over another config's result
+                log.error("%s holds another config's complete record; this job's failure is not written there", path)
+            else:
+                write_json_atomic(path, record)
         finally:
             tracker.finish(exit_code=1)
         raise

@@ -8,8 +8,10 @@ with the error, so a sweep can be resumed and the failure inspected.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import socket
 import math
 import os
 import platform
@@ -17,6 +19,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata
 import logging
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
+LOCK_FILE = ".job.lock"  # flock'ed by the job that owns the directory, for its whole lifetime
 
 # Config keys that do not change what a job computes: left out of the config hash.
 HASH_EXCLUDE = ("force", "logger", "sweep_name", "data.root", "model.cache_dir", "model.device", "runtime")
@@ -181,12 +185,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def read_record(path: str | os.PathLike) -> dict | None:
-    """The record at ``path``, or None if absent or unreadable (a torn file never counts as complete)."""
+    """The record at ``path``, or None if absent or unreadable (a torn file never counts as complete; a
+    file that is JSON but not an object is reported by path and treated as no record)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            record = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None
+    if not isinstance(record, dict):
+        log.warning("%s is not a result record (JSON %s, not an object); treated as incomplete", path,
+                    type(record).__name__)
+        return None
+    return record
 
 
 def reusable_record(path: str | os.PathLike, chash: str, force: bool) -> dict | None:
@@ -208,3 +218,37 @@ def is_complete(record: dict | None, expected_hash: str | None = None) -> bool:
     if not record or record.get("status") != "complete":
         return False
     return expected_hash is None or record.get("config_hash") == expected_hash
+
+
+class JobCollision(ConfigError):
+    """Another live job owns the output directory."""
+
+
+@contextmanager
+def job_lock(out_dir: str | os.PathLike, chash: str):
+    """Own ``out_dir`` for the lifetime of the job: an exclusive ``flock`` on ``<out_dir>/.job.lock``
+    (released by the kernel when the process dies, so a killed job never leaves a stale lock). A second
+    job pointed at the same directory stops at once with :class:`JobCollision`, naming the owner, instead
+    of racing it to ``results.json``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            owner = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+        finally:
+            os.close(fd)
+        raise JobCollision(
+            f"{out_dir} is in use by another running job ({owner}); this job (config hash {chash}) would race it "
+            f"for {RESULTS_FILE}. Give it its own directory (hydra.run.dir=..., or another sweep_name), or wait "
+            f"for the other job to finish") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(),
+                                  "config_hash": chash}).encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -120,3 +120,52 @@ def test_dense_job_of_a_sparsity_sweep_runs_once(tiny_data_root, tmp_path):
     again = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "sparsity=2:4")), tmp_path)
     assert again["config_hash"] == first["config_hash"]
     assert (tmp_path / "results.json").read_bytes() == before  # skipped: neither re-run nor refused
+
+
+def test_a_second_job_in_a_live_jobs_directory_stops_and_names_it(tiny_data_root, tmp_path):
+    """Two writers, one directory: the second stops at once (no model load) instead of racing the first."""
+    import subprocess
+    import sys
+    import time
+
+    from pruning.results import JobCollision
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pruning.results import job_lock\n"
+        f"with job_lock({str(tmp_path)!r}, 'holder-hash'):\n"
+        "    print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.perf_counter()
+        with pytest.raises(JobCollision, match=rf"in use by another running job \(.*\"pid\": {holder.pid}.*holder-hash"):
+            run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
+        assert time.perf_counter() - t0 < 5 and not (tmp_path / "results.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)  # the kernel dropped the lock
+    assert rec["status"] == "complete"
+
+
+def test_record_of_another_config_written_meanwhile_is_not_overwritten(tiny_data_root, tmp_path, monkeypatch):
+    """The refuse-another-config check runs again right before the record is written."""
+    import pruning.pipeline as pipeline
+
+    other = {"status": "complete", "config_hash": "someone-else"}
+    real = pipeline.evaluate_perplexity
+
+    def evaluate_then_collide(*args, **kwargs):
+        out = real(*args, **kwargs)
+        (tmp_path / "results.json").write_text(json.dumps(other))  # a writer that ignores the lock
+        return out
+
+    monkeypatch.setattr(pipeline, "evaluate_perplexity", evaluate_then_collide)
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == other
+
+
+def test_a_record_that_is_not_an_object_counts_as_incomplete(tiny_data_root, tmp_path, caplog):
+    (tmp_path / "results.json").write_text("[1, 2]")
+    rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
+    assert rec["status"] == "complete" and "is not a result record" in caplog.text
