@@ -48,15 +48,23 @@ def method_label(method: dict) -> str:
     return method["name"] if variant in (None, "block") else f"{method['name']}-{variant}"
 
 
+def allocation_of(record: dict) -> str:
+    """``uniform`` (also for records from before the allocation group), ``owl`` or ``profile``."""
+    return (record.get("allocation") or {}).get("name", "uniform")
+
+
 def flatten(record: dict, path: Path) -> dict:
-    """One row of the frame from one complete record."""
+    """One row of the frame from one complete record. A non-uniform allocation is part of the label
+    (``sparsegpt+owl``), so tables give it its own row; the ``allocation`` column names it too."""
     cfg = record.get("config") or {}
+    allocation = allocation_of(record)
     target = record["sparsity"]["target"]
     calib = (record.get("protocol") or {}).get("calibration") or {}
     row = {
         "model": (record.get("model") or {}).get("name") or cfg.get("model", {}).get("name"),
         "method": record["method"]["name"],
-        "label": method_label(record["method"]),
+        "label": method_label(record["method"]) + ("" if allocation == "uniform" else f"+{allocation}"),
+        "allocation": allocation,
         "sparsity": target.get("spec") if target["kind"] != "dense" else "dense",
         "sparsity_kind": target["kind"], "sparsity_ratio": target["ratio"],
         "sparsity_n": target.get("n"), "sparsity_m": target.get("m"),
@@ -84,6 +92,10 @@ def flatten(record: dict, path: Path) -> dict:
     row.update(config_hash=record.get("config_hash"), finished=(record.get("job") or {}).get("finished"),
                path=str(path.parent))
     return row
+
+
+def _numel(shape) -> int | None:
+    return int(shape[0]) * int(shape[1]) if shape and len(shape) == 2 else None
 
 
 def _number(value):
@@ -116,8 +128,9 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             rows.append(flatten(record, path))
             if layers:
                 keys = {k: rows[-1][k] for k in ("model", "label", "sparsity", "config_hash", "path")}
-                layer_rows += [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "solver_s")}}
-                               for r in record.get("layers") or []]
+                layer_rows += [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "solver_s")},
+                                "target": _number(r.get("target")), "layer_sparsity": r.get("sparsity"),
+                                "numel": _numel(r.get("shape"))} for r in record.get("layers") or []]
     frame = pd.DataFrame(rows)
     duplicates = []
     if not frame.empty:
@@ -133,7 +146,8 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
     layer_frame = None
     if layers:
         layer_frame = pd.DataFrame(layer_rows, columns=["model", "label", "sparsity", "config_hash", "path", "name",
-                                                        "block", "layer", "rel_error", "solver_s"])
+                                                        "block", "layer", "rel_error", "solver_s", "target",
+                                                        "layer_sparsity", "numel"])
         kept = set(frame.path) if not frame.empty else set()  # duplicates dropped above lose their layers too
         layer_frame = layer_frame[layer_frame.path.isin(kept)].reset_index(drop=True)
     return Collection(frame, skipped, duplicates, layer_frame)

@@ -10,6 +10,8 @@
 * ``calibration_effect`` (``--figures calibration``): perplexity against the number of
   calibration tokens, one line per method × calibration set, one panel per evaluation set (the
   calibration study of the quick protocol);
+* ``block_sparsity`` (``--figures blocks``): per-block sparsity, target and actual, per method and
+  allocation (OWL, profiles) at one global sparsity;
 * ``frontier_figure`` (``--figures frontier``, :mod:`analysis.frontier`): perplexity against sparsity
   with mean ± std error bars over calibration seeds, one panel per model.
 """
@@ -101,6 +103,36 @@ def layer_error_by_depth(layers: pd.DataFrame, sparsity: str = "0.5"):
     return fig
 
 
+def block_sparsity(layers: pd.DataFrame, sparsity: str = "0.7"):
+    """Per-block sparsity, target (dashed) and actual (solid), parameter-weighted over the block's
+    linears, one colour per method (+ allocation) at one global sparsity."""
+    if layers is None or layers.empty:
+        raise ValueError("no per-layer reports in these records")
+    model = _one_model(layers)
+    rows = layers[(layers.sparsity == str(sparsity)) & layers.numel.notna()].copy()
+    if rows.empty:
+        have = ", ".join(sorted(layers.sparsity.unique(), key=sparsity_order))
+        raise ValueError(f"no per-layer reports at sparsity {sparsity}; present: {have}")
+    rows["target"] = rows["target"].fillna(float(sparsity) if ":" not in str(sparsity) else 0.5)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label in sorted(rows["label"].unique(), key=lambda lab: method_key(lab.split("+")[0]) + (lab,)):
+        g = rows[rows.label == label]
+        w = g.groupby("block")["numel"].sum()
+        actual = (g.layer_sparsity * g.numel).groupby(g.block).sum() / w
+        target = (g.target * g.numel).groupby(g.block).sum() / w
+        name = METHOD_NAMES.get(label.split("+")[0], label) + ("+" + label.split("+", 1)[1] if "+" in label else "")
+        line, = ax.plot(actual.index, 100 * actual.values, marker=MARKERS.get(label.split("+")[0], "o"), markersize=3,
+                        label=f"{name} actual")
+        ax.plot(target.index, 100 * target.values, linestyle="--", color=line.get_color(), label=f"{name} target")
+    ax.set_xlabel("block (depth)")
+    ax.set_ylabel("sparsity of the block's linears (%)")
+    ax.set_title(f"{model}: per-block sparsity at {sparsity_name(str(sparsity))} overall")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
 CALIB_STYLE = {"c4": "-", "wikitext2": "--", "ptb": ":"}
 
 
@@ -154,12 +186,13 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="wikitext2")
     p.add_argument("--layer-sparsity", default="0.5", help="sparsity of the per-layer error plot (e.g. 0.5, 2:4)")
     p.add_argument("--formats", default="png", help="comma-separated: png, pdf, svg")
-    p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration, frontier")
+    p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration, frontier, "
+                   "blocks (per-block sparsity, target vs actual, at --layer-sparsity)")
     args = p.parse_args(argv)
     figures = {f.strip() for f in args.figures.split(",") if f.strip()}
-    unknown = figures - {"ppl", "layers", "calibration", "frontier"}
+    unknown = figures - {"ppl", "layers", "calibration", "frontier", "blocks"}
     if unknown:
-        p.error(f"--figures: unknown {sorted(unknown)}; allowed: ppl, layers, calibration, frontier")
+        p.error(f"--figures: unknown {sorted(unknown)}; allowed: ppl, layers, calibration, frontier, blocks")
     plt.switch_backend("Agg")  # files only: no display needed
     col = collect(*args.dirs, layers=True)
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -174,6 +207,9 @@ def main(argv=None) -> int:
                             f"layer_error_by_depth_{tag}", formats)
         if "calibration" in figures:
             written += save(calibration_effect(col.frame), args.out_dir, "calibration_study", formats)
+        if "blocks" in figures:
+            tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
+            written += save(block_sparsity(col.layers, args.layer_sparsity), args.out_dir, f"block_sparsity_{tag}", formats)
         if "frontier" in figures:
             from analysis.frontier import frontier_figure
             written += save(frontier_figure(col.frame, args.dataset), args.out_dir, f"frontier_{args.dataset}", formats)

@@ -33,7 +33,7 @@ def timing_frame(*dirs: str | Path) -> pd.DataFrame:
                 continue
             params = ",".join(f"{k}={v}" for k, v in sorted(rec["method"]["params"].items()))
             for layer in rec["layers"]:
-                rows.append({"shapes": rec["config"]["shapes"]["name"], "method": rec["method"]["name"],
+                rows.append({"shapes": rec["config"]["shapes"]["name"], "method": rec["method"].get("label") or rec["method"]["name"],
                              "params": params, "sparsity": rec["sparsity"]["spec"], "device": rec.get("device"),
                              **{k: layer[k] for k in ("layer", "rows", "cols", "count", "seconds", "rel_error")},
                              "path": str(path)})

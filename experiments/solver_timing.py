@@ -80,7 +80,7 @@ def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
     method = cfg.method.name
     if method not in SOLVERS:
         raise ConfigError(f"method={method!r} has no solver to time; allowed: {', '.join(SOLVERS)}")
-    params = {k: v for k, v in config["method"].items() if k != "name"}
+    params = {k: v for k, v in config["method"].items() if k not in ("name", "label")}
     SOLVERS[method].check_params(method, params)
     sparsity = parse_sparsity(cfg.sparsity)
     if sparsity.kind == "dense":
@@ -101,7 +101,7 @@ def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     record = {"status": "running", "kind": "solver_timing", "config_hash": chash, "config": config,
               "versions": versions(), "job": {"started": utc_now(), "output_dir": str(out_dir.resolve())},
-              "method": {"name": method, "params": params}, "sparsity": sparsity.as_dict(), "layers": []}
+              "method": {"name": method, "label": config["method"].get("label") or method, "params": params}, "sparsity": sparsity.as_dict(), "layers": []}
     total = 0.0
     for i, name in enumerate(wanted):
         rows, cols, count = shapes[name]

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pruning.adapters import FamilyAdapter
-from pruning.solvers import Solver
+from pruning.solvers import Solver, SolverResult
 from pruning.sparsity import Sparsity
 from pruning.stats import LayerStats
 
@@ -40,15 +40,28 @@ class EngineReport:
     timings: dict = field(default_factory=dict)
 
 
-def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float) -> dict:
+def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float, target: Sparsity) -> dict:
     row = {"name": f"{adapter.blocks_path}.{bi}.{name}", "block": bi, "layer": name,
-           "shape": list(layer.weight.shape), "sparsity": float(res.mask.float().mean()),
+           "shape": list(layer.weight.shape), "target": str(target), "sparsity": float(res.mask.float().mean()),
            "rel_error": res.error, "solver_s": round(seconds, 4)}
     row.update({k: v for k, v in res.info.items() if v not in (None, False, 0)})
     return row
 
 
-def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store=None) -> "EngineReport":
+def _unpruned(layer) -> SolverResult:
+    """A layer whose target is 0 (a profile can ask for it): left as it is, no solver call."""
+    return SolverResult(layer.weight.data, torch.zeros_like(layer.weight.data, dtype=torch.bool), 0.0)
+
+
+def _solve(solver, layer, target: Sparsity, params: dict, stats=None) -> SolverResult:
+    if target.ratio == 0:
+        return _unpruned(layer)
+    if stats is None:
+        return solver.fn(layer.weight.data, target, **params)
+    return solver.fn(layer.weight.data, target, H=stats.H, sq_norms=stats.sq_norms, **params)
+
+
+def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store=None, targets=None) -> "EngineReport":
     """Solvers that read only the weights (magnitude) with no error report: no forward pass at all."""
     report = EngineReport()
     solver_s = 0.0
@@ -56,12 +69,13 @@ def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store
         if store is not None:
             store.hold(bi, block)
         for n, layer in adapter.prunable(block).items():
+            target = targets(bi, n) if targets else sparsity
             t0 = time.perf_counter()
-            res = solver.fn(layer.weight.data, sparsity, **params)
+            res = _solve(solver, layer, target, params)
             dt = time.perf_counter() - t0
             solver_s += dt
             layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
-            report.layers.append(_layer_row(adapter, bi, n, layer, res, dt))
+            report.layers.append(_layer_row(adapter, bi, n, layer, res, dt, target))
         if store is not None:
             store.put_back(bi, block)
     report.timings = {"calib_forward_s": 0.0, "solver_s": round(solver_s, 3),
@@ -111,14 +125,72 @@ def _to(obj, device):
     return obj
 
 
+def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h, want_norms, device,
+                      keep_outputs: bool = False):
+    """Run the calibration inputs through ``block`` with hooks accumulating the statistics of the
+    linears in ``group``; returns the statistics and (``keep_outputs``) the block's outputs."""
+    stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=want_norms, device=device) for n in group}
+    taps = {t: src for t, src in adapter.input_taps if t in group and src in linears}
+    handles = [linears[n].register_forward_hook(
+        lambda mod, inp, out, n=n: stats[n].add_batch(inp[0].detach())) for n in group if n not in taps]
+    handles += [linears[src].register_forward_hook(
+        lambda mod, inp, out, n=t: stats[n].add_batch(out[..., :linears[n].in_features].detach()))
+        for t, src in taps.items()]
+    outputs = []
+    try:
+        for x, kw in zip(inputs, kwargs_list):
+            y = block(x, **kw)
+            if keep_outputs:
+                outputs.append(_first_output(y))
+    finally:
+        for h in handles:
+            h.remove()
+    silent = [n for n in group if stats[n].nsamples == 0]
+    if silent:
+        raise RuntimeError(
+            f"block {bi}: no calibration input reached {silent}: the model uses their weights without "
+            f"calling the module, so forward hooks never fire. Add an input tap for them to the "
+            f"{adapter.family} adapter (pruning/adapters.py)")
+    return stats, outputs
+
+
+@torch.no_grad()
+def block_wanda_scores(model, adapter: FamilyAdapter, windows: torch.Tensor, score, *, device=None,
+                       batch_size: int = 1, store=None) -> list:
+    """One pass through the *dense* model (OWL's first pass): for each block, ``score(block_index,
+    {name: |W| · sqrt(‖X_j‖²)})`` on its prunable linears; the dense block's outputs feed the next block.
+    Returns the scores per block."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
+    inputs = [_to(x, device) for x in inputs]
+    kwargs_list = [_to(k, device) for k in kwargs_list]
+    out = []
+    for bi, block in enumerate(tqdm(adapter.blocks(model), desc="outlier scores (dense)", unit="block")):
+        if store is not None:
+            store.hold(bi, block, device)
+        home = next(block.parameters()).device
+        block.to(device)
+        linears = adapter.prunable(block)
+        stats, inputs = _block_statistics(block, bi, adapter, linears, tuple(linears), inputs, kwargs_list,
+                                          False, True, device, keep_outputs=True)
+        out.append(score(bi, {n: linears[n].weight.detach().float().abs() * stats[n].sq_norms.sqrt().unsqueeze(0)
+                              for n in linears}))
+        if store is not None:
+            store.put_back(bi, block)
+        else:
+            block.to(home)
+    return out
+
+
 @torch.no_grad()
 def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, *, device=None, true_sequential: bool = False,
-                report_error: bool = True, batch_size: int = 1, store=None) -> EngineReport:
+                report_error: bool = True, batch_size: int = 1, store=None, targets=None) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings.
 
     ``store`` (:class:`pruning.offload.BlockStore`): blocks live on disk; each is loaded, pruned,
-    written back and released in turn, so one block is in memory at a time."""
+    written back and released in turn, so one block is in memory at a time. ``targets(block, name)``
+    (:class:`pruning.allocation.Allocation`): per-layer targets instead of ``sparsity`` everywhere."""
     params = dict(params or {})
     report = EngineReport()
     t_total = time.perf_counter()
@@ -127,7 +199,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         sparsity.check_width(m.in_features, name)
 
     if not solver.needs_data(report_error):
-        return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store)
+        return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
     if windows is None:
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
@@ -152,38 +224,21 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         else:
             groups = [tuple(linears)]
         for group in groups:
-            stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=solver.needs_norms, device=device)
-                     for n in group}
-            taps = {t: src for t, src in adapter.input_taps if t in group and src in linears}
-            handles = [linears[n].register_forward_hook(
-                lambda mod, inp, out, n=n: stats[n].add_batch(inp[0].detach())) for n in group if n not in taps]
-            handles += [linears[src].register_forward_hook(
-                lambda mod, inp, out, n=t: stats[n].add_batch(out[..., :linears[n].in_features].detach()))
-                for t, src in taps.items()]
             t0 = time.perf_counter()
-            try:
-                for x, kw in zip(inputs, kwargs_list):
-                    block(x, **kw)
-            finally:
-                for h in handles:
-                    h.remove()
+            stats, _ = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h,
+                                         solver.needs_norms, device)
             forward_s += time.perf_counter() - t0
-            silent = [n for n in group if stats[n].nsamples == 0]
-            if silent:
-                raise RuntimeError(
-                    f"block {bi}: no calibration input reached {silent}: the model uses their weights without "
-                    f"calling the module, so forward hooks never fire. Add an input tap for them to the "
-                    f"{adapter.family} adapter (pruning/adapters.py)")
             for n in group:
                 layer = linears[n]
+                target = targets(bi, n) if targets else sparsity
                 t0 = time.perf_counter()
-                res = solver.fn(layer.weight.data, sparsity, H=stats[n].H, sq_norms=stats[n].sq_norms, **params)
+                res = _solve(solver, layer, target, params, stats[n])
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
                 solver_s += dt
                 layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
-                report.layers.append(_layer_row(adapter, bi, n, layer, res, dt))
+                report.layers.append(_layer_row(adapter, bi, n, layer, res, dt, target))
                 del stats[n]
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]

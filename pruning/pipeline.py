@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pruning.adapters import prunable_linears
 from pruning.calibration import build_calibration
 from pruning.data import dataset_spec
+from pruning.allocation import allocate, check_config as check_allocation
 from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.evaluation.perplexity import evaluate_perplexity
@@ -55,6 +56,8 @@ def validate(cfg: DictConfig) -> dict:
     for name in cfg.eval.perplexity.datasets or []:
         dataset_spec(name)
     dataset_spec(cfg.calibration.dataset)
+    allocation = OmegaConf.to_container(cfg.allocation, resolve=True) if cfg.get("allocation") else {"name": "uniform"}
+    profile = None if method == "dense" else check_allocation(allocation, target)
     zero_shot = cfg.eval.get("zero_shot")
     zero_shot_on = zero_shot is not None and zero_shot.get("enabled", True)
     if zero_shot_on:
@@ -65,7 +68,8 @@ def validate(cfg: DictConfig) -> dict:
     if offload and zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
-    return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params}
+    return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params,
+            "allocation": allocation, "profile": profile}
 
 
 def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
@@ -160,7 +164,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
             eng = config.get("engine") or {}
             report_error = bool(eng.get("report_error", True))
             windows = None
-            if SOLVERS[method].needs_data(report_error):
+            alloc_cfg = parsed["allocation"]
+            if SOLVERS[method].needs_data(report_error) or alloc_cfg["name"] == "owl":
                 t0 = time.perf_counter()
                 calib = build_calibration(cfg.calibration, loaded.tokenizer, config.get("data"))
                 record["protocol"]["calibration"] = {"used": True, **calib.info}
@@ -168,13 +173,20 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                 windows = calib.windows
             else:
                 record["protocol"]["calibration"] = {
-                    "used": False, "reason": f"{method} reads only the weights and engine.report_error=false",
+                    "used": False, "reason": f"{method} reads only the weights, engine.report_error=false and "
+                                             f"allocation={alloc_cfg['name']}",
                     **config["calibration"]}
+            t0 = time.perf_counter()
+            alloc = allocate(alloc_cfg, parsed["profile"], target, loaded.model, loaded.adapter, windows,
+                             device=eng.get("device"), batch_size=int(eng.get("batch_size", 1)), store=loaded.store)
+            record["timings"]["allocation_s"] = round(time.perf_counter() - t0, 3)
+            record["allocation"] = alloc.info
             report = prune_model(loaded.model, loaded.adapter, windows, SOLVERS[method], target,
                                  parsed["params"], device=eng.get("device"),
                                  true_sequential=bool(eng.get("true_sequential", False)),
                                  report_error=report_error,
-                                 batch_size=int(eng.get("batch_size", 1)), store=loaded.store)
+                                 batch_size=int(eng.get("batch_size", 1)), store=loaded.store,
+                                 targets=None if alloc.name == "uniform" else alloc.target)
             record["layers"] = report.layers
             record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
             record["timings"].update(report.timings)

@@ -59,13 +59,16 @@ def _drop(d: dict, dotted: str) -> None:
 
 # A dense job prunes nothing: what it would calibrate on and at which sparsity does not change it, so
 # the dense job of a sweep over sparsities or calibration sets runs once and is skipped after.
-DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine")
+DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine", "allocation")
 
 
 def config_hash(config: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
-    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense``)."""
+    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense``; minus ``allocation`` when it is uniform,
+    so those hashes equal the ones of records written before the allocation group existed)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
+    if (cfg.get("allocation") or {}).get("name") == "uniform":  # = records from before the allocation group
+        cfg.pop("allocation")
     dense = (cfg.get("method") or {}).get("name") == "dense"
     for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)
