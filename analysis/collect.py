@@ -79,7 +79,10 @@ def flatten(record: dict, path: Path) -> dict:
     }
     row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})
     for name, r in record["metrics"].get("perplexity", {}).items():
-        row[f"ppl_{name}"] = _number(r.get("ppl"))
+        ppl = _number(r.get("ppl"))
+        if ppl is None and _number(r.get("nll")) is not None:
+            ppl = float("inf")  # the loss overflowed exp(): exploded (written as null, with its finite nll)
+        row[f"ppl_{name}"] = ppl
         row[f"ppl_{name}_windows"] = r.get("nwindows")
     zero_shot = record["metrics"].get("zero_shot") or {}
     for task, metrics in (zero_shot.get("tasks") or {}).items():  # acc, acc_stderr, acc_norm, acc_norm_stderr

@@ -48,6 +48,11 @@ def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float, target: 
     return row
 
 
+def _check_finite(t: torch.Tensor, message: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise FloatingPointError(message)
+
+
 def _unpruned(layer) -> SolverResult:
     """A layer whose target is 0 (a profile can ask for it): left as it is, no solver call."""
     return SolverResult(layer.weight.data, torch.zeros_like(layer.weight.data, dtype=torch.bool), 0.0)
@@ -74,6 +79,7 @@ def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store
             res = _solve(solver, layer, target, params)
             dt = time.perf_counter() - t0
             solver_s += dt
+            _check_finite(res.weight, f"block {bi}, layer {n}: the {solver.fn.__name__} solver returned non-finite weights")
             layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
             report.layers.append(_layer_row(adapter, bi, n, layer, res, dt, target))
         if store is not None:
@@ -237,12 +243,17 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                     torch.cuda.synchronize(device)
                 dt = time.perf_counter() - t0
                 solver_s += dt
+                _check_finite(res.weight, f"block {bi}, layer {n}: the {solver.fn.__name__} solver returned non-finite "
+                                          f"weights")
                 layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
                 report.layers.append(_layer_row(adapter, bi, n, layer, res, dt, target))
                 del stats[n]
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]
         forward_s += time.perf_counter() - t0
+        for x in inputs:
+            _check_finite(x, f"block {bi}: the pruned block's outputs are not finite (its inputs were "
+                             f"{'finite' if bi else 'the embeddings'}); the model or its calibration windows overflow")
         if store is not None:
             store.put_back(bi, block)
         else:

@@ -8,10 +8,14 @@ when it finished, ``failed`` (with the error and traceback) when it did not.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
+import signal
 import socket
+import threading
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -53,6 +57,7 @@ def validate(cfg: DictConfig) -> dict:
         SOLVERS[method].check_params(method, params)
         if target.kind == "dense":
             raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing; use method=dense for the unpruned model")
+    _check_job_knobs(cfg)
     for name in cfg.eval.perplexity.datasets or []:
         dataset_spec(name)
     dataset_spec(cfg.calibration.dataset)
@@ -70,6 +75,39 @@ def validate(cfg: DictConfig) -> dict:
                           "model in memory); use eval=ppl or run without offload")
     return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params,
             "allocation": allocation, "profile": profile}
+
+
+def _int_at_least(key: str, value, low: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}={value!r}: need an integer >= {low}" + (" or null" if allow_none else ""))
+
+
+def _check_job_knobs(cfg: DictConfig) -> None:
+    """Types and ranges of the job's own knobs, before any model is loaded."""
+    ppl = cfg.eval.perplexity
+    _int_at_least("seed", cfg.get("seed", 0), 0)
+    _int_at_least("eval.perplexity.seqlen", ppl.seqlen, 2)
+    _int_at_least("eval.perplexity.max_windows", ppl.get("max_windows"), 1, allow_none=True)
+    _int_at_least("eval.perplexity.batch_size", ppl.get("batch_size", 1), 1)
+    _int_at_least("calibration.nsamples", cfg.calibration.nsamples, 1)
+    _int_at_least("calibration.seqlen", cfg.calibration.seqlen, 2)
+    _int_at_least("calibration.seed", cfg.calibration.get("seed", 0), 0)
+    eng = cfg.get("engine") or {}
+    _int_at_least("engine.batch_size", eng.get("batch_size", 1), 1)
+    device = eng.get("device")
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ConfigError(f"engine.device={device!r} is not a device; e.g. cpu, cuda, cuda:1, or null") from None
+        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+            raise ConfigError(f"engine.device={device!r}: no such CUDA device here "
+                              f"({torch.cuda.device_count()} visible); use null (where the model is) or cpu")
+    source = (cfg.get("data") or {}).get("source", "auto")
+    if source not in ("auto", "local", "hub"):
+        raise ConfigError(f"data.source={source!r}; allowed: auto, local, hub")
 
 
 def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
@@ -107,8 +145,45 @@ def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config)
-    with job_lock(out_dir, chash):
+    with job_lock(out_dir, chash), _terminations_raise():
         return _run_locked(cfg, out_dir, config, chash)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's cancel or timeout) or SIGINT during a job: it ends as a ``failed`` record."""
+
+
+@contextmanager
+def _terminations_raise():
+    """While a job runs in the main thread, SIGTERM raises :class:`Terminated` (SIGINT already raises
+    KeyboardInterrupt), so the job's failure path writes a ``failed`` record with reason ``terminated``."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_numerics(record: dict, layers: list[dict], max_share: float) -> None:
+    """Warnings for layers whose inverse Hessian fell back to the identity (the update degenerates to
+    magnitude pruning there); a job where more than ``max_share`` of the layers fell back fails."""
+    fallen = [r["name"] for r in layers if r.get("hinv_fallback")]
+    if not fallen:
+        return
+    msg = (f"{len(fallen)} of {len(layers)} layers fell back to an identity inverse Hessian (Cholesky failed even "
+           f"with raised damping): {', '.join(fallen[:5])}{' …' if len(fallen) > 5 else ''}")
+    record["warnings"].append(msg)
+    log.warning(msg)
+    if len(fallen) > max_share * len(layers):
+        raise RuntimeError(f"{msg}; more than runtime.max_fallback_share={max_share} of the layers, so the result is "
+                           f"not the method's. Check method.percdamp and the calibration data")
 
 
 def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dict:
@@ -131,7 +206,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         "sparsity": {"target": target.as_dict(), "actual": None},
         "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
                      "eval": config["eval"]},
-        "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [],
+        "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [], "warnings": [],
     }
     logger_cfg = dict(config.get("logger") or {})
     if logger_cfg.get("job_type") is None:
@@ -188,6 +263,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                                  batch_size=int(eng.get("batch_size", 1)), store=loaded.store,
                                  targets=None if alloc.name == "uniform" else alloc.target)
             record["layers"] = report.layers
+            _check_numerics(record, report.layers, float(runtime.get("max_fallback_share", 0.1)))
             record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
             record["timings"].update(report.timings)
             record["timings"]["prune_s"] = report.timings["prune_total_s"]
@@ -200,6 +276,11 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
                                                                   config.get("data"))
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
+        for name, r in record["metrics"]["perplexity"].items():
+            if not math.isfinite(r["ppl"]):
+                msg = f"{name} perplexity is not finite (mean log-loss {r['nll']:.4g}); recorded as null"
+                record["warnings"].append(msg)
+                log.warning(msg)
         zero_shot = cfg.eval.get("zero_shot")
         if zero_shot is not None and zero_shot.get("enabled", True):
             t_zs = time.perf_counter()
@@ -223,6 +304,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         return record
     except BaseException as e:
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+        if isinstance(e, (Terminated, KeyboardInterrupt)):
+            record["reason"] = "terminated"
         record["job"]["finished"] = utc_now()
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())

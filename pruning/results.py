@@ -155,9 +155,10 @@ def _json_default(obj):
 
 
 def _finite(obj):
-    """JSON has no NaN/inf: write them as strings so the file stays valid JSON."""
+    """JSON has no NaN/inf: they are written as null (the pipeline records a warning for every
+    non-finite metric, and perplexity keeps its finite mean log-loss ``nll``)."""
     if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
+        return None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -170,12 +171,19 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, text + "\n")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Temp file in the same directory, fsync, rename: readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; teammates on a shared cluster must read records
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

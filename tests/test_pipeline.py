@@ -93,8 +93,13 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         write_json_atomic(path, {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["results.json"]
-    write_json_atomic(path, {"ppl": float("nan")})  # NaN is kept, as a string, in valid JSON
-    assert json.loads(path.read_text()) == {"ppl": "nan"}
+    write_json_atomic(path, {"ppl": float("nan"), "x": [float("inf")]})  # JSON has no NaN: null
+    assert json.loads(path.read_text()) == {"ppl": None, "x": [None]}
+    old = os.umask(0o022)
+    try:
+        assert oct(write_json_atomic(path, {"a": 2}).stat().st_mode & 0o777) == oct(0o644)  # not mkstemp's 0600
+    finally:
+        os.umask(old)
 
 
 def test_peak_memory_is_per_job():

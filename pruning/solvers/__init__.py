@@ -36,12 +36,38 @@ class Solver:
                      if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("H", "sq_norms"))
 
     def check_params(self, method: str, params: dict) -> None:
-        """A clear error for knobs the solver does not have (a typo in ``method.<knob>=...``)."""
+        """Before any model is loaded: a clear error for knobs the solver does not have (a typo in
+        ``method.<knob>=...``), for values of the wrong type (the type of the knob's default) and for
+        the shared knobs' ranges (:data:`RANGES`). Solver-specific choices are checked by the solver."""
         allowed = self.params()
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ConfigError(f"method {method!r} has no parameter(s) {unknown}; allowed: {', '.join(allowed) or 'none'}")
+        defaults = {n: p.default for n, p in inspect.signature(self.fn).parameters.items()}
+        for key, value in params.items():
+            want = type(defaults.get(key))
+            ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+                  float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                  str: lambda v: isinstance(v, str)}.get(want, lambda v: True)(value)
+            if not ok:
+                raise ConfigError(f"method.{key}={value!r}: need a {want.__name__} (default {defaults[key]!r})")
+            if key in RANGES and not RANGES[key][0](value):
+                raise ConfigError(f"method.{key}={value!r}: need {RANGES[key][1]}")
 
+
+# Ranges of the knobs several solvers share (checked with the config, before any model is loaded).
+RANGES = {
+    "percdamp": (lambda v: v > 0, "> 0 (damping = percdamp * mean(diag H); 0 leaves a singular H singular)"),
+    "blocksize": (lambda v: v >= 1, ">= 1"),
+    "max_damp_tries": (lambda v: v >= 0, ">= 0"),
+    "refine_iters": (lambda v: v >= 0, ">= 0"),
+    "swap_rounds": (lambda v: v >= 0, ">= 0"),
+    "swap_cg_iters": (lambda v: v >= 0, ">= 0"),
+    "swaps_per_row": (lambda v: v >= 1, ">= 1"),
+    "max_iter": (lambda v: v >= 1, ">= 1"),
+    "cg_iters": (lambda v: v >= 0, ">= 0"),
+    "rho": (lambda v: v > 0, "> 0"),
+}
 
 SOLVERS: dict[str, Solver] = {
     "magnitude": Solver(magnitude, needs_hessian=False, needs_norms=False),

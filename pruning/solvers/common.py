@@ -86,6 +86,9 @@ def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tr
     """Working copies of ``W`` and ``H`` in ``dtype`` with dead inputs handled as the reference does
     (``H_jj = 0``: set ``H_jj = 1`` and zero that weight column), and the upper Cholesky factor of
     the damped inverse. Returns ``(W, H, dead, U, info)``."""
+    if not percdamp > 0:
+        from pruning.errors import ConfigError
+        raise ConfigError(f"method.percdamp={percdamp!r}: need > 0 (damping = percdamp * mean(diag H))")
     W = w.to(dtype).clone()
     H = H.to(dtype).clone()
     dead = torch.diag(H) == 0

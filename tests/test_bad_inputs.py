@@ -1,0 +1,135 @@
+"""Bad inputs and faults: every one fails with a message naming the key/value/file, config errors fail
+before any model is loaded, and no complete record of another config is lost."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import pruning.pipeline as pipeline
+from pruning.errors import ConfigError
+from pruning.pipeline import run_job
+from tests.conftest import REPO, compose_cfg, tiny_overrides
+
+BAD_CONFIGS = [
+    ("method.percdamp=0", "method.percdamp=0: need > 0"),
+    ("method.percdamp=-1", "method.percdamp=-1: need > 0"),
+    ("method.percdamp=abc", "method.percdamp='abc': need a float"),
+    ("method.blocksize=0", "method.blocksize=0: need >= 1"),
+    ("method.blocksize=2.5", "method.blocksize=2.5: need a int"),
+    ("engine.batch_size=0", "engine.batch_size=0: need an integer >= 1"),
+    ("engine.device=cuda:7", "engine.device='cuda:7': no such CUDA device"),
+    ("engine.device=tpu0", "engine.device='tpu0' is not a device"),
+    ("eval.perplexity.max_windows=0", "eval.perplexity.max_windows=0: need an integer >= 1 or null"),
+    ("eval.perplexity.seqlen=0", "eval.perplexity.seqlen=0: need an integer >= 2"),
+    ("seed=abc", "seed='abc': need an integer >= 0"),
+    ("data.source=web", "data.source='web'; allowed: auto, local, hub"),
+    ("calibration.nsamples=0", "calibration.nsamples=0: need an integer >= 1"),
+    ("sparsity=1.5", "sparsity=1.5 is outside"),
+]
+
+
+@pytest.mark.parametrize("override, match", BAD_CONFIGS)
+def test_config_errors_fail_before_the_model_is_loaded(tiny_data_root, tmp_path, monkeypatch, override, match):
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", override))
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace("[", r"\[")):
+        run_job(cfg, tmp_path)
+    assert time.perf_counter() - t0 < 5
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_non_finite_perplexity_is_null_with_a_warning(tiny_data_root, tmp_path, monkeypatch):
+    real = pipeline.evaluate_perplexity
+
+    def overflow(*args, **kwargs):
+        out = real(*args, **kwargs)
+        for r in out.values():
+            r.update(ppl=float("inf"), nll=812.5)
+        return out
+
+    monkeypatch.setattr(pipeline, "evaluate_perplexity", overflow)
+    rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["metrics"]["perplexity"]["wikitext2"]["ppl"] is None
+    assert saved["metrics"]["perplexity"]["wikitext2"]["nll"] == 812.5
+    assert any("wikitext2 perplexity is not finite" in w for w in saved["warnings"])
+    from analysis.collect import collect
+    assert math.isinf(collect(tmp_path).frame["ppl_wikitext2"].iloc[0])  # shown as exploded, not missing
+    assert rec["status"] == "complete"
+
+
+def test_identity_fallback_of_too_many_layers_fails_the_job(tiny_data_root, tmp_path, monkeypatch):
+    import pruning.solvers.common as common
+    monkeypatch.setattr(common.torch.linalg, "cholesky", lambda *a, **k: (_ for _ in ()).throw(
+        torch.linalg.LinAlgError("not positive definite")))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", "calibration.nsamples=4",
+                                     "calibration.seqlen=32"))
+    with pytest.raises(RuntimeError, match=r"14 of 14 layers fell back to an identity inverse Hessian"):
+        run_job(cfg, tmp_path)
+    rec = json.loads((tmp_path / "results.json").read_text())
+    assert rec["status"] == "failed" and "max_fallback_share=0.1" in rec["error"]
+
+
+def test_non_finite_weights_fail_naming_block_and_layer(tiny_data_root, tmp_path, monkeypatch):
+    from pruning.solvers import SOLVERS, Solver
+    from pruning.solvers.common import SolverResult
+
+    def nan_solver(w, sparsity, *, H=None, sq_norms=None):
+        return SolverResult(w * float("nan"), torch.zeros_like(w, dtype=torch.bool), 0.0)
+
+    monkeypatch.setitem(SOLVERS, "magnitude", Solver(nan_solver, needs_hessian=False, needs_norms=False))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=magnitude", "calibration.nsamples=4",
+                                     "calibration.seqlen=32"))
+    with pytest.raises(FloatingPointError, match=r"block 0, layer self_attn.q_proj: the nan_solver solver returned "
+                                                 r"non-finite weights"):
+        run_job(cfg, tmp_path)
+
+
+def test_sigterm_leaves_a_failed_record_with_reason_terminated(tiny_data_root, tmp_path):
+    out = tmp_path / "job"
+    code = (
+        "import sys, time\n"
+        "import experiments.run\n"
+        "import pruning.pipeline as p\n"
+        "from tests.conftest import compose_cfg, tiny_overrides\n"
+        "real = p.evaluate_perplexity\n"
+        "def slow(*a, **k):\n"
+        "    print('evaluating', flush=True); time.sleep(60); return real(*a, **k)\n"
+        "p.evaluate_perplexity = slow\n"
+        f"p.run_job(compose_cfg(tiny_overrides('tiny-opt', {str(tiny_data_root)!r})), {str(out)!r})\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        for line in proc.stdout:
+            if line.strip() == "evaluating":
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    rec = json.loads((out / "results.json").read_text())
+    assert proc.returncode != 0 and rec["status"] == "failed" and rec["reason"] == "terminated"
+    assert "Terminated: signal SIGTERM" in rec["error"]
+
+
+def test_readme_smoke_sweep_runs_with_the_defaults(tmp_path):
+    """`python -m experiments.run -m model=tiny-llama,tiny-opt,tiny-mamba logger=none sweep_name=smoke`
+    (README): tiny models accept the quick protocol's 2048-token evaluation windows."""
+    data = REPO.parent / "shared" / "data"
+    if not data.is_dir():
+        pytest.skip("needs the shared data root (CI has it)")
+    out = subprocess.run([sys.executable, "-m", "experiments.run", "-m", "model=tiny-llama,tiny-opt,tiny-mamba",
+                          "logger=none", "sweep_name=smoke", f"hydra.sweep.dir={tmp_path / 'smoke'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    records = list((tmp_path / "smoke").rglob("results.json"))
+    assert len(records) == 3 and all(json.loads(p.read_text())["status"] == "complete" for p in records)
