@@ -1,7 +1,9 @@
 """Experiment tracking: W&B (offline by default) or nothing.
 
-``results.json`` stays the source of truth; W&B is a view of it. If W&B cannot start, the job
-goes on without it and says so. Every run is finished at the end of its job, so sequential
+``results.json`` stays the source of truth; W&B is a view of it. An online run that cannot reach
+its server within ``logger.init_timeout`` seconds falls back to an offline run in the job directory
+(one warning; ``wandb sync`` uploads it later), so a cluster node without network loses nothing and
+waits at most that long. If W&B cannot start at all, the job goes on without it and says so. Every run is finished at the end of its job, so sequential
 multirun jobs never log into one another's run (wandb/wandb#1314).
 """
 
@@ -41,11 +43,20 @@ class WandbTracker(NullTracker):
         import wandb
 
         self._wandb = wandb
-        self.run = wandb.init(
-            project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-            job_type=cfg.get("job_type"), tags=list(cfg.get("tags") or []), name=name,
-            config=run_config, dir=str(out_dir), reinit="create_new",
-        )
+        kwargs = dict(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
+                      job_type=cfg.get("job_type"), tags=list(cfg.get("tags") or []), name=name,
+                      config=run_config, dir=str(out_dir), reinit="create_new")
+        timeout = float(cfg.get("init_timeout") or 30)
+        try:
+            self.run = wandb.init(settings=wandb.Settings(init_timeout=timeout), **kwargs)
+        except Exception as e:
+            if os.environ["WANDB_MODE"] == "offline":
+                raise
+            log.warning("W&B could not start an %s run within %.0f s (%s: %s); logging to an offline run in %s "
+                        "instead (upload it later with `wandb sync`)", os.environ["WANDB_MODE"], timeout,
+                        type(e).__name__, str(e)[:200], out_dir)
+            os.environ["WANDB_MODE"] = "offline"
+            self.run = wandb.init(mode="offline", **kwargs)
         self.run_dir = getattr(self.run, "dir", None)
         self.url = getattr(self.run, "url", None)
         log.info("W&B run %s (%s mode) in %s", self.run.id, os.environ["WANDB_MODE"], self.run_dir)

@@ -48,3 +48,31 @@ def test_logger_none_and_bad_backend(tmp_path):
     from pruning.errors import ConfigError
     with pytest.raises(ConfigError, match="logger.backend='mlflow'"):
         make_tracker({"backend": "mlflow"}, {}, tmp_path, "x")
+
+
+def test_online_run_without_network_falls_back_to_offline_in_bounded_time(tmp_path):
+    """W&B pointed at an unreachable local address: at most init_timeout, then an offline run in the job dir.
+    A fresh interpreter: wandb keeps process-wide state from earlier (offline) runs of the test session."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import json, logging, time\n"
+            "logging.basicConfig(level=logging.WARNING)\n"
+            "from pruning.tracking import make_tracker\n"
+            "t0 = time.perf_counter()\n"
+            f"t = make_tracker({{'backend': 'wandb', 'project': 'p', 'init_timeout': 5}}, {{'a': 1}}, {str(tmp_path)!r}, 'u')\n"
+            "elapsed = time.perf_counter() - t0\n"
+            "t.log_summary({'x': 1.0}); t.finish()\n"
+            "print(json.dumps({'enabled': t.enabled, 'elapsed': elapsed}))\n")
+    env = {**os.environ, "WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "x" * 40,
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["enabled"] and result["elapsed"] < 60
+    assert "logging to an offline run" in out.stderr
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
