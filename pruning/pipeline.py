@@ -84,8 +84,31 @@ def _int_at_least(key: str, value, low: int, allow_none: bool = False) -> None:
         raise ConfigError(f"{key}={value!r}: need an integer >= {low}" + (" or null" if allow_none else ""))
 
 
+# The job's config schema above the group level (conf/config.yaml): a key outside it is a typo
+# (`+foo=1`, `+engine.batchsize=4`) that would otherwise be accepted and ignored.
+KNOWN_KEYS = {
+    None: {"model", "method", "calibration", "allocation", "eval", "logger", "protocol", "sparsity", "seed", "force",
+           "sweep_name", "data", "engine", "runtime"},
+    "engine": {"true_sequential", "report_error", "batch_size", "device"},
+    "runtime": {"threads", "gpus", "gpu_lock_dir", "offload", "offload_dir", "max_fallback_share"},
+    "data": {"root", "source", "verify_checksums"},
+}
+
+
+def _check_unknown_keys(cfg: DictConfig) -> None:
+    for section, known in KNOWN_KEYS.items():
+        node = cfg if section is None else cfg.get(section)
+        if node is None:
+            continue
+        unknown = sorted(set(node.keys()) - known)
+        if unknown:
+            where = "top-level key" if section is None else f"key of {section}"
+            raise ConfigError(f"unknown {where}(s) {unknown} (a typo?); allowed: {', '.join(sorted(known))}")
+
+
 def _check_job_knobs(cfg: DictConfig) -> None:
     """Types and ranges of the job's own knobs, before any model is loaded."""
+    _check_unknown_keys(cfg)
     ppl = cfg.eval.perplexity
     _int_at_least("seed", cfg.get("seed", 0), 0)
     _int_at_least("eval.perplexity.seqlen", ppl.seqlen, 2)
@@ -191,7 +214,16 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
     existing = reusable_record(path, chash, bool(cfg.get("force", False)))
     if existing is not None:
         return existing
-    parsed = validate(cfg)
+    try:
+        parsed = validate(cfg)
+    except ConfigError as e:  # a record says why, also for a job of a multirun (nothing was computed)
+        if is_complete(read_record(path)):  # force=true over a complete record: keep it, just fail
+            raise
+        write_json_atomic(path, {"schema_version": SCHEMA_VERSION, "status": "failed", "stage": "validation",
+                                 "config_hash": chash, "error": f"{type(e).__name__}: {e}", "config": config,
+                                 "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(),
+                                         "finished": utc_now()}, "versions": versions()})
+        raise
     method, target = parsed["method"], parsed["sparsity"]
     if method == "dense" and cfg.sparsity is not None:
         log.info("method=dense prunes nothing; sparsity=%s is ignored", cfg.sparsity)
