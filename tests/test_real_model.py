@@ -55,6 +55,7 @@ def test_default_job_from_the_cli(tmp_path, model_cache):
     assert out.returncode == 0, out.stderr[-3000:]
     rec = json.loads((tmp_path / "results.json").read_text())
     assert rec["status"] == "complete" and rec["model"]["name"] == "smollm2-135m"
+    assert rec["method"]["label"] == "apt-refit" and rec["sparsity"]["actual"] == pytest.approx(0.5, abs=1e-6)
     assert rec["metrics"]["perplexity"]["wikitext2"]["data"]["checksum_verified"]
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 
