@@ -55,6 +55,9 @@ def validate(cfg: DictConfig) -> dict:
         target = Sparsity("dense", 0.0)
     else:
         SOLVERS[method].check_params(method, params)
+        if target.kind == "nm" and isinstance(params.get("blocksize"), int) and params["blocksize"] % target.m:
+            raise ConfigError(f"method.blocksize={params['blocksize']} must be a multiple of M={target.m} for "
+                              f"sparsity {target}")
         if target.kind == "dense":
             raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing; use method=dense for the unpruned model")
     _check_job_knobs(cfg)

@@ -35,6 +35,7 @@ BAD_CONFIGS = [
     ("calibration.nsamples=0", "calibration.nsamples=0: need an integer >= 1"),
     ("sparsity=1.5", "sparsity=1.5 is outside"),
     ("+foo=1", "unknown top-level key(s) ['foo']"),
+    ("method.blocksize=6 sparsity=2:4", "method.blocksize=6 must be a multiple of M=4"),
     ("+engine.batchsize=4", "unknown key of engine(s) ['batchsize']"),
 ]
 
@@ -42,7 +43,7 @@ BAD_CONFIGS = [
 @pytest.mark.parametrize("override, match", BAD_CONFIGS)
 def test_config_errors_fail_before_the_model_is_loaded(tiny_data_root, tmp_path, monkeypatch, override, match):
     monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
-    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", override))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", *override.split()))
     t0 = time.perf_counter()
     with pytest.raises(ConfigError, match=re.escape(match)):
         run_job(cfg, tmp_path)
