@@ -230,4 +230,5 @@ def test_an_unknown_task_fails_before_pruning(tiny_data_root, tmp_path):
                                      "eval.zero_shot.limit=0"))
     with pytest.raises(ConfigError, match="limit=0"):
         run_job(cfg, tmp_path / "job")
-    assert not (tmp_path / "job" / "results.json").exists()
+    rec = json.loads((tmp_path / "job" / "results.json").read_text())  # nothing computed, the reason recorded
+    assert rec["status"] == "failed" and rec["stage"] == "validation" and "limit=0" in rec["error"]
