@@ -40,7 +40,7 @@ TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
 TASK_NAMES = {"boolq": "BoolQ", "rte": "RTE", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA", "piqa": "PIQA",
               "lambada_openai": "LAMBADA"}
-# Which metric each paper's table reports per task (protocols.md §5.2). Wanda's repository does not
+# Which metric each paper's table reports per task (docs/protocols.md §5.2). Wanda's repository does not
 # say; acc everywhere is assumed. LLM-Pruner's dense numbers are on the acc_norm scale for
 # HellaSwag, ARC, OpenBookQA and PIQA.
 METRIC_PRESETS = {

@@ -4,7 +4,7 @@ Everything family-specific lives here, so the engine and evaluation stay generic
 set is *every* ``nn.Linear`` inside a block (the reference scope of SparseGPT and Wanda; the LM
 head and embeddings are outside the blocks and stay dense); ``expected`` names the linears a
 block of the family must have, so a changed module layout in a new transformers release is an
-error instead of a silently unpruned layer (protocols.md R10).
+error instead of a silently unpruned layer (docs/protocols.md R10).
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
                            ("fc1",), ("fc2",)),
     ),
     FamilyAdapter(
-        family="mamba",  # every nn.Linear of the mixer; conv1d, A_log and D stay dense (apt-method.md §7)
+        family="mamba",  # every nn.Linear of the mixer; conv1d, A_log and D stay dense (docs/methods.md (APT))
         model_types=("mamba",),
         blocks_path="backbone.layers",
         expected=("mixer.in_proj", "mixer.x_proj", "mixer.dt_proj", "mixer.out_proj"),

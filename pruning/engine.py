@@ -2,7 +2,7 @@
 
 1. Capture the inputs of the first block once, with a forward pre-hook that keeps *every* keyword
    argument the model passes (attention mask, position ids, position embeddings, cache position …),
-   so a new transformers release cannot silently drop one (protocols.md R2).
+   so a new transformers release cannot silently drop one (docs/protocols.md R2).
 2. For each block in turn: move it to the compute device; hook its prunable linears to accumulate
    statistics (:class:`pruning.stats.LayerStats`); run the calibration windows through it; call the
    solver on every linear; remove the hooks; re-run the block with the pruned weights to produce the
@@ -58,12 +58,21 @@ def _unpruned(layer) -> SolverResult:
     return SolverResult(layer.weight.data, torch.zeros_like(layer.weight.data, dtype=torch.bool), 0.0)
 
 
-def _solve(solver, layer, target: Sparsity, params: dict, stats=None) -> SolverResult:
+def _solve_layer(solver, adapter, bi: int, name: str, layer, target: Sparsity, params: dict, stats=None) -> tuple[dict, float]:
+    """Solve one layer, check it, write the new weight back; returns its report row and solver seconds."""
+    t0 = time.perf_counter()
     if target.ratio == 0:
-        return _unpruned(layer)
-    if stats is None:
-        return solver.fn(layer.weight.data, target, **params)
-    return solver.fn(layer.weight.data, target, H=stats.H, sq_norms=stats.sq_norms, **params)
+        res = _unpruned(layer)
+    elif stats is None:
+        res = solver.fn(layer.weight.data, target, **params)
+    else:
+        res = solver.fn(layer.weight.data, target, H=stats.H, sq_norms=stats.sq_norms, **params)
+    if layer.weight.device.type == "cuda":
+        torch.cuda.synchronize(layer.weight.device)
+    dt = time.perf_counter() - t0
+    _check_finite(res.weight, f"block {bi}, layer {name}: the {solver.fn.__name__} solver returned non-finite weights")
+    layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
+    return _layer_row(adapter, bi, name, layer, res, dt, target), dt
 
 
 def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store=None, targets=None) -> "EngineReport":
@@ -74,14 +83,9 @@ def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store
         if store is not None:
             store.hold(bi, block)
         for n, layer in adapter.prunable(block).items():
-            target = targets(bi, n) if targets else sparsity
-            t0 = time.perf_counter()
-            res = _solve(solver, layer, target, params)
-            dt = time.perf_counter() - t0
+            row, dt = _solve_layer(solver, adapter, bi, n, layer, targets(bi, n) if targets else sparsity, params)
             solver_s += dt
-            _check_finite(res.weight, f"block {bi}, layer {n}: the {solver.fn.__name__} solver returned non-finite weights")
-            layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
-            report.layers.append(_layer_row(adapter, bi, n, layer, res, dt, target))
+            report.layers.append(row)
         if store is not None:
             store.put_back(bi, block)
     report.timings = {"calib_forward_s": 0.0, "solver_s": round(solver_s, 3),
@@ -235,18 +239,10 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                                          solver.needs_norms, device)
             forward_s += time.perf_counter() - t0
             for n in group:
-                layer = linears[n]
-                target = targets(bi, n) if targets else sparsity
-                t0 = time.perf_counter()
-                res = _solve(solver, layer, target, params, stats[n])
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                dt = time.perf_counter() - t0
+                row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
+                                       params, stats[n])
                 solver_s += dt
-                _check_finite(res.weight, f"block {bi}, layer {n}: the {solver.fn.__name__} solver returned non-finite "
-                                          f"weights")
-                layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
-                report.layers.append(_layer_row(adapter, bi, n, layer, res, dt, target))
+                report.layers.append(row)
                 del stats[n]
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]

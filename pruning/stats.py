@@ -4,7 +4,7 @@
 * ``sq_norms[j] = (1/n) Σ_seq ‖X_j‖²`` (Wanda's ``scaler_row``), float32.
 
 Both are running averages where ``n`` counts sequences, so the order of batches does not matter
-and the scale of H cancels in every solver (apt-method.md §1).
+and the scale of H cancels in every solver (docs/methods.md (APT)).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""APT on random correlated inputs: every property of apt-method.md §9, fixed seeds, float64 math."""
+"""APT on random correlated inputs: every property of docs/methods.md (APT), fixed seeds, float64 math."""
 
 import itertools
 import math
@@ -172,7 +172,7 @@ def test_nm_pattern_is_exact(layer, spec, blocksize, nm_update):
 @pytest.mark.parametrize("spec", ["2:4", "4:8", "1:4"])
 @pytest.mark.parametrize("blocksize", [16, 64])
 def test_nm_group_update_is_the_per_group_algorithm(layer, spec, blocksize):
-    """``nm_update=group`` batches apt-method.md §6.2 with B = M lazily (in-block updates at once,
+    """``nm_update=group`` batches docs/methods.md (APT) with B = M lazily (in-block updates at once,
     the columns right of the block once per block): same masks and weights as blocks of M columns."""
     W, H = layer
     sp = parse_sparsity(spec)

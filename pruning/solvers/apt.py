@@ -1,9 +1,9 @@
 """APT: several weights removed at once, with the optimal closed-form update (Zhao et al., arXiv
-2410.15567; the math and the block algorithm are in ``../shared/docs/apt-method.md``).
+2410.15567; the math and the block algorithm are in ``docs/methods.md``).
 
 For a row ``w`` and a pruned set ``Q``, with ``P = H⁻¹``, the update that keeps the layer output
 closest to the dense one is ``δw = −w_Q [P_QQ]⁻¹ P_Q,:`` with loss ``½ w_Q [P_QQ]⁻¹ w_Qᵀ``; it equals
-the exact least-squares reconstruction of the row for that mask (apt-method.md §3-4).
+the exact least-squares reconstruction of the row for that mask (docs/methods.md (APT)).
 
 Block algorithm (§6), one Cholesky per layer: ``U`` = upper Cholesky factor of the damped ``H⁻¹``.
 Columns are processed in blocks; at block ``[i, i+b)`` the exact inverse Hessian of the weights that
@@ -20,7 +20,7 @@ of the block are frozen, so the result lies between SparseGPT and exact reconstr
 * N:M: group by group, the joint loss of all C(M, N) candidate sets of a row is evaluated
   against the free weights' inverse Hessian and the smallest is taken (exact given the frozen
   prefix), followed by that group's joint update of every weight to its right.
-  ``nm_update=group`` (default) is apt-method.md §6.2 with B = M, computed with SparseGPT's lazy
+  ``nm_update=group`` (default) is docs/methods.md (APT) with B = M, computed with SparseGPT's lazy
   batching: updates inside a block of ``blocksize`` columns at once, the columns right of the
   block once per block (same result as ``blocksize=M``, tested). ``nm_update=block`` then
   re-solves the block's whole mask jointly from the block's start, so kept weights of earlier
@@ -37,7 +37,7 @@ of the block are frozen, so the result lies between SparseGPT and exact reconstr
 Numerics: float64 throughout; damping ``percdamp · mean(diag H)`` with the escalating fallback
 shared with SparseGPT; every small system solved by Cholesky, retried with jitter
 ``ε · mean(diag)`` (ε = 1e-8 … 1e-2) and, if that fails, by a Hermitian pseudo-inverse (minimum-norm
-solution); the counts are in ``info``. Deviation from apt-method.md §6.5: the last resort is the
+solution); the counts are in ``info``. Deviation from docs/methods.md (APT): the last resort is the
 pseudo-inverse rather than SparseGPT's per-column update, which keeps every fallback inside one
 batched code path; pruned entries are zeroed explicitly either way.
 """
@@ -134,7 +134,7 @@ def _spd_solve(A: torch.Tensor, b: torch.Tensor, valid: torch.Tensor, info: dict
 
 def masked_solve(A: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, info: dict | None = None) -> torch.Tensor:
     """For every row r: solve ``A[S_r, S_r] z = rhs[r, S_r]`` on the selected set ``S_r`` of that row,
-    zeros elsewhere (apt-method.md §6.3).
+    zeros elsewhere (docs/methods.md (APT)).
 
     ``A``: ``[n, n]`` symmetric positive definite; ``sel``: ``[rows, n]`` bool; ``rhs``: ``[rows, n]``.
     Rows are taken in order of their set size and solved in batched chunks; inside a chunk the
@@ -172,7 +172,7 @@ def masked_solve(A: torch.Tensor, sel: torch.Tensor, rhs: torch.Tensor, info: di
 
 
 def joint_removal(w: torch.Tensor, G: torch.Tensor, mask: torch.Tensor, info: dict | None = None):
-    """The multiple-removal closed form (apt-method.md §3) for every row at once.
+    """The multiple-removal closed form (docs/methods.md (APT)) for every row at once.
 
     ``w``: ``[rows, b]`` current weights of the ``b`` columns that ``G``'s rows refer to;
     ``G``: ``[b, n]`` rows of the inverse Hessian of the free weights (``G[:, :b]`` SPD; ``G = P``
@@ -319,7 +319,7 @@ def _nm_groups(W1: torch.Tensor, U1: torch.Tensor, n: int, m: int, info: dict):
 
 def _block_pass(W: torch.Tensor, U: torch.Tensor, sparsity: Sparsity, blocksize: int, score: str,
                 granularity: str, nm_update: str, fixed_mask: torch.Tensor | None, info: dict) -> torch.Tensor:
-    """The block algorithm (apt-method.md §6.2) in place on ``W``; returns the mask.
+    """The block algorithm (docs/methods.md (APT)) in place on ``W``; returns the mask.
 
     Per block ``[i1, i2)``: ``G = U_bbᵀ U_b,:`` is the inverse Hessian of the free weights; the block
     mask is chosen on the current weights, then one joint solve per row removes the block's pruned
@@ -357,7 +357,7 @@ def exact_reconstruction(W: torch.Tensor, Hd: torch.Tensor, mask: torch.Tensor, 
                          info: dict | None = None) -> torch.Tensor:
     """Every row re-solved by exact least squares on its support: ``min (w' − w) Hd (w' − w)ᵀ``
     subject to ``w'_Q = 0``. Solves the smaller of the pruned set (closed form with ``P = Hd⁻¹``)
-    and the kept set (``Hd_KK δ_Kᵀ = Hd_KQ w_Qᵀ``, apt-method.md F2)."""
+    and the kept set (``Hd_KK δ_Kᵀ = Hd_KQ w_Qᵀ``, docs/methods.md (APT))."""
     info = {} if info is None else info
     q_max, k_max = int(mask.sum(1).max()), int((~mask).sum(1).max())
     if P is not None and q_max <= k_max:
@@ -427,7 +427,7 @@ def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch
 def apt_update(w: torch.Tensor, mask: torch.Tensor, *, H: torch.Tensor, variant: str = "block",
                blocksize: int = 128, percdamp: float = 0.01, max_damp_tries: int = 6) -> SolverResult:
     """APT's update for a given mask (e.g. SparseGPT's or Wanda's): the "external mask + APT update"
-    arm of apt-method.md §6.4, and the same-mask comparisons of its §9.7."""
+    arm of docs/methods.md (APT), and the same-mask comparisons of its §9.7."""
     if mask.shape != w.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(w.shape)}")
     _check(Sparsity("unstructured", 0.5), blocksize, variant, "obs", "block", 1)
