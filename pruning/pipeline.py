@@ -31,7 +31,7 @@ from pruning.evaluation.perplexity import evaluate_perplexity
 from pruning.evaluation.zero_shot import evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model
 from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
-from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, config_hash, is_complete, job_lock, peak_memory,
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete, peak_memory,
                              read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
                              write_text_atomic)
 from pruning.solvers import SOLVERS
@@ -167,12 +167,13 @@ def _summary(record: dict) -> dict:
 
 
 def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Run one job in ``out_dir``, which it owns (:func:`pruning.results.job_lock`) until it returns."""
+    """Run one job in ``out_dir``, which it owns (:func:`pruning.results.claim_job_dir`) until it returns;
+    when another config's record or live job holds ``out_dir``, in its sibling ``<name>@<hash[:8]>``."""
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config)
-    with job_lock(out_dir, chash), _terminations_raise():
-        return _run_locked(cfg, out_dir, config, chash)
+    with claim_job_dir(out_dir, chash) as own, _terminations_raise():
+        return _run_locked(cfg, own, config, chash)
 
 
 class Terminated(BaseException):

@@ -234,14 +234,13 @@ def is_complete(record: dict | None, expected_hash: str | None = None) -> bool:
 class JobCollision(ConfigError):
     """Another live job owns the output directory."""
 
+    def __init__(self, message: str, owner_hash: str | None = None):
+        super().__init__(message)
+        self.owner_hash = owner_hash
 
-@contextmanager
-def job_lock(out_dir: str | os.PathLike, chash: str):
-    """Own ``out_dir`` for the lifetime of the job: an exclusive ``flock`` on ``<out_dir>/.job.lock``
-    (released by the kernel when the process dies, so a killed job never leaves a stale lock). A second
-    job pointed at the same directory stops at once with :class:`JobCollision`, naming the owner, instead
-    of racing it to ``results.json``."""
-    out_dir = Path(out_dir)
+
+def _lock(out_dir: Path, chash: str) -> int:
+    """An exclusive ``flock`` on ``<out_dir>/.job.lock`` holding this job's identity; its fd."""
     out_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(out_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -251,15 +250,67 @@ def job_lock(out_dir: str | os.PathLike, chash: str):
             owner = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
         finally:
             os.close(fd)
+        try:
+            owner_hash = json.loads(owner).get("config_hash")
+        except (ValueError, AttributeError):
+            owner_hash = None
         raise JobCollision(
             f"{out_dir} is in use by another running job ({owner}); this job (config hash {chash}) would race it "
-            f"for {RESULTS_FILE}. Give it its own directory (hydra.run.dir=..., or another sweep_name), or wait "
-            f"for the other job to finish") from None
+            f"for {RESULTS_FILE}. Wait for the other job to finish, or give this one its own directory "
+            f"(hydra.run.dir=..., or another sweep_name)", owner_hash) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(),
+                              "config_hash": chash}).encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+@contextmanager
+def job_lock(out_dir: str | os.PathLike, chash: str):
+    """Own ``out_dir`` for the lifetime of the job: an exclusive ``flock`` on ``<out_dir>/.job.lock``
+    (released by the kernel when the process dies, so a killed job never leaves a stale lock). A second
+    job pointed at the same directory stops at once with :class:`JobCollision`, naming the owner, instead
+    of racing it to ``results.json``."""
+    fd = _lock(Path(out_dir), chash)
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(),
-                                  "config_hash": chash}).encode(), 0)
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        _unlock(fd)
+
+
+def own_dir(out_dir: Path, chash: str) -> Path:
+    """The directory this config's record belongs in: ``out_dir``, unless another config already owns it
+    (its record there, any status), then the sibling ``<name>@<hash[:8]>``. Directory names are built
+    from the choices (method, sparsity, calibration, overrides); keys such as ``eval`` or a preset's
+    settings are not in them, so two configs can map to one name: each still gets a directory of its own."""
+    sibling = out_dir.with_name(f"{out_dir.name}@{chash[:8]}")
+    if (read_record(sibling / RESULTS_FILE) or {}).get("config_hash") == chash:
+        return sibling  # moved there before: resume in place
+    owner = (read_record(out_dir / RESULTS_FILE) or {}).get("config_hash")
+    return out_dir if owner in (None, chash) else sibling
+
+
+@contextmanager
+def claim_job_dir(out_dir: str | os.PathLike, chash: str):
+    """Lock the job's own directory (:func:`own_dir`) for its lifetime and yield it. When a live job of
+    another config holds ``out_dir``, this one moves to its ``@hash`` sibling; a live job of the *same*
+    config there is a :class:`JobCollision` (the same job twice)."""
+    out_dir = Path(out_dir)
+    target = own_dir(out_dir, chash)
+    try:
+        fd = _lock(target, chash)
+    except JobCollision as e:
+        if target != out_dir or e.owner_hash in (None, chash):
+            raise
+        target = out_dir.with_name(f"{out_dir.name}@{chash[:8]}")
+        fd = _lock(target, chash)
+    if target != out_dir:
+        log.warning("%s belongs to another config; this job (config hash %s) writes to %s", out_dir, chash, target)
+    try:
+        yield target
+    finally:
+        _unlock(fd)

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+from omegaconf import OmegaConf
 
 from pruning.errors import ConfigError, DataError
 from pruning.pipeline import run_job
@@ -40,12 +41,18 @@ def test_complete_job_is_skipped_unless_forced(tiny_data_root, tmp_path):
     assert read_record(tmp_path / "results.json")["job"]["started"] == forced["job"]["started"]
 
 
-def test_other_config_never_overwrites_a_complete_record(tiny_data_root, tmp_path):
-    run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
-    before = (tmp_path / "results.json").read_bytes()
-    with pytest.raises(ConfigError, match="refusing to overwrite"):
-        run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "seed=1")), tmp_path)
-    assert (tmp_path / "results.json").read_bytes() == before
+def test_another_config_gets_its_own_directory_and_resumes_there(tiny_data_root, tmp_path):
+    job = tmp_path / "job"
+    first = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), job)
+    before = (job / "results.json").read_bytes()
+    other = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "seed=1")), job)
+    sibling = tmp_path / f"job@{other['config_hash'][:8]}"
+    assert other["config_hash"] != first["config_hash"] and other["job"]["output_dir"] == str(sibling.resolve())
+    assert (job / "results.json").read_bytes() == before  # the first config's record is untouched
+    assert read_record(sibling / "results.json")["status"] == "complete"
+    again = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, "seed=1")), job)
+    assert again["job"]["started"] == other["job"]["started"]  # found in its own directory: skipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["job", sibling.name])
 
 
 def test_failed_job_writes_failed_record(tmp_path):
@@ -127,29 +134,49 @@ def test_dense_job_of_a_sparsity_sweep_runs_once(tiny_data_root, tmp_path):
     assert (tmp_path / "results.json").read_bytes() == before  # skipped: neither re-run nor refused
 
 
-def test_a_second_job_in_a_live_jobs_directory_stops_and_names_it(tiny_data_root, tmp_path):
-    """Two writers, one directory: the second stops at once (no model load) instead of racing the first."""
+def _hold_lock(directory, chash):
     import subprocess
     import sys
-    import time
-
-    from pruning.results import JobCollision
 
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pruning.results import job_lock\n"
-        f"with job_lock({str(tmp_path)!r}, 'holder-hash'):\n"
+        f"with job_lock({str(directory)!r}, {chash!r}):\n"
         "    print('locked', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_the_same_config_twice_in_one_live_directory_stops_and_names_the_other(tiny_data_root, tmp_path):
+    """Two writers of one config, one directory: the second stops at once (no model load)."""
+    import time
+
+    from pruning.results import JobCollision, config_hash
+
+    cfg = compose_cfg(tiny_overrides("tiny-opt", tiny_data_root))
+    chash = config_hash(OmegaConf.to_container(cfg, resolve=True))
+    holder = _hold_lock(tmp_path / "job", chash)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         t0 = time.perf_counter()
-        with pytest.raises(JobCollision, match=rf"in use by another running job \(.*\"pid\": {holder.pid}.*holder-hash"):
-            run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
-        assert time.perf_counter() - t0 < 5 and not (tmp_path / "results.json").exists()
+        with pytest.raises(JobCollision, match=rf"in use by another running job \(.*\"pid\": {holder.pid}.*{chash}"):
+            run_job(cfg, tmp_path / "job")
+        assert time.perf_counter() - t0 < 5 and not (tmp_path / "job" / "results.json").exists()
     finally:
         holder.kill()
         holder.wait()
-    rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)  # the kernel dropped the lock
-    assert rec["status"] == "complete"
+    rec = run_job(cfg, tmp_path / "job")  # the kernel dropped the lock
+    assert rec["status"] == "complete" and rec["job"]["output_dir"] == str((tmp_path / "job").resolve())
+
+
+def test_a_job_of_another_config_next_to_a_live_job_moves_to_its_own_directory(tiny_data_root, tmp_path):
+    holder = _hold_lock(tmp_path / "job", "holder-hash")
+    try:
+        rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path / "job")
+    finally:
+        holder.kill()
+        holder.wait()
+    own = tmp_path / f"job@{rec['config_hash'][:8]}"
+    assert rec["status"] == "complete" and rec["job"]["output_dir"] == str(own.resolve())
+    assert not (tmp_path / "job" / "results.json").exists()
 
 
 def test_record_of_another_config_written_meanwhile_is_not_overwritten(tiny_data_root, tmp_path, monkeypatch):

@@ -64,6 +64,21 @@ def test_joblib_multirun_of_tiny_jobs_completes(tiny_data_root, tmp_path):
     assert len({r["job"]["host"] + str(r["config_hash"]) for r in records.values()}) == 4
 
 
+def test_parallel_jobs_that_differ_only_in_eval_keep_both_records(tiny_data_root, tmp_path):
+    """`eval` is not part of the directory name: the two configs share one name, each gets a directory."""
+    sweep = tmp_path / "sweep"
+    out = _cli("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *_tiny(tiny_data_root), "method=wanda",
+               "eval=ppl,none", f"hydra.sweep.dir={sweep}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    paths = sorted(sweep.rglob("results.json"))
+    records = [json.loads(p.read_text()) for p in paths]
+    assert len(records) == 2 and all(r["status"] == "complete" for r in records)
+    assert len({r["config_hash"] for r in records}) == 2
+    names = sorted(str(p.parent.relative_to(sweep)) for p in paths)
+    assert names[0].startswith("quick/tiny-llama/wanda_s0.5_c4/") and names[1].startswith(names[0] + "@")
+    assert sorted(bool(r["metrics"]["perplexity"]) for r in records) == [False, True]
+
+
 def test_a_failing_job_does_not_stop_the_sweep(tiny_data_root, tmp_path):
     """2:3 cannot tile the width-64 layers: that job fails at pruning time, the others complete, the
     failure is listed and the process exits non-zero."""

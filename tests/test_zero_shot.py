@@ -190,10 +190,18 @@ def test_eval_presets_compose():
 
 # --- the whole path on a tiny random model -------------------------------------------------------------
 
-def test_tiny_model_runs_the_whole_zero_shot_path(tiny_data_root, tmp_path):
+def test_tiny_model_runs_the_whole_zero_shot_path(tiny_data_root, tmp_path, monkeypatch):
+    import multiprocessing
+
     from analysis.collect import collect
     from analysis.tables import zeroshot_table
     from pruning.pipeline import run_job
+
+    def no_fork(*args, **kwargs):  # LAMBADA's bootstrapped stderr must not fork (a forked child hung pytest)
+        raise AssertionError("lm-eval forked a multiprocessing pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_fork)
+    monkeypatch.delenv("DISABLE_MULTIPROC", raising=False)
 
     cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "eval=zeroshot", "eval.zero_shot.limit=4",
                                      "eval.zero_shot.batch_size=3",

@@ -18,8 +18,10 @@ its source and its chance level (mean of 1/#choices over all its documents), plu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import time
 from importlib import metadata
 from pathlib import Path
@@ -126,6 +128,25 @@ def _lm(model, tokenizer, zs: dict):
                 device=str(device), add_bos_token=zs.get("add_bos_token")), max_length
 
 
+@contextlib.contextmanager
+def _no_forked_bootstrap():
+    """Run lm-eval's bootstrap stderr (LAMBADA perplexity) in this process, not a forked ``mp.Pool``.
+
+    lm-eval forks a pool for bootstrapped metrics unless ``DISABLE_MULTIPROC`` is set. Forking a
+    process whose torch/OpenMP thread pool is running can leave a child blocked on a lock it inherited
+    held; pytest then waited forever at exit. The serial path computes the same estimate.
+    """
+    before = os.environ.get("DISABLE_MULTIPROC")
+    os.environ["DISABLE_MULTIPROC"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DISABLE_MULTIPROC", None)
+        else:
+            os.environ["DISABLE_MULTIPROC"] = before
+
+
 def evaluate_zero_shot(model, tokenizer, zs: dict | DictConfig, data: dict | None = None) -> dict:
     """Score ``zs["tasks"]`` with lm-eval; returns the ``metrics.zero_shot`` block of the record."""
     import lm_eval
@@ -151,10 +172,11 @@ def evaluate_zero_shot(model, tokenizer, zs: dict | DictConfig, data: dict | Non
             manager = _task_manager(source, data)
             log.info("zero-shot (%s tasks): %s, %s-shot, limit=%s", source, ", ".join(names),
                      zs.get("num_fewshot", 0), zs.get("limit"))
-            result = lm_eval.simple_evaluate(
-                model=lm, tasks=names, num_fewshot=zs.get("num_fewshot", 0), limit=zs.get("limit"),
-                task_manager=manager, log_samples=False, bootstrap_iters=int(zs.get("bootstrap_iters", 100000)),
-                **seeds)
+            with _no_forked_bootstrap():
+                result = lm_eval.simple_evaluate(
+                    model=lm, tasks=names, num_fewshot=zs.get("num_fewshot", 0), limit=zs.get("limit"),
+                    task_manager=manager, log_samples=False, bootstrap_iters=int(zs.get("bootstrap_iters", 100000)),
+                    **seeds)
             tasks = get_task_dict(names, manager)
             for name in names:
                 scores = result["results"][name]
