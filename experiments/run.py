@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import sys
 import traceback
 from pathlib import Path
 
@@ -21,12 +22,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pruning.errors import ConfigError
+from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.sparsity import parse_sparsity
 
 log = logging.getLogger(__name__)
 
 FAILED_JOBS = "failed_jobs.jsonl"
+USER_ERRORS = (ConfigError, DataError, ModelLoadError)  # bad input: a message, no traceback
 
 
 def run_tag(method: str, sparsity, calibration: str) -> str:
@@ -75,6 +77,10 @@ def main(cfg: DictConfig) -> None:
             run_job(cfg, hc.runtime.output_dir)
     except Exception as e:
         if hc.mode != RunMode.MULTIRUN:
+            if isinstance(e, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+                # a message for the person at the shell, not a traceback wall (the record keeps the traceback)
+                sys.exit(f"error: {type(e).__name__}: {e}\n(record: {Path(hc.runtime.output_dir) / 'results.json'}; "
+                         "HYDRA_FULL_ERROR=1 shows the traceback)")
             raise
         log.error("job %d failed (%s: %s); the sweep goes on. Traceback:\n%s", hc.job.num, type(e).__name__, e,
                   traceback.format_exc())

@@ -191,19 +191,74 @@ def verify_file(path: Path, expected: str | None) -> str:
 
 
 def _read_local(path: Path, fmt: str) -> list[str]:
+    """The rows of a local file; a truncated or malformed file is a :class:`DataError` naming it."""
     import gzip
+    import zlib
 
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="") as f:
-        if fmt == "wikitext_raw":
-            # HF `wikitext` rows: each line with its "\n" when it has content, "" when blank.
-            return [line if line.strip() else "" for line in f]
-        if fmt == "lines":
-            # HF `ptb_text_only`: sentence = line.strip()
-            return [line.strip() for line in f]
-        if fmt == "jsonl_text":
-            return [json.loads(line)["text"] for line in f if line.strip()]
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            if fmt == "wikitext_raw":
+                # HF `wikitext` rows: each line with its "\n" when it has content, "" when blank.
+                return [line if line.strip() else "" for line in f]
+            if fmt == "lines":
+                # HF `ptb_text_only`: sentence = line.strip()
+                return [line.strip() for line in f]
+            if fmt == "jsonl_text":
+                return [json.loads(line)["text"] for line in f if line.strip()]
+    except (EOFError, gzip.BadGzipFile, zlib.error, UnicodeDecodeError, json.JSONDecodeError, KeyError,
+            TypeError) as e:
+        raise DataError(f"{path} is unreadable as {fmt} ({type(e).__name__}: {e}): truncated or not the expected "
+                        "format; restore or re-download it") from None
     raise AssertionError(fmt)
+
+
+@lru_cache(maxsize=16)
+def _gzip_intact(path: str, mtime_ns: int, size: int) -> str | None:
+    """None when the gzip stream decompresses to its end with a valid CRC, else why not."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _local_file(spec: DatasetSpec, split: str, data_root: Path) -> tuple[Path, LocalFile] | None:
+    """The first local form of ``split`` present in ``data_root`` (the file :func:`load_rows` reads)."""
+    for lf in spec.local.get(split, []):
+        if (data_root / lf.path).is_file():
+            return data_root / lf.path, lf
+    return None
+
+
+def preflight(name: str, split: str, *, root: str | None = None, source: str = "auto", verify: bool = True) -> str:
+    """Check, before any model is loaded, the file :func:`load_rows` will read for ``name``/``split``: it
+    exists where ``source`` requires it, its published sha256 matches (``verify``), and a gzip without a
+    published checksum decompresses to its end. Returns where the rows will come from (a path or "hub");
+    hub data cannot be checked ahead."""
+    spec = dataset_spec(name)
+    if source not in SOURCES:
+        raise ConfigError(f"data.source={source!r}; allowed: {', '.join(SOURCES)}")
+    data_root = resolve_data_root(root) if source != "hub" else None
+    found = _local_file(spec, split, data_root) if data_root is not None else None
+    if found is None:
+        if source == "local":
+            load_rows(name, split, root=root, source=source, verify=verify)  # raises, naming what is missing
+        return "hub"
+    path, lf = found
+    if verify and lf.sha256:
+        verify_file(path, lf.sha256)
+    elif path.suffix == ".gz":
+        st = path.stat()
+        broken = _gzip_intact(str(path), st.st_mtime_ns, st.st_size)
+        if broken:
+            raise DataError(f"{path} is a truncated or corrupt gzip ({broken}); restore or re-download it")
+    return str(path)
 
 
 def _read_hub(spec: HubSpec) -> list[str]:
@@ -239,19 +294,19 @@ def load_rows(name: str, split: str, *, root: str | None = None, source: str = "
 
     data_root = resolve_data_root(root) if source != "hub" else None
     if data_root is not None:
-        for lf in spec.local.get(split, []):
-            path = data_root / lf.path
-            if path.is_file():
-                sha = verify_file(path, lf.sha256 if verify else None)
-                rows = _read_local(path, lf.fmt)
-                info = {"dataset": name, "split": split, "source": "local", "path": str(path),
-                        "sha256": sha, "checksum_verified": bool(verify and lf.sha256), "exact": lf.exact,
-                        "rows": len(rows)}
-                if lf.note:
-                    info["note"] = lf.note
-                log.info("%s/%s: %d rows from %s%s", name, split, len(rows), path,
-                         "" if lf.exact else f" ({lf.note})")
-                return TextData(rows, info)
+        found = _local_file(spec, split, data_root)
+        if found is not None:
+            path, lf = found
+            sha = verify_file(path, lf.sha256 if verify else None)
+            rows = _read_local(path, lf.fmt)
+            info = {"dataset": name, "split": split, "source": "local", "path": str(path),
+                    "sha256": sha, "checksum_verified": bool(verify and lf.sha256), "exact": lf.exact,
+                    "rows": len(rows)}
+            if lf.note:
+                info["note"] = lf.note
+            log.info("%s/%s: %d rows from %s%s", name, split, len(rows), path,
+                     "" if lf.exact else f" ({lf.note})")
+            return TextData(rows, info)
         if source == "local":
             wanted = [lf.path for lf in spec.local.get(split, [])] or ["(no local form)"]
             raise DataError(f"{name}/{split} is not in the data root {data_root} (looked for: {', '.join(wanted)}); "

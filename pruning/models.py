@@ -150,9 +150,12 @@ def _load_gguf(gguf: Path):
 
 def _gguf_to_cache(gguf: Path, cache: Path) -> Path:
     """Convert a GGUF to a safetensors model + tokenizer directory once; return that directory."""
-    out = cache / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
-    if (out / "config.json").is_file():
+    out = _converted_cache(gguf, cache)
+    if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
+    if out.exists():
+        log.warning("the converted-GGUF cache %s is incomplete; rebuilding it", out)
+        shutil.rmtree(out, ignore_errors=True)
     log.info("converting %s to a safetensors cache at %s (once; GGUF parsing is slow)", gguf.name, out)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -166,6 +169,60 @@ def _gguf_to_cache(gguf: Path, cache: Path) -> Path:
     (tmp / "SOURCE_GGUF").write_text(f"{gguf}\n{file_sha256(gguf)}\n")
     tmp.rename(out)  # atomic: a half-written cache is never picked up
     return out
+
+
+def _check_local_dir(where) -> Path:
+    """A ``save_pretrained`` directory: exists and holds ``config.json`` (else an error naming it)."""
+    path = Path(str(where or "")).expanduser()
+    if not where or not path.is_dir():
+        raise ModelLoadError(f"model.path={where!r} is not a directory (source=local)")
+    if not (path / "config.json").is_file():
+        found = sorted(p.name for p in path.iterdir())[:8]
+        raise ModelLoadError(f"model.path={str(path)!r} has no config.json, so it is not a saved model directory "
+                             f"({'it is empty' if not found else 'it holds: ' + ', '.join(found)})")
+    return path
+
+
+def _converted_cache(gguf: Path, cache: Path) -> Path:
+    return cache / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
+
+
+def model_preflight(cfg) -> dict:
+    """What can be known about a model without loading its weights: the files exist, and its context
+    length (``max_position_embeddings``) from its config, where that is readable offline and cheaply
+    (random, local, a converted GGUF cache, a cached hub config); None where it is not."""
+    source = cfg.get("source")
+    if source not in SOURCES:
+        raise ConfigError(f"model.source={source!r}; allowed: {', '.join(SOURCES)}")
+    config = None
+    try:
+        from transformers import AutoConfig
+
+        if source == "random":
+            arch = dict(cfg.get("arch") or {})
+            model_type = arch.pop("model_type", None)
+            config = AutoConfig.for_model(model_type, **arch) if model_type else None
+        elif source == "local":
+            config = AutoConfig.from_pretrained(_check_local_dir(cfg.get("path")),
+                                                trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+        elif source in ("gguf", "packaged_gguf"):
+            gguf = (Path(str(cfg.get("path") or "")).expanduser() if source == "gguf"
+                    else packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file")))
+            _check_gguf(gguf)
+            converted = _converted_cache(gguf, cache_root(cfg.get("cache_dir")))
+            if (converted / "config.json").is_file():
+                config = AutoConfig.from_pretrained(converted)
+        elif source == "hub" and cfg.get("hub_id"):
+            try:
+                config = AutoConfig.from_pretrained(cfg.get("hub_id"), revision=cfg.get("revision"))
+            except Exception as e:  # no network and not cached: the load itself will say so
+                log.debug("no config for %s ahead of loading: %s", cfg.get("hub_id"), e)
+    except (ModelLoadError, ConfigError):
+        raise
+    except Exception as e:  # an unreadable config: the load reports it, naming the file
+        log.debug("model config not readable ahead of loading: %s", e)
+    return {"name": cfg.get("name"), "source": source,
+            "max_position_embeddings": getattr(config, "max_position_embeddings", None) if config else None}
 
 
 def _random_model(cfg):
@@ -250,9 +307,7 @@ def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike
                 raise ConfigError(f"model {cfg.get('name')!r}: source=hub needs hub_id")
             info.update(hub_id=where, revision=revision)
         elif source == "local":
-            where, revision = cfg.get("path"), None
-            if not where or not Path(where).is_dir():
-                raise ModelLoadError(f"model.path={where!r} is not a directory (source=local)")
+            where, revision = str(_check_local_dir(cfg.get("path"))), None
         else:
             gguf = _gguf_file(cfg, source, cache, info)
             # GGUF tokenizers convert to fast tokenizers only; the slow one does not exist here.
@@ -261,13 +316,25 @@ def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike
             if where is None:  # no cache: parse the GGUF directly every time
                 model, tokenizer = _load_gguf(gguf)
         if where is not None:
+            def from_dir():
+                try:
+                    tok = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)
+                    return AutoModelForCausalLM.from_pretrained(
+                        where, revision=revision, dtype=dtype if source in ("hub", "local") else torch.float32,
+                        trust_remote_code=bool(cfg.get("trust_remote_code", False))), tok
+                except Exception as e:
+                    raise ModelLoadError(f"could not load model {where!r} ({source}): {type(e).__name__}: {e}") from e
+
             try:
-                tokenizer = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)
-                model = AutoModelForCausalLM.from_pretrained(
-                    where, revision=revision, dtype=dtype if source in ("hub", "local") else torch.float32,
-                    trust_remote_code=bool(cfg.get("trust_remote_code", False)))
-            except OSError as e:
-                raise ModelLoadError(f"could not load model {where!r} ({source}): {e}") from e
+                model, tokenizer = from_dir()
+            except ModelLoadError as e:
+                if source in ("hub", "local"):
+                    raise
+                # a converted-GGUF cache that does not load (truncated weights, a killed copy): rebuild once
+                log.warning("%s; rebuilding the converted-GGUF cache %s from %s", e, where, gguf)
+                shutil.rmtree(where, ignore_errors=True)
+                where = str(_gguf_to_cache(gguf, cache))
+                model, tokenizer = from_dir()
         info["tokenizer_use_fast"] = tok_kwargs["use_fast"]
 
     if isinstance(dtype, torch.dtype) and model.dtype != dtype:

@@ -23,13 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from pruning.adapters import prunable_linears
 from pruning.calibration import build_calibration
-from pruning.data import dataset_spec
+from pruning.data import dataset_spec, preflight
 from pruning.allocation import allocate, check_config as check_allocation
 from pruning.engine import prune_model
-from pruning.errors import ConfigError
+from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity
-from pruning.evaluation.zero_shot import evaluate_zero_shot, validate_zero_shot
-from pruning.models import load_model
+from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot, validate_zero_shot
+from pruning.models import load_model, model_preflight
 from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete, peak_memory,
                              read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
@@ -76,8 +76,32 @@ def validate(cfg: DictConfig) -> dict:
     if offload and zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
+    calibrates = method != "dense" and (SOLVERS[method].needs_data(bool((cfg.get("engine") or {}).get(
+        "report_error", True))) or allocation.get("name") == "owl")
+    _preflight_inputs(cfg, calibrates, zero_shot_on)
     return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params,
             "allocation": allocation, "profile": profile}
+
+
+def _preflight_inputs(cfg: DictConfig, calibrates: bool, zero_shot_on: bool) -> None:
+    """Every file the job will read, before the model is loaded: the data (checksums, intact gzip), the
+    model's files, and the eval/calibration window lengths against the model's context where its config
+    is readable without the weights."""
+    data = OmegaConf.to_container(cfg.get("data"), resolve=True) if cfg.get("data") else {}
+    kw = {"root": data.get("root"), "source": data.get("source", "auto"), "verify": data.get("verify_checksums", True)}
+    ppl = cfg.eval.perplexity
+    if ppl.get("enabled", True):
+        splits = dict(ppl.get("splits") or {})
+        for name in ppl.datasets or []:
+            if name not in splits:
+                raise ConfigError(f"eval.perplexity.splits has no entry for {name!r}; set e.g. "
+                                  f"eval.perplexity.splits.{name}=test")
+            preflight(name, splits[name], **kw)
+    if calibrates:
+        preflight(cfg.calibration.dataset, cfg.calibration.split, **kw)
+    if zero_shot_on:
+        check_task_data(list(cfg.eval.zero_shot.tasks), data)
+    check_context(model_preflight(cfg.model), cfg, calibrating=calibrates)
 
 
 def _int_at_least(key: str, value, low: int, allow_none: bool = False) -> None:
@@ -220,11 +244,12 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         return existing
     try:
         parsed = validate(cfg)
-    except ConfigError as e:  # a record says why, also for a job of a multirun (nothing was computed)
+    except (ConfigError, DataError, ModelLoadError) as e:  # a record says why, also in a multirun (nothing computed)
         if is_complete(read_record(path)):  # force=true over a complete record: keep it, just fail
             raise
         write_json_atomic(path, {"schema_version": SCHEMA_VERSION, "status": "failed", "stage": "validation",
-                                 "config_hash": chash, "error": f"{type(e).__name__}: {e}", "config": config,
+                                 "config_hash": chash, "error": f"{type(e).__name__}: {e}",
+                                 "traceback": traceback.format_exc(), "config": config,
                                  "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(),
                                          "finished": utc_now()}, "versions": versions()})
         raise

@@ -139,3 +139,84 @@ def test_readme_smoke_sweep_runs_with_the_defaults(tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     records = list((tmp_path / "smoke").rglob("results.json"))
     assert len(records) == 3 and all(json.loads(p.read_text())["status"] == "complete" for p in records)
+
+
+def _copy_root(src, dst):
+    import shutil
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _fails_before_load(monkeypatch, cfg, out, error, match):
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    t0 = time.perf_counter()
+    with pytest.raises(error, match=match):
+        run_job(cfg, out)
+    assert time.perf_counter() - t0 < 5
+    rec = read_record(out / "results.json")
+    assert rec["status"] == "failed" and rec["stage"] == "validation"
+    return rec
+
+
+def test_evaluation_data_checksum_fails_before_the_model_is_loaded(tiny_data_root, tmp_path, monkeypatch):
+    """The synthetic files are not the published ones: with checksums on, the job stops before loading."""
+    from pruning.errors import DataError
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "data.verify_checksums=true"))
+    rec = _fails_before_load(monkeypatch, cfg, tmp_path / "job", DataError,
+                             r"checksum mismatch for .*wikitext2/wiki\.test\.raw")
+    assert "wiki.test.raw" in rec["error"]
+
+
+def test_calibration_data_checksum_fails_before_the_model_is_loaded(tiny_data_root, tmp_path, monkeypatch):
+    from pruning.errors import DataError
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=wanda", "eval=none",
+                                     "data.verify_checksums=true"))
+    _fails_before_load(monkeypatch, cfg, tmp_path / "job", DataError,
+                       r"checksum mismatch for .*c4_train_shard00000_first1000\.jsonl")
+
+
+def test_a_truncated_gzip_is_named_before_the_model_is_loaded(tiny_data_root, tmp_path, monkeypatch):
+    import gzip
+
+    from pruning.errors import DataError
+    root = _copy_root(tiny_data_root, tmp_path / "root")
+    blob = gzip.compress(b"".join(json.dumps({"text": f"document {i} " * 50}).encode() + b"\n" for i in range(200)))
+    bad = root / "c4" / "c4-validation.00000-of-00008.json.gz"  # the user-supplied full shard (no published sha)
+    bad.write_bytes(blob[: len(blob) // 2])
+    cfg = compose_cfg(tiny_overrides("tiny-llama", root, "eval.perplexity.datasets=[c4]"))
+    _fails_before_load(monkeypatch, cfg, tmp_path / "job", DataError,
+                       rf"{re.escape(str(bad))} is a truncated or corrupt gzip")
+    from pruning.data import load_rows  # read directly, the reader names the file too
+    with pytest.raises(DataError, match=rf"{re.escape(str(bad))} is unreadable"):
+        load_rows("c4", "validation", root=str(root), verify=False)
+
+
+def test_eval_window_longer_than_the_context_fails_before_the_model_is_loaded(tiny_data_root, tmp_path,
+                                                                              monkeypatch):
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "eval.perplexity.seqlen=4096"))
+    _fails_before_load(monkeypatch, cfg, tmp_path / "job", ConfigError,
+                       r"eval.perplexity.seqlen=4096 exceeds max_position_embeddings=2048 of tiny-llama")
+
+
+@pytest.mark.parametrize("content, match", [((), "it is empty"), (("weights.bin",), "it holds: weights.bin")])
+def test_a_local_model_dir_without_a_model_is_named_before_loading(tiny_data_root, tmp_path, monkeypatch, content,
+                                                                   match):
+    from pruning.errors import ModelLoadError
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    for name in content:
+        (model_dir / name).write_bytes(b"\0")
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "model=local", f"model.path={model_dir}"))
+    _fails_before_load(monkeypatch, cfg, tmp_path / "job", ModelLoadError,
+                       rf"model.path='{re.escape(str(model_dir))}' has no config.json.*{match}")
+
+
+def test_a_bad_value_on_the_command_line_prints_a_message_not_a_traceback(tmp_path):
+    args = [sys.executable, "-m", "experiments.run", "model=tiny-llama", "logger=none", "method=sparsegpt",
+            "method.percdamp=0", f"hydra.run.dir={tmp_path / 'job'}"]
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert "error: ConfigError: method.percdamp=0: need > 0" in out.stderr and "HYDRA_FULL_ERROR=1" in out.stderr
+    full = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode != 0 and "Traceback" in full.stderr

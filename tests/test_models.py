@@ -68,3 +68,33 @@ def test_bad_model_config_values(key, value, match):
     cfg[key] = value
     with pytest.raises(ConfigError, match=match):
         load_model(cfg)
+
+
+def test_a_corrupt_converted_gguf_cache_is_rebuilt_once(tmp_path, monkeypatch, caplog):
+    """The safetensors cache of a GGUF is rebuilt (with a warning) when it does not load, not used forever."""
+    import pruning.models as models
+
+    fake = tmp_path / "tiny.gguf"
+    fake.write_bytes(b"GGUF" + bytes(64))  # passes the magic check; the parse is replaced below
+    tiny = compose_cfg(["model=tiny-llama"]).model
+    conversions = []
+
+    def parse(path):
+        conversions.append(path)
+        lm = load_model(tiny)
+        return lm.model, lm.tokenizer
+
+    monkeypatch.setattr(models, "_load_gguf", parse)
+    cfg = {"name": "tiny-gguf", "source": "gguf", "path": str(fake), "cache_dir": str(tmp_path / "cache"),
+           "dtype": "float32", "device": "cpu"}
+    first = load_model(cfg)
+    assert len(conversions) == 1
+    (weights,) = (tmp_path / "cache" / "converted").glob("*/*.safetensors")
+    truncated = weights.with_suffix(".part")  # a truncated copy, swapped in (the first model maps the old file)
+    truncated.write_bytes(weights.read_bytes()[:100])
+    truncated.replace(weights)
+    second = load_model(cfg)
+    assert len(conversions) == 2 and "rebuilding the converted-GGUF cache" in caplog.text
+    assert all(torch.equal(p, q) for p, q in zip(first.model.parameters(), second.model.parameters()))
+    load_model(cfg)
+    assert len(conversions) == 2  # healthy again: read from the cache

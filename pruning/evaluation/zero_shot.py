@@ -28,7 +28,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pruning.data import SOURCES, resolve_data_root
+from pruning.data import SOURCES, resolve_data_root, verify_file
 from pruning.errors import ConfigError, DataError
 from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS, task_files, task_info
 
@@ -88,6 +88,18 @@ def task_sources(tasks: list[str], data: dict | None) -> dict[str, str]:
                             + "); allow the hub with data.source=auto|hub")
         out[task] = "hub"
     return out
+
+
+def check_task_data(tasks: list[str], data: dict | None) -> dict[str, str]:
+    """Before any model is loaded: where each task is read from (:func:`task_sources`), and the published
+    sha256 of every local task file (``data.verify_checksums``)."""
+    sources = task_sources(tasks, data)
+    if (data or {}).get("verify_checksums", True):
+        root = (data or {}).get("root")
+        for task in (t for t in tasks if sources[t] == "local"):
+            for path, (_, sha) in zip(task_files(task, root), OFFLINE_TASKS[task].files):
+                verify_file(path, sha)
+    return sources
 
 
 def _task_manager(source: str, data: dict | None):
