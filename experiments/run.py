@@ -43,7 +43,10 @@ def run_tag(method: str, sparsity, calibration: str) -> str:
 
 
 def override_suffix(override_dirname: str) -> str:
-    """Extra overrides (not already in the path) as a last path component, file-system safe."""
+    """Extra overrides (not already in the path) as a last path component, file-system safe.
+    ``allocation=uniform`` is the default and changes nothing (nor the config hash), so a sweep over
+    ``allocation=uniform,owl`` puts its uniform jobs where a sweep without that key has them."""
+    override_dirname = re.sub(r"(^|,)allocation=uniform(?=,|$)", "", override_dirname).lstrip(",")
     if not override_dirname:
         return ""
     return "/" + re.sub(r"[^A-Za-z0-9.,=_+-]+", "-", override_dirname)

@@ -63,6 +63,9 @@ def test_run_tag_resolver():
     assert run_tag("apt", 0.6, "wikitext2") == "apt_s0.6_wikitext2"
     assert run_tag("apt", "bad value", "c4").startswith("apt_invalid-bad-value")
     assert override_suffix("") == "" and override_suffix("a=[1, 2]") == "/a=-1,-2-"
+    assert override_suffix("allocation=uniform") == "" and override_suffix("allocation=owl") == "/allocation=owl"
+    assert override_suffix("allocation=uniform,seed=1") == "/seed=1"
+    assert override_suffix("a.b=2,allocation=uniform") == "/a.b=2"
 
 
 def _cli(*args, cwd=REPO):
