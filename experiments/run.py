@@ -33,8 +33,8 @@ USER_ERRORS = (ConfigError, DataError, ModelLoadError)  # bad input: a message, 
 
 def run_tag(method: str, sparsity, calibration: str) -> str:
     """Directory name of a job from its choices: ``dense``, ``wanda_s0.5_c4``, ``apt_2of4_c4``."""
-    if method == "dense":
-        return "dense"
+    if method in ("dense", "none"):  # nothing pruned: sparsity and calibration do not apply
+        return method
     try:
         tag = parse_sparsity(sparsity).tag
     except ConfigError:  # let the job itself report the bad value, with the allowed forms

@@ -23,11 +23,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from pruning.adapters import prunable_linears
 from pruning.calibration import build_calibration
-from pruning.data import dataset_spec, preflight
-from pruning.allocation import allocate, check_config as check_allocation
-from pruning.engine import prune_model
+from pruning.artifact import read_sidecar
+from pruning.data import dataset_spec, perplexity_text, preflight
+from pruning.allocation import check_config as check_allocation
+from pruning.api import prune_loaded
 from pruning.errors import ConfigError, DataError, ModelLoadError
-from pruning.evaluation.perplexity import evaluate_perplexity
+from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
@@ -41,7 +42,10 @@ from pruning.tracking import make_tracker
 log = logging.getLogger(__name__)
 
 # Method name -> solver; `dense` evaluates the unpruned model.
-METHODS: dict[str, object] = {"dense": None, **SOLVERS}
+METHODS: dict[str, object] = {"dense": None, "none": None, **SOLVERS}
+# Methods that prune nothing: `dense` evaluates the model as loaded (the baseline row), `none` evaluates a
+# checkpoint as it is (e.g. one this project saved) and records its measured sparsity.
+EVAL_ONLY = ("dense", "none")
 
 
 def validate(cfg: DictConfig) -> dict:
@@ -51,7 +55,7 @@ def validate(cfg: DictConfig) -> dict:
         raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join(METHODS)}")
     target = parse_sparsity(cfg.sparsity)
     params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k not in ("name", "label")}
-    if method == "dense":
+    if method in EVAL_ONLY:
         target = Sparsity("dense", 0.0)
     else:
         SOLVERS[method].check_params(method, params)
@@ -65,7 +69,7 @@ def validate(cfg: DictConfig) -> dict:
         dataset_spec(name)
     dataset_spec(cfg.calibration.dataset)
     allocation = OmegaConf.to_container(cfg.allocation, resolve=True) if cfg.get("allocation") else {"name": "uniform"}
-    profile = None if method == "dense" else check_allocation(allocation, target)
+    profile = None if method in EVAL_ONLY else check_allocation(allocation, target)
     zero_shot = cfg.eval.get("zero_shot")
     zero_shot_on = zero_shot is not None and zero_shot.get("enabled", True)
     if zero_shot_on:
@@ -76,7 +80,14 @@ def validate(cfg: DictConfig) -> dict:
     if offload and zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
-    calibrates = method != "dense" and (SOLVERS[method].needs_data(bool((cfg.get("engine") or {}).get(
+    save = cfg.get("save") or {}
+    if save.get("enabled"):
+        if offload:
+            raise ConfigError("save.enabled=true with runtime.offload=disk is not supported yet (the blocks live in "
+                              "the block store); run without offload to save the model")
+        if save.get("dir") is not None and not isinstance(save.get("dir"), str):
+            raise ConfigError(f"save.dir={save.get('dir')!r}: need a path or null (<job dir>/model)")
+    calibrates = method not in EVAL_ONLY and (SOLVERS[method].needs_data(bool((cfg.get("engine") or {}).get(
         "report_error", True))) or allocation.get("name") == "owl")
     _preflight_inputs(cfg, calibrates, zero_shot_on)
     return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params,
@@ -115,10 +126,11 @@ def _int_at_least(key: str, value, low: int, allow_none: bool = False) -> None:
 # (`+foo=1`, `+engine.batchsize=4`) that would otherwise be accepted and ignored.
 KNOWN_KEYS = {
     None: {"model", "method", "calibration", "allocation", "eval", "logger", "protocol", "sparsity", "seed", "force",
-           "sweep_name", "data", "engine", "runtime"},
+           "sweep_name", "data", "engine", "runtime", "save"},
     "engine": {"true_sequential", "report_error", "batch_size", "device"},
     "runtime": {"threads", "gpus", "gpu_lock_dir", "offload", "offload_dir", "max_fallback_share"},
     "data": {"root", "source", "verify_checksums"},
+    "save": {"enabled", "dir", "verify"},
 }
 
 
@@ -237,10 +249,64 @@ def _check_numerics(record: dict, layers: list[dict], max_share: float) -> None:
                            f"not the method's. Check method.percdamp and the calibration data")
 
 
+NONE_TARGET = {"kind": "none", "ratio": None, "n": None, "m": None, "spec": "none"}  # method=none: as loaded
+
+
+def _save_missing(record: dict, config: dict) -> bool:
+    """A complete record whose job should have saved the model but has no (verified) copy of it: re-run."""
+    save = config.get("save") or {}
+    if not save.get("enabled"):
+        return False
+    saved = record.get("save") or {}
+    if not saved.get("dir") or not (Path(saved["dir"]) / "config.json").is_file():
+        log.info("the complete record has no saved model: re-running to save it (save.enabled=true)")
+        return True
+    if save.get("verify", True) and not (saved.get("verification") or {}).get("passed"):
+        log.info("the saved model was not verified: re-running (save.verify=true)")
+        return True
+    return False
+
+
+def _first_window(cfg: DictConfig, loaded, windows) -> tuple[torch.Tensor, str]:
+    """One window of token ids for the saved model's loss check: the first evaluation window, else the
+    first calibration window, else seeded random tokens."""
+    ppl = cfg.eval.perplexity
+    if ppl.get("enabled", True) and ppl.datasets:
+        name = ppl.datasets[0]
+        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+        text = perplexity_text(name, ppl.splits[name], root=data.get("root"), source=data.get("source", "auto"),
+                               verify=data.get("verify_checksums", True))
+        ids = tokenize_text(loaded.tokenizer, text.rows[0])[: int(ppl.seqlen)].unsqueeze(0)
+        return ids, f"the first {name} evaluation window"
+    if windows is not None:
+        return windows[:1], "the first calibration window"
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, loaded.model.config.vocab_size, (1, 128), generator=gen), "128 seeded random tokens"
+
+
+def _save_model(cfg: DictConfig, config: dict, loaded, record: dict, out_dir: Path, target, windows) -> dict:
+    """save.enabled: the pruned model as a checkpoint with its sidecar, then (save.verify) reloaded and checked."""
+    from pruning.artifact import save_pruned, verify_saved
+
+    save = config["save"]
+    where = Path(save.get("dir") or out_dir / "model")
+    sidecar = {"method": record["method"], "sparsity": record["sparsity"]["target"],
+               "config_hash": record["config_hash"], "record": str((out_dir / RESULTS_FILE).resolve()),
+               "model": {k: record["model"].get(k) for k in ("name", "source", "hub_id", "gguf", "gguf_sha256")
+                         if record["model"].get(k) is not None},
+               "versions": record["versions"], "created": utc_now()}
+    info = save_pruned(loaded.model, loaded.tokenizer, where, sidecar)
+    if save.get("verify", True):
+        ids, what = _first_window(cfg, loaded, windows)
+        info["verification"] = {**verify_saved(where, loaded.model, ids, target if target.kind == "nm" else None),
+                                "window": what}
+    return info
+
+
 def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dict:
     path = out_dir / RESULTS_FILE
     existing = reusable_record(path, chash, bool(cfg.get("force", False)))
-    if existing is not None:
+    if existing is not None and not _save_missing(existing, config):
         return existing
     try:
         parsed = validate(cfg)
@@ -254,8 +320,8 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                                          "finished": utc_now()}, "versions": versions()})
         raise
     method, target = parsed["method"], parsed["sparsity"]
-    if method == "dense" and cfg.sparsity is not None:
-        log.info("method=dense prunes nothing; sparsity=%s is ignored", cfg.sparsity)
+    if method in EVAL_ONLY and cfg.sparsity is not None:
+        log.info("method=%s prunes nothing; sparsity=%s is ignored", method, cfg.sparsity)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
 
@@ -264,7 +330,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
         "versions": versions(), "config": config,
         "method": {"name": method, "label": parsed["label"], "params": parsed["params"]},
-        "sparsity": {"target": target.as_dict(), "actual": None},
+        "sparsity": {"target": NONE_TARGET if method == "none" else target.as_dict(), "actual": None},
         "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
                      "eval": config["eval"]},
         "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [], "warnings": [],
@@ -272,7 +338,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
     logger_cfg = dict(config.get("logger") or {})
     if logger_cfg.get("job_type") is None:
         logger_cfg["job_type"] = method
-    run_name = f"{config['model']['name']}:{method}" + ("" if method == "dense" else f":{target}:{config['calibration']['dataset']}")
+    run_name = f"{config['model']['name']}:{method}" + ("" if method in EVAL_ONLY else f":{target}:{config['calibration']['dataset']}")
     tracker = make_tracker(logger_cfg, config, out_dir, name=run_name)
     record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
                           "run_dir": tracker.run_dir}
@@ -289,17 +355,19 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
             temporary_store = not runtime.get("offload_dir")
         loaded = load_model(cfg.model, offload_dir=offload_dir)
         record["model"] = loaded.info
+        if method == "none" and loaded.info.get("source") == "local":
+            record["model"]["saved_sparsity"] = read_sidecar(cfg.model.path)  # who pruned it, if we did
         record["timings"]["load_s"] = loaded.info["load_seconds"]
-        check_context(loaded.info, cfg, calibrating=method != "dense")
+        check_context(loaded.info, cfg, calibrating=method not in EVAL_ONLY)
         linears = prunable_linears(loaded.model, loaded.adapter)
-        if method == "dense":
-            record["protocol"]["calibration"] = {"used": False, "reason": "method=dense calibrates nothing",
+        windows = None
+        if method in EVAL_ONLY:
+            record["protocol"]["calibration"] = {"used": False, "reason": f"method={method} calibrates nothing",
                                                  **config["calibration"]}
             record["timings"]["prune_s"] = 0.0
         else:
             eng = config.get("engine") or {}
             report_error = bool(eng.get("report_error", True))
-            windows = None
             alloc_cfg = parsed["allocation"]
             if SOLVERS[method].needs_data(report_error) or alloc_cfg["name"] == "owl":
                 t0 = time.perf_counter()
@@ -313,16 +381,13 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                                              f"allocation={alloc_cfg['name']}",
                     **config["calibration"]}
             t0 = time.perf_counter()
-            alloc = allocate(alloc_cfg, parsed["profile"], target, loaded.model, loaded.adapter, windows,
-                             device=eng.get("device"), batch_size=int(eng.get("batch_size", 1)), store=loaded.store)
-            record["timings"]["allocation_s"] = round(time.perf_counter() - t0, 3)
+            report, alloc = prune_loaded(loaded.model, loaded.adapter, windows, method, target, parsed["params"],
+                                         alloc_cfg, parsed["profile"], device=eng.get("device"),
+                                         batch_size=int(eng.get("batch_size", 1)),
+                                         true_sequential=bool(eng.get("true_sequential", False)),
+                                         report_error=report_error, store=loaded.store)
+            record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
             record["allocation"] = alloc.info
-            report = prune_model(loaded.model, loaded.adapter, windows, SOLVERS[method], target,
-                                 parsed["params"], device=eng.get("device"),
-                                 true_sequential=bool(eng.get("true_sequential", False)),
-                                 report_error=report_error,
-                                 batch_size=int(eng.get("batch_size", 1)), store=loaded.store,
-                                 targets=None if alloc.name == "uniform" else alloc.target)
             record["layers"] = report.layers
             _check_numerics(record, report.layers, float(runtime.get("max_fallback_share", 0.1)))
             record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
@@ -353,6 +418,10 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                                             for task, scores in record["metrics"]["zero_shot"]["tasks"].items()])
         record["sparsity"].update(measure_sparsity(linears) if loaded.store is None else  # actual, zeros, total,
                                   measure_offloaded_sparsity(loaded.model, loaded.adapter, loaded.store))  # n_linears
+        if (config.get("save") or {}).get("enabled"):
+            t_save = time.perf_counter()
+            record["save"] = _save_model(cfg, config, loaded, record, out_dir, target, windows)
+            record["timings"]["save_s"] = round(time.perf_counter() - t_save, 3)
         record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
         record["memory"].update(peak_memory())
         record["status"] = "complete"

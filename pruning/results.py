@@ -37,7 +37,7 @@ RESULTS_FILE = "results.json"
 LOCK_FILE = ".job.lock"  # flock'ed by the job that owns the directory, for its whole lifetime
 
 # Config keys that do not change what a job computes: left out of the config hash.
-HASH_EXCLUDE = ("force", "logger", "sweep_name", "data.root", "model.cache_dir", "model.device", "runtime")
+HASH_EXCLUDE = ("force", "logger", "sweep_name", "data.root", "model.cache_dir", "model.device", "runtime", "save")
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "lm_eval", "accelerate", "safetensors", "gguf",
              "hydra-core", "omegaconf", "wandb", "pandas", "numpy")
@@ -64,12 +64,12 @@ DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine", "allocation")
 
 def config_hash(config: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
-    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense``; minus ``allocation`` when it is uniform,
+    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform,
     so those hashes equal the ones of records written before the allocation group existed)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
     if (cfg.get("allocation") or {}).get("name") == "uniform":  # = records from before the allocation group
         cfg.pop("allocation")
-    dense = (cfg.get("method") or {}).get("name") == "dense"
+    dense = (cfg.get("method") or {}).get("name") in ("dense", "none")
     for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)
     blob = json.dumps(cfg, sort_keys=True, separators=(",", ":"))

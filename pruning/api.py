@@ -1,0 +1,210 @@
+"""The Python API: prune and evaluate a ``transformers`` model you already hold, without Hydra or W&B.
+
+    from pruning import prune, evaluate_perplexity
+    report = prune(model, tokenizer, method="apt-refit", sparsity="2:4", calibration="c4",
+                   nsamples=32, seqlen=512, seed=0)
+    print(report.summary())
+    evaluate_perplexity(model, tokenizer, "wikitext2", seqlen=512)
+
+:func:`prune` works in place on any model family :mod:`pruning.adapters` supports (Llama-style, OPT,
+Mamba), on whatever device the model is. Calibration is a dataset name (read from the data root or
+the hub, like a Hydra job), a list of texts (sampled with the same document rule as C4), or a
+``[n, seqlen]`` tensor of token ids. ``python -m experiments.run`` prunes through the same function
+(:func:`prune_loaded`), so a job and an API call with the same settings give the same weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from pruning.adapters import adapter_for, prunable_linears
+from pruning.allocation import allocate, check_config as check_allocation
+from pruning.calibration import build_calibration, sample_documents
+from pruning.engine import EngineReport, prune_model
+from pruning.errors import ConfigError
+from pruning.solvers import SOLVERS
+from pruning.sparsity import Sparsity, measure_sparsity, parse_sparsity
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# Splits the perplexity protocol evaluates (conf/eval/ppl.yaml).
+PPL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
+
+
+def conf_node(group: str, name: str) -> dict:
+    """A config of ``conf/<group>/<name>.yaml`` with its ``defaults`` (same group) merged, as Hydra would;
+    without a ``conf/`` directory (a non-editable install), only the built-in names work."""
+    path = CONF_DIR / group / f"{name}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if (CONF_DIR / group).is_dir() else []
+        raise ConfigError(f"{group}={name!r} is not a config in {CONF_DIR / group}"
+                          + (f"; available: {', '.join(available)}" if available else ""))
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    merged: dict = {}
+    own_placed = False
+    for item in node.pop("defaults", None) or ["_self_"]:
+        if item == "_self_":
+            merged.update(node)
+            own_placed = True
+        else:
+            merged.update(conf_node(group, item))
+    if not own_placed:
+        merged.update(node)
+    return merged
+
+
+def method_config(method: str, overrides: dict | None = None) -> tuple[str, str, dict]:
+    """``(solver name, label, params)`` of a method: a method config (``apt-refit``, ``sparsegpt`` ...,
+    with its YAML knobs) or, without ``conf/``, a solver name with its signature defaults."""
+    if (CONF_DIR / "method" / f"{method}.yaml").is_file():
+        node = conf_node("method", method)
+        name, label = node.pop("name"), node.pop("label", None) or method
+    elif method in SOLVERS:
+        name, label, node = method, method, {}
+    else:
+        raise ConfigError(f"method={method!r}; allowed: {', '.join(sorted(SOLVERS))}"
+                          + (" or a method config of conf/method/" if CONF_DIR.is_dir() else ""))
+    if name not in SOLVERS:
+        raise ConfigError(f"method={method!r} prunes nothing (method name {name!r}); allowed: {', '.join(SOLVERS)}")
+    params = {**node, **(overrides or {})}
+    SOLVERS[name].check_params(method, params)
+    return name, label, params
+
+
+@dataclass
+class PruneReport:
+    """What :func:`prune` did: per-layer rows (name, target, sparsity, rel_error, seconds ...), timings,
+    the allocation and calibration it used and the measured sparsity of the prunable linears."""
+
+    method: str
+    label: str
+    sparsity: str
+    params: dict
+    layers: list[dict]
+    timings: dict
+    allocation: dict
+    calibration: dict
+    actual: dict = field(default_factory=dict)
+
+    @property
+    def mean_rel_error(self) -> float | None:
+        errors = [r["rel_error"] for r in self.layers if r.get("rel_error") is not None]
+        return sum(errors) / len(errors) if errors else None
+
+    def summary(self) -> str:
+        err = self.mean_rel_error
+        return (f"{self.label} at {self.sparsity}: {len(self.layers)} layers, actual sparsity "
+                f"{self.actual.get('actual', float('nan')):.4f}, mean layer error "
+                f"{'n/a' if err is None else f'{err:.4g}'}, {self.timings.get('prune_total_s', 0):.1f} s")
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.layers)
+
+
+def prune_loaded(model, adapter, windows, method: str, target: Sparsity, params: dict, allocation: dict,
+                 profile: dict | None = None, *, device=None, batch_size: int = 1, true_sequential: bool = False,
+                 report_error: bool = True, store=None):
+    """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`.
+    Returns ``(EngineReport, Allocation)``."""
+    alloc = allocate(allocation, profile, target, model, adapter, windows, device=device, batch_size=batch_size,
+                     store=store)
+    report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method], target, params, device=device,
+                                       true_sequential=true_sequential, report_error=report_error,
+                                       batch_size=batch_size, store=store,
+                                       targets=None if alloc.name == "uniform" else alloc.target)
+    return report, alloc
+
+
+def calibration_windows(tokenizer, calibration, *, nsamples: int, seqlen: int, seed: int, data_root=None,
+                        source: str = "auto", verify: bool = True) -> tuple[torch.Tensor, dict]:
+    """Calibration windows ``[nsamples, seqlen]`` and their provenance, from a dataset name, texts or ids."""
+    if isinstance(calibration, torch.Tensor):
+        if calibration.dim() != 2 or calibration.dtype not in (torch.int32, torch.int64):
+            raise ConfigError(f"calibration tensor of shape {tuple(calibration.shape)} and dtype {calibration.dtype}: "
+                              "need [nsamples, seqlen] integer token ids")
+        return calibration.long(), {"source": "tensor", "nsamples": calibration.shape[0],
+                                    "seqlen": calibration.shape[1]}
+    if tokenizer is None:
+        raise ConfigError("calibration from text needs the tokenizer: prune(model, tokenizer, ...)")
+    if isinstance(calibration, str):
+        split = "train"
+        calib = build_calibration({"dataset": calibration, "split": split, "nsamples": nsamples, "seqlen": seqlen,
+                                   "seed": seed}, tokenizer, {"root": data_root, "source": source,
+                                                              "verify_checksums": verify})
+        return calib.windows, calib.info
+    if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, str) for t in calibration):
+        windows = sample_documents(list(calibration), tokenizer, nsamples, seqlen, seed)
+        return windows, {"source": "texts", "documents": len(calibration), "nsamples": nsamples, "seqlen": seqlen,
+                         "seed": seed, "sampler": "documents"}
+    raise ConfigError(f"calibration={type(calibration).__name__}: need a dataset name (c4, wikitext2, ptb), a "
+                      "non-empty list of texts, or a [nsamples, seqlen] tensor of token ids")
+
+
+def prune(model, tokenizer=None, *, method: str = "apt-refit", sparsity: float | str = 0.5,
+          calibration="c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
+          allocation: str | dict = "uniform", data_root=None, data_source: str = "auto",
+          verify_checksums: bool = True, device=None, batch_size: int = 1, true_sequential: bool = False,
+          report_error: bool = True, **params) -> PruneReport:
+    """Prune ``model`` in place and return the per-layer :class:`PruneReport`.
+
+    ``method``: a method config (``apt-refit`` default, ``apt``, ``apt-swap``, ``alps``, ``sparsegpt``,
+    ``wanda``, ``magnitude`` ...); ``**params`` override its knobs (e.g. ``blocksize=64``).
+    ``sparsity``: a ratio (``0.5``, ``"50%"``) or an N:M pattern (``"2:4"``). ``allocation``: ``uniform``,
+    ``owl`` or a dict such as ``{"name": "owl", "M": 5, "lambda": 0.08}``. ``device``: where each block
+    is pruned (default: where the model is).
+    """
+    name, label, knobs = method_config(method, params)
+    target = parse_sparsity(sparsity)
+    if target.kind == "dense":
+        raise ConfigError(f"sparsity={sparsity!r} prunes nothing")
+    alloc_cfg = conf_node("allocation", allocation) if isinstance(allocation, str) and CONF_DIR.is_dir() else (
+        {"name": allocation} if isinstance(allocation, str) else dict(allocation))
+    profile = check_allocation(alloc_cfg, target)
+    adapter = adapter_for(model)
+    windows, calib_info = None, {"used": False}
+    if SOLVERS[name].needs_data(report_error) or alloc_cfg.get("name") == "owl":
+        windows, calib_info = calibration_windows(tokenizer, calibration, nsamples=nsamples, seqlen=seqlen, seed=seed,
+                                                  data_root=data_root, source=data_source, verify=verify_checksums)
+        windows = windows.to(next(model.parameters()).device)
+    was_training, use_cache = model.training, getattr(model.config, "use_cache", None)
+    model.eval()
+    model.config.use_cache = False
+    try:
+        with torch.no_grad():
+            report, alloc = prune_loaded(model, adapter, windows, name, target, knobs, alloc_cfg, profile,
+                                         device=device, batch_size=batch_size, true_sequential=true_sequential,
+                                         report_error=report_error)
+    finally:
+        model.train(was_training)
+        if use_cache is not None:
+            model.config.use_cache = use_cache
+    return PruneReport(method=name, label=label, sparsity=str(target), params=knobs, layers=report.layers,
+                       timings=report.timings, allocation=alloc.info, calibration=calib_info,
+                       actual=measure_sparsity(prunable_linears(model, adapter)))
+
+
+def evaluate_perplexity(model, tokenizer, dataset: str = "wikitext2", *, split: str | None = None,
+                        seqlen: int = 2048, max_windows: int | None = None, batch_size: int = 1, data_root=None,
+                        data_source: str = "auto", verify_checksums: bool = True) -> dict:
+    """Perplexity of ``model`` on one dataset under the SparseGPT protocol (non-overlapping ``seqlen``
+    windows, exp of the mean window loss); the dict holds ``ppl``, ``nll``, ``nwindows`` and the data's
+    provenance."""
+    from pruning.evaluation.perplexity import evaluate_perplexity as evaluate
+
+    split = split or PPL_SPLITS.get(dataset)
+    if split is None:
+        raise ConfigError(f"dataset={dataset!r}; allowed: {', '.join(PPL_SPLITS)}")
+    cfg = {"datasets": [dataset], "splits": {dataset: split}, "seqlen": seqlen, "max_windows": max_windows,
+           "batch_size": batch_size}
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate(model, tokenizer, cfg, {"root": data_root, "source": data_source,
+                                                "verify_checksums": verify_checksums})[dataset]
+    finally:
+        model.train(was_training)

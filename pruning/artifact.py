@@ -1,0 +1,144 @@
+"""The pruned model as an artifact: save it, reload it in a fresh object and check it is the same model.
+
+:func:`save_pruned` writes a plain Hugging Face checkpoint (``save_pretrained``: safetensors, config,
+tokenizer) and a ``sparsity.json`` sidecar (method, target, per-layer sparsity, config hash, the record,
+versions). A model loaded from a GGUF is saved without the GGUF quantizer state, so it reloads without
+the ``gguf`` package. The directory appears atomically (written beside it, then renamed), so a reader
+never finds half a checkpoint.
+
+:func:`verify_saved` reloads the directory with ``AutoModelForCausalLM.from_pretrained`` and compares it
+with the in-memory model: every weight bit for bit (or, after a dtype cast, the zero pattern and the
+largest difference), the N:M pattern where one was asked for, and the loss of one evaluation window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from pruning.adapters import adapter_for, prunable_linears
+from pruning.sparsity import Sparsity, nm_violations
+
+log = logging.getLogger(__name__)
+
+SIDECAR = "sparsity.json"
+LOSS_RTOL = 1e-6  # relative difference allowed between the first-window losses (same weights, same kernels)
+
+
+class ArtifactError(RuntimeError):
+    """A saved model is missing, unreadable, or not the model that was pruned."""
+
+
+def layer_sparsity(model) -> dict[str, float]:
+    """Fraction of exactly-zero weights of every prunable linear, by its full name."""
+    return {name: float((m.weight == 0).float().mean()) for name, m in prunable_linears(model, adapter_for(model)).items()}
+
+
+def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | None = None) -> dict:
+    """Save ``model`` (and ``tokenizer``) to ``out_dir`` with a ``sparsity.json`` sidecar; returns what was
+    written (dir, files, bytes). An existing ``out_dir`` is replaced only once the new copy is complete."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # A GGUF-loaded model carries the GGUF quantizer: a saved copy must reload as a plain checkpoint.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = True  # the saved config is for users (generation), not for pruning
+    try:
+        model.save_pretrained(tmp)
+    finally:
+        model.config.use_cache = use_cache
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    per_layer = layer_sparsity(model)
+    zeros = sum(float((m.weight == 0).sum()) for m in prunable_linears(model, adapter_for(model)).values())
+    total = sum(m.weight.numel() for m in prunable_linears(model, adapter_for(model)).values())
+    meta = {**(sidecar or {}), "actual_sparsity": zeros / total if total else 0.0, "layers": per_layer}
+    (tmp / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    old = out_dir.with_name(f"{out_dir.name}.old{os.getpid()}")
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    files = sorted(p.name for p in out_dir.iterdir())
+    size = sum(p.stat().st_size for p in out_dir.iterdir() if p.is_file())
+    log.info("saved the pruned model to %s (%d files, %.1f MB)", out_dir, len(files), size / 2**20)
+    return {"dir": str(out_dir.resolve()), "files": files, "bytes": size}
+
+
+def read_sidecar(model_dir: str | os.PathLike) -> dict | None:
+    """The ``sparsity.json`` of a saved model directory, or None."""
+    path = Path(model_dir) / SIDECAR
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _window_loss(model, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(model(ids.to(next(model.parameters()).device), labels=ids).loss)
+
+
+def verify_saved(model_dir: str | os.PathLike, model, ids: torch.Tensor, target: Sparsity | None = None) -> dict:
+    """Reload ``model_dir`` into a fresh model and compare it with ``model`` (see the module docstring).
+    ``ids``: one window ``[1, seqlen]`` of token ids for the loss check. Returns the figures; raises
+    :class:`ArtifactError` naming what differs."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir = Path(model_dir)
+    try:
+        reloaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=model.dtype)
+    except Exception as e:
+        raise ArtifactError(f"the saved model at {model_dir} does not reload: {type(e).__name__}: {e}") from e
+    reloaded.eval()
+    reloaded.config.use_cache = False
+    reloaded.to(next(model.parameters()).device)
+    mine = {n: p.detach() for n, p in model.named_parameters()}
+    theirs = {n: p.detach() for n, p in reloaded.named_parameters()}
+    if set(mine) != set(theirs):
+        missing = sorted(set(mine) ^ set(theirs))[:5]
+        raise ArtifactError(f"the saved model at {model_dir} has other parameters than the pruned one: {missing}")
+    differing = [n for n in mine if not torch.equal(mine[n], theirs[n])]
+    max_diff = max((float((mine[n].float() - theirs[n].float()).abs().max()) for n in differing), default=0.0)
+    linears = prunable_linears(reloaded, adapter_for(reloaded))
+    pruned = prunable_linears(model, adapter_for(model))
+    pattern_equal = all(torch.equal(pruned[n].weight == 0, m.weight == 0) for n, m in linears.items())
+    nm_bad = None
+    if target is not None and target.kind == "nm":
+        nm_bad = sum(nm_violations(m.weight, target.n, target.m) for m in linears.values())
+    model_was_cache = model.config.use_cache
+    model.config.use_cache = False
+    try:
+        loss, loss_reloaded = _window_loss(model, ids), _window_loss(reloaded, ids)
+    finally:
+        model.config.use_cache = model_was_cache
+    rel = abs(loss - loss_reloaded) / max(abs(loss), 1e-12)
+    out = {"dir": str(model_dir.resolve()), "parameters": len(mine), "identical_parameters": len(mine) - len(differing),
+           "max_abs_diff": max_diff, "zero_pattern_equal": pattern_equal, "nm_violations": nm_bad,
+           "window_tokens": int(ids.shape[-1]), "loss": loss, "loss_reloaded": loss_reloaded, "loss_rel_diff": rel}
+    problems = []
+    if differing:
+        problems.append(f"{len(differing)} parameter(s) differ (max |diff| {max_diff:.3g}; first: {differing[0]})")
+    if not pattern_equal:
+        problems.append("the zero pattern of the prunable weights differs")
+    if nm_bad:
+        problems.append(f"{nm_bad} groups violate the {target} pattern")
+    if not rel <= LOSS_RTOL:
+        problems.append(f"the window loss differs: {loss:.8g} in memory vs {loss_reloaded:.8g} reloaded "
+                        f"(relative {rel:.3g} > {LOSS_RTOL:g})")
+    out["passed"] = not problems
+    del reloaded
+    if problems:
+        raise ArtifactError(f"the saved model at {model_dir} is not the pruned model: " + "; ".join(problems))
+    log.info("verified %s: %d/%d parameters identical, window loss %.6f (relative difference %.2g)", model_dir,
+             out["identical_parameters"], out["parameters"], loss, rel)
+    return out
