@@ -47,17 +47,33 @@ def test_wikitext2_perplexity_is_sane(smollm2):
     assert 5 < r["ppl"] < 60
 
 
-def test_default_job_from_the_cli(tmp_path, model_cache):
-    """The README's first command, shortened to two windows."""
+def test_default_job_from_the_cli_saves_a_model_that_scores_the_same(tmp_path, model_cache):
+    """The README's first command, shortened to two windows, with the model saved (and verified); the
+    saved checkpoint, evaluated on its own (model=local method=none), gives the same perplexity."""
     out = subprocess.run(
         [sys.executable, "-m", "experiments.run", "eval.perplexity.max_windows=2", f"model.cache_dir={model_cache}",
-         f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=600)
+         "save.enabled=true", f"hydra.run.dir={tmp_path / 'job'}"], cwd=REPO, capture_output=True, text=True,
+        timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    rec = json.loads((tmp_path / "results.json").read_text())
+    rec = json.loads((tmp_path / "job" / "results.json").read_text())
     assert rec["status"] == "complete" and rec["model"]["name"] == "smollm2-135m"
     assert rec["method"]["label"] == "apt-refit" and rec["sparsity"]["actual"] == pytest.approx(0.5, abs=1e-6)
     assert rec["metrics"]["perplexity"]["wikitext2"]["data"]["checksum_verified"]
-    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert list((tmp_path / "job" / "wandb").glob("offline-run-*"))
+    check = rec["save"]["verification"]
+    assert check["passed"] and check["identical_parameters"] == check["parameters"] and check["window_tokens"] == 2048
+    saved = tmp_path / "job" / "model"
+    assert not any(p.suffix == ".gguf" for p in saved.iterdir())  # a plain checkpoint: reloads without gguf
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.run", "model=local", f"model.path={saved}", "method=none", "logger=none",
+         "eval.perplexity.max_windows=2", f"hydra.run.dir={tmp_path / 'eval'}"], cwd=REPO, capture_output=True,
+        text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    scored = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert scored["sparsity"]["actual"] == rec["sparsity"]["actual"]
+    assert scored["model"]["saved_sparsity"]["config_hash"] == rec["config_hash"]
+    assert scored["metrics"]["perplexity"]["wikitext2"]["ppl"] == pytest.approx(
+        rec["metrics"]["perplexity"]["wikitext2"]["ppl"], rel=1e-6)
 
 
 def test_quick_zero_shot_on_smollm2(smollm2):
