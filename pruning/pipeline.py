@@ -42,7 +42,6 @@ from pruning.tracking import make_tracker
 log = logging.getLogger(__name__)
 
 # Method name -> solver; `dense` evaluates the unpruned model.
-METHODS: dict[str, object] = {"dense": None, "none": None, **SOLVERS}
 # Methods that prune nothing: `dense` evaluates the model as loaded (the baseline row), `none` evaluates a
 # checkpoint as it is (e.g. one this project saved) and records its measured sparsity.
 EVAL_ONLY = ("dense", "none")
@@ -51,8 +50,8 @@ EVAL_ONLY = ("dense", "none")
 def validate(cfg: DictConfig) -> dict:
     """Check the choices that would otherwise fail late; returns parsed values."""
     method = cfg.method.name
-    if method not in METHODS:
-        raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join(METHODS)}")
+    if method not in EVAL_ONLY and method not in SOLVERS:  # SOLVERS, not a copy: a registered solver is valid
+        raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join((*EVAL_ONLY, *SOLVERS))}")
     target = parse_sparsity(cfg.sparsity)
     params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k not in ("name", "label")}
     if method in EVAL_ONLY:

@@ -19,3 +19,51 @@ def test_readme_opens_with_two_commands():
 def test_ci_runs_exactly_the_readme_test_command():
     ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert _readme_commands()[1] in ci
+
+
+def test_readme_is_an_overview_not_a_lab_notebook():
+    lines = (REPO / "README.md").read_text().splitlines()
+    assert len(lines) <= 200, len(lines)
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    import re
+
+    for doc in [REPO / "README.md", REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target:
+                continue
+            assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+def test_no_file_in_the_repo_points_to_documents_outside_it():
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    outside = ("apt-method.md", "shared/docs", "design.md", "environment.md", "SOURCES.md in the")
+    hits = [f"{name}: {needle}" for name in files if name.endswith((".py", ".md", ".yaml", ".ipynb", ".cff", "setup", "run"))
+            and (REPO / name).is_file() and name != "tests/test_readme.py"
+            for needle in outside if needle in (REPO / name).read_text(errors="replace")]
+    assert not hits, hits
+
+
+def test_the_readme_python_example_runs(tmp_path, monkeypatch):
+    """The README's API example, verbatim, with the hub model swapped for a tiny one and the shared data."""
+    import pytest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pruning.models import load_model
+    from tests.conftest import SHARED_DATA, compose_cfg
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs ../shared/data (CI has it)")
+    text = (REPO / "README.md").read_text()
+    (code,) = [b[len("python\n"):] for b in text.split("```")[1::2] if b.startswith("python\n")]
+    tiny = load_model(compose_cfg(["model=tiny-llama"]).model)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(lambda cls, *a, **k: tiny.model))
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: tiny.tokenizer))
+    monkeypatch.setenv("PRUNING_DATA_ROOT", str(SHARED_DATA))
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["report"].actual["actual"] == 0.5 and (tmp_path / "smollm2-2of4" / "config.json").is_file()

@@ -1,0 +1,42 @@
+"""The "Adding a method" recipe of docs/development.md, followed with a solver defined here."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pruning.pipeline import run_job
+from pruning.solvers import SOLVERS, Solver
+from pruning.solvers.common import SolverResult, check_pattern, relative_error
+from tests.conftest import compose_cfg, tiny_overrides
+
+
+def smallest_inputs(w, sparsity, *, H=None, sq_norms=None, scale: float = 1.0) -> SolverResult:
+    """Prune, in every row, the weights of the inputs with the smallest norms (no update)."""
+    check_pattern(w, sparsity)
+    w = w.float()
+    k = int(w.shape[1] * sparsity.ratio)
+    cols = torch.argsort(sq_norms)[:k]
+    mask = torch.zeros_like(w, dtype=torch.bool)
+    mask[:, cols] = True
+    out = torch.where(mask, torch.zeros_like(w), w * scale)
+    return SolverResult(out, mask, relative_error(w, out, H))
+
+
+def test_a_solver_registered_from_outside_runs_as_a_job_and_through_the_api(tiny_data_root, tmp_path, monkeypatch):
+    monkeypatch.setitem(SOLVERS, "smallest_inputs", Solver(smallest_inputs, needs_hessian=False, needs_norms=True))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=magnitude", "calibration.nsamples=4",
+                                     "calibration.seqlen=32"))
+    OmegaConf.update(cfg, "method", {"name": "smallest_inputs", "label": "smallest", "scale": 1.0}, merge=False)
+    rec = run_job(cfg, tmp_path / "job")
+    assert rec["status"] == "complete" and rec["method"]["label"] == "smallest"
+    assert rec["sparsity"]["actual"] == 0.5 and all(r["rel_error"] > 0 for r in rec["layers"])
+
+    OmegaConf.update(cfg, "method", {"name": "smallest_inputs", "scale": "big"}, merge=False)
+    with pytest.raises(ValueError, match=r"method.scale='big': need a float"):  # knobs checked by their defaults
+        run_job(cfg, tmp_path / "bad")
+
+    from pruning import prune
+    from pruning.models import load_model
+    lm = load_model(compose_cfg(["model=tiny-llama"]).model)
+    report = prune(lm.model, method="smallest_inputs", sparsity=0.5, calibration=torch.randint(0, 256, (4, 32)))
+    assert report.actual["actual"] == 0.5
