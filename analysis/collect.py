@@ -84,6 +84,7 @@ def flatten(record: dict, path: Path) -> dict:
             ppl = float("inf")  # the loss overflowed exp(): exploded (written as null, with its finite nll)
         row[f"ppl_{name}"] = ppl
         row[f"ppl_{name}_windows"] = r.get("nwindows")
+        row[f"ppl_{name}_seqlen"] = r.get("seqlen")  # rows evaluated with other windows must not be mixed
     zero_shot = record["metrics"].get("zero_shot") or {}
     for task, metrics in (zero_shot.get("tasks") or {}).items():  # acc, acc_stderr, acc_norm, acc_norm_stderr
         row.update({f"zs_{task}_{k}": _number(v) for k, v in metrics.items()})

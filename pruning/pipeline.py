@@ -348,6 +348,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         runtime = config.get("runtime") or {}
         if runtime.get("threads"):
             torch.set_num_threads(int(runtime["threads"]))
+        record["job"]["torch_threads"] = torch.get_num_threads()  # after runtime.threads took effect
         torch.manual_seed(int(config.get("seed", 0)))
         if runtime.get("offload"):
             offload_dir = Path(runtime.get("offload_dir") or out_dir / "offload")

@@ -79,7 +79,10 @@ def config_hash(config: dict) -> str:
 def git_info(path: Path | None = None) -> dict:
     path = path or Path(pruning.__file__).resolve().parent.parent
     def git(*args):
-        return subprocess.run(["git", "-C", str(path), *args], capture_output=True, text=True, timeout=10)
+        # --no-optional-locks: `git status` must not take .git/index.lock (a job killed meanwhile would leave
+        # it behind and block the user's next commit)
+        return subprocess.run(["git", "--no-optional-locks", "-C", str(path), *args], capture_output=True, text=True,
+                              timeout=10)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:

@@ -97,3 +97,27 @@ def test_join_rules_and_c4_cap(tiny_data_root):
     assert out["ptb"]["nwindows"] == len(tok(" ".join(ptb)).input_ids) // 16
     assert out["c4"]["nwindows"] <= 256 and out["c4"]["split"] == "validation"
     assert all(r["ppl"] == pytest.approx(300) for r in out.values())
+
+
+def test_c4_joins_exactly_the_first_1100_documents_and_caps_at_256_windows(tmp_path):
+    """The SparseGPT rule, on a root with more documents than the rule takes: ' '.join(first 1100 documents),
+    tokenized once, at most 256 windows."""
+    import json
+
+    root = tmp_path / "root"
+    (root / "c4").mkdir(parents=True)
+    docs = [f"doc{i:04d} " + "x" * (i % 7) for i in range(1300)]  # 1300 documents; only the first 1100 count
+    with open(root / "c4" / "c4_validation_subset_2k.jsonl", "w") as f:
+        for d in docs:
+            f.write(json.dumps({"text": d}) + "\n")
+    tok = byte_tokenizer()
+    from pruning.data import perplexity_text
+    text = perplexity_text("c4", "validation", root=str(root), verify=False)
+    assert text.rows == [" ".join(docs[:1100])] and text.info["rows_used"] == 1100 and text.info["rows"] == 1300
+    n_tokens = len(tok(" ".join(docs[:1100])).input_ids)
+    cfg = {"datasets": ["c4"], "splits": {"c4": "validation"}, "seqlen": 8, "max_windows": None, "batch_size": 64}
+    out = evaluate_perplexity(UniformLM(300), tok, cfg, {"root": str(root), "verify_checksums": False})["c4"]
+    assert n_tokens // 8 > 256 and out["nwindows"] == 256  # the protocol's cap, not the text's length
+    cfg["seqlen"] = 64
+    out = evaluate_perplexity(UniformLM(300), tok, cfg, {"root": str(root), "verify_checksums": False})["c4"]
+    assert out["nwindows"] == min(256, n_tokens // 64)

@@ -67,3 +67,16 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["report"].actual["actual"] == 0.5 and (tmp_path / "smollm2-2of4" / "config.json").is_file()
+
+
+def test_the_readme_results_come_from_the_benchmarks_document():
+    """Every number of the README's results table appears in docs/benchmarks.md, whose tables are rendered
+    from the records by `analysis.tables` (the README only quotes them)."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    section = text.split("\n## Results", 1)[1].split("\n## ", 1)[0]
+    numbers = set(re.findall(r"\d+\.\d+", section))
+    bench = (REPO / "docs" / "benchmarks.md").read_text()
+    missing = sorted(n for n in numbers if n not in bench)
+    assert numbers and not missing, missing

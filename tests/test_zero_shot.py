@@ -111,7 +111,8 @@ def _stock_task(name: str, docs: list[dict], split: str):
     stock_dir = Path(lm_eval.tasks.__file__).parent
     path = {"piqa": "piqa/piqa.yaml", "arc_easy": "arc/arc_easy.yaml", "arc_challenge": "arc/arc_challenge.yaml",
             "openbookqa": "openbookqa/openbookqa.yaml", "boolq": "super_glue/boolq/default.yaml",
-            "rte": "glue/rte/default.yaml", "lambada_openai": "lambada/lambada_openai.yaml"}[name]
+            "rte": "glue/rte/default.yaml", "lambada_openai": "lambada/lambada_openai.yaml",
+            "hellaswag": "hellaswag/hellaswag.yaml", "winogrande": "winogrande/default.yaml"}[name]
     config = load_yaml(stock_dir / path)
     assert config["task"] == name
     config.pop("tag", None)
@@ -122,8 +123,31 @@ def _stock_task(name: str, docs: list[dict], split: str):
     return ConfigurableTask(config=config)
 
 
+def _as_hub_docs(name: str, docs: list[dict]) -> list[dict]:
+    """HellaSwag and WinoGrande documents in the hub's schema (the offline copies use other fields)."""
+    import os
+
+    if name == "hellaswag":  # the copy's context is `activity_label: ctx` with no ctx_a/ctx_b split
+        out = []
+        for d in docs:
+            label, _, ctx = d["ctx"].partition(": ")
+            out.append({"activity_label": label, "ctx_a": ctx, "ctx_b": "", "endings": d["endings"],
+                        "label": str(d["label"])})
+        return out
+    if name == "winogrande":  # the copy's contexts are the sentence up to the blank with each option
+        out = []
+        for d in docs:
+            prefix = os.path.commonprefix(d["context_options"])
+            opts = [c[len(prefix):] for c in d["context_options"]]
+            out.append({"sentence": prefix + "_" + d["continuation"], "option1": opts[0], "option2": opts[1],
+                        "answer": str(d["gold"] + 1)})
+        return out
+    return docs
+
+
 @needs_shared
-@pytest.mark.parametrize("name", ["piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq", "rte", "lambada_openai"])
+@pytest.mark.parametrize("name", ["piqa", "arc_easy", "arc_challenge", "openbookqa", "boolq", "rte", "lambada_openai",
+                                  "hellaswag", "winogrande"])
 def test_request_strings_equal_the_stock_tasks(name):
     """Same (context, continuation) strings as lm-eval's stock task on the same records. For PIQA the
     records are the exact hub data, so this is the stock task's request list itself (all 1838)."""
@@ -133,10 +157,11 @@ def test_request_strings_equal_the_stock_tasks(name):
     ours = get_task_dict([name], _task_manager(SHARED_DATA))[name]
     assert len(ours.eval_docs) == TASKS[name].n_docs
     docs = load_docs(name, SHARED_DATA)[:n]
-    stock = _stock_task(name, docs, TASKS[name].split)
+    stock = _stock_task(name, _as_hub_docs(name, docs), TASKS[name].split)
     mine, theirs = _requests(ours, limit=n), _requests(stock)
     assert len(mine) == len(theirs) > 0 and mine == theirs
-    gold = [ours.doc_to_target(ours.eval_docs[i]) for i in range(len(docs))]
+    eval_docs = list(ours.eval_docs)  # a property: process_docs runs again on every access
+    gold = [ours.doc_to_target(eval_docs[i]) for i in range(len(docs))]
     assert [stock.doc_to_target(d) for d in stock.eval_docs] == gold
 
 
@@ -231,7 +256,7 @@ def test_tiny_model_runs_the_whole_zero_shot_path(tiny_data_root, tmp_path, monk
     assert table.values.shape == (1, 3)
 
 
-def test_an_unknown_task_fails_before_pruning(tiny_data_root, tmp_path):
+def test_a_bad_zero_shot_setting_fails_before_pruning(tiny_data_root, tmp_path):
     from pruning.pipeline import run_job
 
     cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=magnitude", "eval=zeroshot",
@@ -240,3 +265,48 @@ def test_an_unknown_task_fails_before_pruning(tiny_data_root, tmp_path):
         run_job(cfg, tmp_path / "job")
     rec = json.loads((tmp_path / "job" / "results.json").read_text())  # nothing computed, the reason recorded
     assert rec["status"] == "failed" and rec["stage"] == "validation" and "limit=0" in rec["error"]
+
+
+def test_an_unknown_task_name_fails_before_the_model_is_loaded(tiny_data_root, tmp_path, monkeypatch):
+    import pruning.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded before validation"))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=magnitude", "eval=zeroshot",
+                                     "eval.zero_shot.tasks=[piqa,piqa_typo]"))
+    with pytest.raises(ConfigError, match=r"unknown task\(s\) \['piqa_typo'\]"):
+        pipeline.run_job(cfg, tmp_path / "job")
+    assert json.loads((tmp_path / "job" / "results.json").read_text())["stage"] == "validation"
+
+
+def test_acc_and_acc_norm_are_scored_exactly_on_a_model_with_known_likelihoods(tiny_data_root):
+    """A model whose next-token distribution is uniform: every continuation's log-likelihood is
+    -len(tokens)·log V, so lm-eval's acc picks the option with the fewest tokens (the first on ties) and
+    acc_norm (log-likelihood per character; one byte token per character here) always picks option 0."""
+    import numpy as np
+
+    from pruning.evaluation.zero_shot import evaluate_zero_shot
+    from pruning.evaluation.zero_shot_data import load_docs
+    from pruning.models import load_model
+
+    lm = load_model(compose_cfg(["model=tiny-llama"]).model)
+    lm.model.model.norm.weight.data.zero_()  # hidden state 0 -> logits 0 -> uniform
+    tasks = ["arc_easy", "piqa", "hellaswag"]
+    zs = evaluate_zero_shot(lm.model, lm.tokenizer, {"tasks": tasks, "num_fewshot": 0, "limit": None,
+                                                     "batch_size": 4}, {"root": str(tiny_data_root),
+                                                                        "verify_checksums": False})
+    from lm_eval.tasks import get_task_dict
+    from pruning.evaluation.zero_shot import _task_manager
+    manager = _task_manager("local", {"root": str(tiny_data_root), "verify_checksums": False})
+    for name in tasks:
+        task = get_task_dict([name], manager)[name]
+        docs = list(task.eval_docs)
+        acc = acc_norm = 0
+        for doc in docs:
+            choices = task.doc_to_choice(doc)
+            gold = task.doc_to_target(doc)
+            gold = choices.index(gold) if isinstance(gold, str) else gold
+            lengths = [len(lm.tokenizer(" " + c).input_ids) for c in choices]
+            acc += int(np.argmax([-n for n in lengths]) == gold)
+            acc_norm += int(gold == 0)
+        assert zs["tasks"][name]["acc"] == acc / len(docs), name
+        assert zs["tasks"][name]["acc_norm"] == acc_norm / len(docs), name

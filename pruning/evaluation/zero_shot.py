@@ -94,6 +94,15 @@ def check_task_data(tasks: list[str], data: dict | None) -> dict[str, str]:
     """Before any model is loaded: where each task is read from (:func:`task_sources`), and the published
     sha256 of every local task file (``data.verify_checksums``)."""
     sources = task_sources(tasks, data)
+    hub = [t for t in tasks if sources[t] == "hub"]
+    if hub:
+        from lm_eval.tasks import TaskManager
+
+        known = set(TaskManager().all_tasks)
+        unknown = [t for t in hub if t not in known]
+        if unknown:
+            raise ConfigError(f"eval.zero_shot.tasks: unknown task(s) {unknown}: neither an offline task "
+                              f"({', '.join(OFFLINE_TASKS)}) nor one lm-eval knows")
     if (data or {}).get("verify_checksums", True):
         root = (data or {}).get("root")
         for task in (t for t in tasks if sources[t] == "local"):
