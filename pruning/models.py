@@ -279,11 +279,47 @@ def _load_offloaded(cfg, source: str, where: str | None, revision, dtype, store_
     return model, AutoTokenizer.from_pretrained(where, **tok_kwargs), adapter, store
 
 
+def _from_dir(where: str, revision, source: str, dtype, tok_kwargs: dict, cfg):
+    """Model and tokenizer from a ``from_pretrained`` location; any failure names it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)
+        model = AutoModelForCausalLM.from_pretrained(
+            where, revision=revision, dtype=dtype if source in ("hub", "local") else torch.float32,
+            trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    except Exception as e:
+        raise ModelLoadError(f"could not load model {where!r} ({source}): {type(e).__name__}: {e}") from e
+    return model, tokenizer
+
+
+def _pretrained(cfg, source: str, dtype, cache: Path, tok_kwargs: dict, info: dict):
+    """Model and tokenizer of a hub id, a local directory or a GGUF (through its converted cache, which
+    is rebuilt once when it does not load: truncated weights, a killed copy)."""
+    if source == "hub":
+        where, revision = cfg.get("hub_id"), cfg.get("revision")
+        if not where:
+            raise ConfigError(f"model {cfg.get('name')!r}: source=hub needs hub_id")
+        info.update(hub_id=where, revision=revision)
+        return _from_dir(where, revision, source, dtype, tok_kwargs, cfg)
+    if source == "local":
+        return _from_dir(str(_check_local_dir(cfg.get("path"))), None, source, dtype, tok_kwargs, cfg)
+    gguf = _gguf_file(cfg, source, cache, info)
+    tok_kwargs["use_fast"] = True  # GGUF tokenizers convert to fast tokenizers only
+    if not cfg.get("cache", True):  # no cache: parse the GGUF directly every time
+        return _load_gguf(gguf)
+    where = str(_gguf_to_cache(gguf, cache))
+    try:
+        return _from_dir(where, None, source, dtype, tok_kwargs, cfg)
+    except ModelLoadError as e:
+        log.warning("%s; rebuilding the converted-GGUF cache %s from %s", e, where, gguf)
+        shutil.rmtree(where, ignore_errors=True)
+        return _from_dir(str(_gguf_to_cache(gguf, cache)), None, source, dtype, tok_kwargs, cfg)
+
+
 def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike | None = None) -> LoadedModel:
     """Load the model described by a ``model`` config node; with ``offload_dir`` the decoder blocks
     are kept in a block store there instead of in memory (:mod:`pruning.offload`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     t0 = time.perf_counter()
     source = cfg.get("source")
     if source not in SOURCES:
@@ -301,40 +337,7 @@ def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike
         model, tokenizer = _random_model(cfg)
         info["tokenizer"] = "byte-level (built in code)"
     else:
-        if source == "hub":
-            where, revision = cfg.get("hub_id"), cfg.get("revision")
-            if not where:
-                raise ConfigError(f"model {cfg.get('name')!r}: source=hub needs hub_id")
-            info.update(hub_id=where, revision=revision)
-        elif source == "local":
-            where, revision = str(_check_local_dir(cfg.get("path"))), None
-        else:
-            gguf = _gguf_file(cfg, source, cache, info)
-            # GGUF tokenizers convert to fast tokenizers only; the slow one does not exist here.
-            tok_kwargs["use_fast"] = True
-            where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.get("cache", True) else None), None
-            if where is None:  # no cache: parse the GGUF directly every time
-                model, tokenizer = _load_gguf(gguf)
-        if where is not None:
-            def from_dir():
-                try:
-                    tok = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)
-                    return AutoModelForCausalLM.from_pretrained(
-                        where, revision=revision, dtype=dtype if source in ("hub", "local") else torch.float32,
-                        trust_remote_code=bool(cfg.get("trust_remote_code", False))), tok
-                except Exception as e:
-                    raise ModelLoadError(f"could not load model {where!r} ({source}): {type(e).__name__}: {e}") from e
-
-            try:
-                model, tokenizer = from_dir()
-            except ModelLoadError as e:
-                if source in ("hub", "local"):
-                    raise
-                # a converted-GGUF cache that does not load (truncated weights, a killed copy): rebuild once
-                log.warning("%s; rebuilding the converted-GGUF cache %s from %s", e, where, gguf)
-                shutil.rmtree(where, ignore_errors=True)
-                where = str(_gguf_to_cache(gguf, cache))
-                model, tokenizer = from_dir()
+        model, tokenizer = _pretrained(cfg, source, dtype, cache, tok_kwargs, info)
         info["tokenizer_use_fast"] = tok_kwargs["use_fast"]
 
     if isinstance(dtype, torch.dtype) and model.dtype != dtype:

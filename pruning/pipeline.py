@@ -303,6 +303,7 @@ def _save_model(cfg: DictConfig, config: dict, loaded, record: dict, out_dir: Pa
 
 
 def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dict:
+    """validate → skip if done → load → calibrate → prune → evaluate → save → record."""
     path = out_dir / RESULTS_FILE
     existing = reusable_record(path, chash, bool(cfg.get("force", False)))
     if existing is not None and not _save_missing(existing, config):
@@ -318,89 +319,125 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                                  "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(),
                                          "finished": utc_now()}, "versions": versions()})
         raise
-    method, target = parsed["method"], parsed["sparsity"]
-    if method in EVAL_ONLY and cfg.sparsity is not None:
-        log.info("method=%s prunes nothing; sparsity=%s is ignored", method, cfg.sparsity)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
+    if parsed["method"] in EVAL_ONLY and cfg.sparsity is not None:
+        log.info("method=%s prunes nothing; sparsity=%s is ignored", parsed["method"], cfg.sparsity)
+    return _Job(cfg, config, chash, out_dir, parsed).run()
 
-    record = {
-        "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
-        "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
-        "versions": versions(), "config": config,
-        "method": {"name": method, "label": parsed["label"], "params": parsed["params"]},
-        "sparsity": {"target": NONE_TARGET if method == "none" else target.as_dict(), "actual": None},
-        "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
-                     "eval": config["eval"]},
-        "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [], "warnings": [],
-    }
-    logger_cfg = dict(config.get("logger") or {})
-    if logger_cfg.get("job_type") is None:
-        logger_cfg["job_type"] = method
-    run_name = f"{config['model']['name']}:{method}" + ("" if method in EVAL_ONLY else f":{target}:{config['calibration']['dataset']}")
-    tracker = make_tracker(logger_cfg, config, out_dir, name=run_name)
-    record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
-                          "run_dir": tracker.run_dir}
-    t_start = time.perf_counter()
-    record["memory"]["peak_scope"] = reset_peak_memory()
-    offload_dir, temporary_store = None, False
-    try:
-        runtime = config.get("runtime") or {}
+
+class _Job:
+    """The stages of one validated job around its record; any failure becomes a ``failed`` record."""
+
+    def __init__(self, cfg: DictConfig, config: dict, chash: str, out_dir: Path, parsed: dict):
+        self.cfg, self.config, self.chash, self.out_dir, self.parsed = cfg, config, chash, out_dir, parsed
+        self.method, self.target = parsed["method"], parsed["sparsity"]
+        self.path = out_dir / RESULTS_FILE
+        self.runtime = config.get("runtime") or {}
+        self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
+        self.record = {
+            "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
+            "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
+            "versions": versions(), "config": config,
+            "method": {"name": self.method, "label": parsed["label"], "params": parsed["params"]},
+            "sparsity": {"target": NONE_TARGET if self.method == "none" else self.target.as_dict(), "actual": None},
+            "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
+                         "eval": config["eval"]},
+            "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [], "warnings": [],
+        }
+        self.tracker = self._tracker()
+
+    def _tracker(self):
+        logger_cfg = dict(self.config.get("logger") or {})
+        if logger_cfg.get("job_type") is None:
+            logger_cfg["job_type"] = self.method
+        name = f"{self.config['model']['name']}:{self.method}" + (
+            "" if self.method in EVAL_ONLY else f":{self.target}:{self.config['calibration']['dataset']}")
+        tracker = make_tracker(logger_cfg, self.config, self.out_dir, name=name)
+        self.record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
+                                   "run_dir": tracker.run_dir}
+        return tracker
+
+    def run(self) -> dict:
+        self.t_start = time.perf_counter()
+        self.record["memory"]["peak_scope"] = reset_peak_memory()
+        try:
+            self.load()
+            self.calibrate()
+            self.prune()
+            self.evaluate()
+            self.save()
+            return self.finish()
+        except BaseException as e:
+            self.fail(e)
+            raise
+        finally:
+            if self.temporary_store and self.offload_dir is not None:
+                shutil.rmtree(self.offload_dir, ignore_errors=True)
+
+    def load(self) -> None:
+        record, runtime = self.record, self.runtime
         if runtime.get("threads"):
             torch.set_num_threads(int(runtime["threads"]))
         record["job"]["torch_threads"] = torch.get_num_threads()  # after runtime.threads took effect
-        torch.manual_seed(int(config.get("seed", 0)))
+        torch.manual_seed(int(self.config.get("seed", 0)))
         if runtime.get("offload"):
-            offload_dir = Path(runtime.get("offload_dir") or out_dir / "offload")
-            temporary_store = not runtime.get("offload_dir")
-        loaded = load_model(cfg.model, offload_dir=offload_dir)
-        record["model"] = loaded.info
-        if method == "none" and loaded.info.get("source") == "local":
-            record["model"]["saved_sparsity"] = read_sidecar(cfg.model.path)  # who pruned it, if we did
-        record["timings"]["load_s"] = loaded.info["load_seconds"]
-        check_context(loaded.info, cfg, calibrating=method not in EVAL_ONLY)
-        linears = prunable_linears(loaded.model, loaded.adapter)
-        windows = None
+            self.offload_dir = Path(runtime.get("offload_dir") or self.out_dir / "offload")
+            self.temporary_store = not runtime.get("offload_dir")
+        self.loaded = load_model(self.cfg.model, offload_dir=self.offload_dir)
+        record["model"] = self.loaded.info
+        if self.method == "none" and self.loaded.info.get("source") == "local":
+            record["model"]["saved_sparsity"] = read_sidecar(self.cfg.model.path)  # who pruned it, if we did
+        record["timings"]["load_s"] = self.loaded.info["load_seconds"]
+        check_context(self.loaded.info, self.cfg, calibrating=self.method not in EVAL_ONLY)
+
+    def calibrate(self) -> None:
+        record, method, calibration = self.record, self.method, self.config["calibration"]
+        report_error = bool((self.config.get("engine") or {}).get("report_error", True))
+        allocation = self.parsed["allocation"]["name"]
         if method in EVAL_ONLY:
             record["protocol"]["calibration"] = {"used": False, "reason": f"method={method} calibrates nothing",
-                                                 **config["calibration"]}
-            record["timings"]["prune_s"] = 0.0
-        else:
-            eng = config.get("engine") or {}
-            report_error = bool(eng.get("report_error", True))
-            alloc_cfg = parsed["allocation"]
-            if SOLVERS[method].needs_data(report_error) or alloc_cfg["name"] == "owl":
-                t0 = time.perf_counter()
-                calib = build_calibration(cfg.calibration, loaded.tokenizer, config.get("data"))
-                record["protocol"]["calibration"] = {"used": True, **calib.info}
-                record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
-                windows = calib.windows
-            else:
-                record["protocol"]["calibration"] = {
-                    "used": False, "reason": f"{method} reads only the weights, engine.report_error=false and "
-                                             f"allocation={alloc_cfg['name']}",
-                    **config["calibration"]}
+                                                 **calibration}
+        elif SOLVERS[method].needs_data(report_error) or allocation == "owl":
             t0 = time.perf_counter()
-            report, alloc = prune_loaded(loaded.model, loaded.adapter, windows, method, target, parsed["params"],
-                                         alloc_cfg, parsed["profile"], device=eng.get("device"),
-                                         batch_size=int(eng.get("batch_size", 1)),
-                                         true_sequential=bool(eng.get("true_sequential", False)),
-                                         report_error=report_error, store=loaded.store)
-            record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
-            record["allocation"] = alloc.info
-            record["layers"] = report.layers
-            _check_numerics(record, report.layers, float(runtime.get("max_fallback_share", 0.1)))
-            record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
-            record["timings"].update(report.timings)
-            record["timings"]["prune_s"] = report.timings["prune_total_s"]
-            errors = [r["rel_error"] for r in report.layers if r["rel_error"] is not None]
-            record["metrics"]["mean_rel_error"] = sum(errors) / len(errors) if errors else None
-            tracker.log_table("layers", report.layers)
+            calib = build_calibration(self.cfg.calibration, self.loaded.tokenizer, self.config.get("data"))
+            record["protocol"]["calibration"] = {"used": True, **calib.info}
+            record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
+            self.windows = calib.windows
+        else:
+            record["protocol"]["calibration"] = {
+                "used": False, "reason": f"{method} reads only the weights, engine.report_error=false and "
+                                         f"allocation={allocation}", **calibration}
 
+    def prune(self) -> None:
+        record, loaded = self.record, self.loaded
+        if self.method in EVAL_ONLY:
+            record["timings"]["prune_s"] = 0.0
+            return
+        eng = self.config.get("engine") or {}
+        t0 = time.perf_counter()
+        report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, self.method, self.target,
+                                     self.parsed["params"], self.parsed["allocation"], self.parsed["profile"],
+                                     device=eng.get("device"), batch_size=int(eng.get("batch_size", 1)),
+                                     true_sequential=bool(eng.get("true_sequential", False)),
+                                     report_error=bool(eng.get("report_error", True)), store=loaded.store)
+        record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
+        record["allocation"] = alloc.info
+        record["layers"] = report.layers
+        _check_numerics(record, report.layers, float(self.runtime.get("max_fallback_share", 0.1)))
+        record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
+        record["timings"].update(report.timings)
+        record["timings"]["prune_s"] = report.timings["prune_total_s"]
+        errors = [r["rel_error"] for r in report.layers if r["rel_error"] is not None]
+        record["metrics"]["mean_rel_error"] = sum(errors) / len(errors) if errors else None
+        self.tracker.log_table("layers", report.layers)
+
+    def evaluate(self) -> None:
+        record, loaded, cfg = self.record, self.loaded, self.cfg
         t_eval = time.perf_counter()
         if cfg.eval.perplexity.get("enabled", True):
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
-                                                                  config.get("data"))
+                                                                  self.config.get("data"))
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
         for name, r in record["metrics"]["perplexity"].items():
             if not math.isfinite(r["ppl"]):
@@ -410,44 +447,50 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         zero_shot = cfg.eval.get("zero_shot")
         if zero_shot is not None and zero_shot.get("enabled", True):
             t_zs = time.perf_counter()
-            record["metrics"]["zero_shot"] = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot,
-                                                                config.get("data"))
+            zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot, self.config.get("data"))
+            record["metrics"]["zero_shot"] = zs
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
-            tracker.log_table("zero_shot", [{"task": task, **scores, "chance": record["metrics"]["zero_shot"]
-                                             ["task_info"][task].get("chance")}
-                                            for task, scores in record["metrics"]["zero_shot"]["tasks"].items()])
-        record["sparsity"].update(measure_sparsity(linears) if loaded.store is None else  # actual, zeros, total,
-                                  measure_offloaded_sparsity(loaded.model, loaded.adapter, loaded.store))  # n_linears
-        if (config.get("save") or {}).get("enabled"):
+            self.tracker.log_table("zero_shot", [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}
+                                                 for task, scores in zs["tasks"].items()])
+        linears = prunable_linears(loaded.model, loaded.adapter)
+        self.record["sparsity"].update(  # actual, zeros, total, n_linears
+            measure_sparsity(linears) if loaded.store is None else
+            measure_offloaded_sparsity(loaded.model, loaded.adapter, loaded.store))
+
+    def save(self) -> None:
+        if (self.config.get("save") or {}).get("enabled"):
             t_save = time.perf_counter()
-            record["save"] = _save_model(cfg, config, loaded, record, out_dir, target, windows)
-            record["timings"]["save_s"] = round(time.perf_counter() - t_save, 3)
-        record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+            self.record["save"] = _save_model(self.cfg, self.config, self.loaded, self.record, self.out_dir,
+                                              self.target, self.windows)
+            self.record["timings"]["save_s"] = round(time.perf_counter() - t_save, 3)
+
+    def finish(self) -> dict:
+        record = self.record
+        record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
         record["memory"].update(peak_memory())
         record["status"] = "complete"
         record["job"]["finished"] = utc_now()
-        reusable_record(path, chash, bool(cfg.get("force", False)))  # again, right before writing
-        write_json_atomic(path, record)
-        tracker.log_summary(_summary(record))
-        tracker.finish()
-        log.info("wrote %s", path)
+        reusable_record(self.path, self.chash, bool(self.cfg.get("force", False)))  # again, right before writing
+        write_json_atomic(self.path, record)
+        self.tracker.log_summary(_summary(record))
+        self.tracker.finish()
+        log.info("wrote %s", self.path)
         return record
-    except BaseException as e:
+
+    def fail(self, e: BaseException) -> None:
+        record = self.record
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         if isinstance(e, (Terminated, KeyboardInterrupt)):
             record["reason"] = "terminated"
         record["job"]["finished"] = utc_now()
-        record["timings"]["total_s"] = round(time.perf_counter() - t_start, 3)
+        record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
         record["memory"].update(peak_memory())
         try:
-            other = read_record(path)
-            if is_complete(other) and other.get("config_hash") != chash:  # never over another config's result
-                log.error("%s holds another config's complete record; this job's failure is not written there", path)
+            other = read_record(self.path)
+            if is_complete(other) and other.get("config_hash") != self.chash:  # never over another config's result
+                log.error("%s holds another config's complete record; this job's failure is not written there",
+                          self.path)
             else:
-                write_json_atomic(path, record)
+                write_json_atomic(self.path, record)
         finally:
-            tracker.finish(exit_code=1)
-        raise
-    finally:
-        if temporary_store and offload_dir is not None:
-            shutil.rmtree(offload_dir, ignore_errors=True)
+            self.tracker.finish(exit_code=1)
