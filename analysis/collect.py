@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pruning.record import check_record
 from pruning.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,13 @@ def method_label(method: dict) -> str:
 def allocation_of(record: dict) -> str:
     """``uniform`` (also for records from before the allocation group), ``owl`` or ``profile``."""
     return (record.get("allocation") or {}).get("name", "uniform")
+
+
+def ppl_datasets(frame, evaluated_only: bool = False) -> list[str]:
+    """The perplexity datasets of a frame (``ppl_<dataset>`` columns, not their ``_windows``/``_seqlen``
+    companions), in column order; ``evaluated_only``: those with at least one value."""
+    return [c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith(("_windows", "_seqlen"))
+            and (not evaluated_only or frame[c].notna().any())]
 
 
 def flatten(record: dict, path: Path) -> dict:
@@ -129,6 +137,9 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             if record.get("status") != "complete":
                 skipped.append({"path": str(path), "status": record.get("status"), "error": record.get("error")})
                 continue
+            problems = check_record(record)
+            if problems:  # older or hand-made records: read what is there, say what is not
+                log.warning("%s does not follow the record schema: %s", path, "; ".join(problems[:5]))
             rows.append(flatten(record, path))
             if layers:
                 keys = {k: rows[-1][k] for k in ("model", "label", "sparsity", "config_hash", "path")}

@@ -19,6 +19,7 @@ import math
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from analysis.collect import ppl_datasets
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
@@ -26,8 +27,7 @@ KEYS = ["model", "sparsity", "calib_seed"]
 
 def _datasets(frame: pd.DataFrame) -> list[str]:
     order = list(DATASET_NAMES)
-    found = [c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith("_windows")
-             and frame[c].notna().any()]
+    found = ppl_datasets(frame, evaluated_only=True)
     return sorted(found, key=lambda d: (order.index(d) if d in order else len(order), d))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.collect import collect
+from analysis.collect import collect, ppl_datasets
 from analysis.render import EXPLODED, Table
 from pruning.results import write_text_atomic
 from pruning.sparsity import parse_sparsity
@@ -95,7 +95,7 @@ def calibration_long(frame: pd.DataFrame) -> pd.DataFrame:
     models = f["model"].unique()
     if len(models) > 1:
         raise ValueError(f"records of several models ({', '.join(map(str, models))}): pass one model's sweep")
-    ppl = [c for c in f.columns if c.startswith("ppl_") and not c.endswith("_windows") and f[c].notna().any()]
+    ppl = [f"ppl_{d}" for d in ppl_datasets(f, evaluated_only=True)]
     long = f[["label", "sparsity", "calib_dataset", "calib_nsamples", "calib_seqlen", *ppl, "mean_rel_error"]].copy()
     long["calib_tokens"] = long["calib_nsamples"] * long["calib_seqlen"]
     long["_m"] = long["label"].map(method_key)
@@ -238,7 +238,7 @@ def ppl_table(frame: pd.DataFrame, dataset: str = "wikitext2", *, columns: str =
     """
     col = f"ppl_{dataset}"
     if frame.empty or col not in frame:
-        have = sorted(c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith("_windows"))
+        have = sorted(ppl_datasets(frame))
         raise ValueError(f"no records with {dataset} perplexity; datasets present: {', '.join(have) or 'none'}")
     f = frame[frame[f"{col}_windows"].notna()]  # evaluated on this dataset (a NaN perplexity is still a result)
     if columns == "sparsity":

@@ -16,7 +16,7 @@ import sys
 
 import pandas as pd
 
-from analysis.collect import collect
+from analysis.collect import collect, ppl_datasets
 from analysis.tables import ppl_table, zeroshot_table
 from pruning.tracking import make_tracker
 
@@ -46,7 +46,7 @@ def report(*dirs, project: str = "llm-pruning", group: str | None = None, name: 
     if not tracker.enabled:
         raise RuntimeError("W&B could not start (see the warning above); nothing was uploaded")
     logged = {"records": _rows(frame)}
-    for dataset in sorted(c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith("_windows")):
+    for dataset in sorted(ppl_datasets(frame)):
         for columns in ("sparsity", "model"):
             try:
                 logged[f"ppl/{dataset}"] = _rows(ppl_table(frame, dataset, columns=columns).values, "method")

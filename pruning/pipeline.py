@@ -31,6 +31,7 @@ from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot, validate_zero_shot
 from pruning.models import load_model, model_preflight
+from pruning.record import check_record
 from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete, peak_memory,
                              read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
@@ -470,6 +471,9 @@ class _Job:
         record["memory"].update(peak_memory())
         record["status"] = "complete"
         record["job"]["finished"] = utc_now()
+        problems = check_record(record)
+        if problems:  # a bug in this code, not in the job's input: never write a record readers cannot trust
+            raise RuntimeError(f"the record breaks its schema (pruning/record.py): {'; '.join(problems)}")
         reusable_record(self.path, self.chash, bool(self.cfg.get("force", False)))  # again, right before writing
         write_json_atomic(self.path, record)
         self.tracker.log_summary(_summary(record))

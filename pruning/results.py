@@ -30,9 +30,10 @@ import torch
 import pruning
 from pruning.errors import ConfigError
 
+from pruning.record import SCHEMA_VERSION  # noqa: F401  (the schema lives in pruning/record.py)
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 RESULTS_FILE = "results.json"
 LOCK_FILE = ".job.lock"  # flock'ed by the job that owns the directory, for its whole lifetime
 

@@ -201,3 +201,18 @@ def test_a_record_that_is_not_an_object_counts_as_incomplete(tiny_data_root, tmp
     (tmp_path / "results.json").write_text("[1, 2]")
     rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
     assert rec["status"] == "complete" and "is not a result record" in caplog.text
+
+
+def test_written_records_follow_the_schema_and_the_docs_list_every_field(tiny_data_root, tmp_path):
+    from pruning.record import FIELDS, check_record
+    from tests.conftest import REPO
+
+    for extra in (["method=dense"], ["method=wanda", "save.enabled=true", "calibration.nsamples=4",
+                                     "calibration.seqlen=32"]):
+        rec = run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, *extra)), tmp_path / extra[0])
+        assert check_record(json.loads((tmp_path / extra[0] / "results.json").read_text())) == [], extra
+    assert check_record({**rec, "surprise": 1}) == ["unknown field 'surprise'"]
+    assert "missing field 'metrics'" in check_record({k: v for k, v in rec.items() if k != "metrics"})
+    docs = (REPO / "docs" / "results.md").read_text()
+    undocumented = [k for k in FIELDS if not any(f"`{k}{end}" in docs for end in "`.: ")]
+    assert not undocumented, undocumented
