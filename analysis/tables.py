@@ -21,12 +21,15 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
 from analysis.collect import collect, ppl_datasets
 from analysis.render import EXPLODED, Table
+from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS
 from pruning.results import write_text_atomic
 from pruning.sparsity import parse_sparsity
 
@@ -35,8 +38,8 @@ METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "s
                 "apt-exact": "APT-exact", "alps": "ALPS", "apt-refit": "APT-refit", "apt-swap": "APT-swap"}
 DATASET_NAMES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 # lm-eval task names, in the column order of the Wanda / LLM-Pruner tables, and their headers.
-TASKS = ("boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa",
-         "lambada_openai")
+# One list for pruning/ and analysis/: the offline tasks, defined in that order in zero_shot_data.TASKS.
+TASKS = tuple(OFFLINE_TASKS)
 TASK_NAMES = {"boolq": "BoolQ", "rte": "RTE", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA", "piqa": "PIQA",
               "lambada_openai": "LAMBADA"}
@@ -332,32 +335,49 @@ def write_benchmark(sweep_dir: str | Path, dataset: str = "wikitext2") -> list[P
             write_text_atomic(sweep_dir / "benchmark.csv", benchmark_long(col.frame, dataset).to_csv(index=False))]
 
 
+@dataclass(frozen=True)
+class TableKind:
+    """A table `analysis.tables --table NAME` can render: its formats and how (frame, fmt, options) -> text."""
+
+    formats: tuple[str, ...]
+    render: Callable[..., str]
+    help: str = ""
+
+
+def _frontier(frame, fmt, o):
+    from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
+    return {"md": lambda: frontier_markdown(frame, explode=o["explode"]),
+            "latex": lambda: frontier_latex(frame, explode=o["explode"]),
+            "csv": lambda: frontier_long(frame).to_csv(index=False)}[fmt]()
+
+
+# The registry of tables: add one here (docs/development.md, "Adding a table").
+TABLES: dict[str, TableKind] = {
+    "ppl": TableKind(("md", "latex", "csv"), lambda f, fmt, o: ppl_table(
+        f, o["dataset"], columns=o["columns"], compare=o["compare"], delta_vs_dense=o["delta_vs_dense"],
+        explode=o["explode"]).render(fmt), "perplexity by method x sparsity (or x model)"),
+    "zeroshot": TableKind(("md", "latex", "csv"), lambda f, fmt, o: zeroshot_table(
+        f, o["metrics"], compare=o["compare"]).render(fmt), "zero-shot accuracy per task"),
+    "benchmark": TableKind(("md", "csv"), lambda f, fmt, o: benchmark_markdown(f, o["dataset"], o["explode"])
+                           if fmt == "md" else benchmark_long(f, o["dataset"]).to_csv(index=False), "the APT benchmark"),
+    "calibration": TableKind(("md", "csv"), lambda f, fmt, o: calibration_markdown(f, o["explode"])
+                             if fmt == "md" else calibration_long(f).to_csv(index=False), "the calibration study"),
+    "frontier": TableKind(("md", "latex", "csv"), _frontier, "mean +- std over calibration seeds, ratios to SparseGPT"),
+}
+
+
 def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
           explode: float = 1e4) -> str:
-    """One table as text: ``table`` ∈ ppl | zeroshot | benchmark | calibration | frontier, ``fmt`` ∈ md | latex | csv."""
-    long_tables = {"benchmark": (lambda: benchmark_markdown(frame, dataset, explode),
-                                 lambda: benchmark_long(frame, dataset)),
-                   "calibration": (lambda: calibration_markdown(frame, explode), lambda: calibration_long(frame))}
-    if table == "frontier":
-        from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
-        return {"md": lambda: frontier_markdown(frame, explode=explode), "latex": lambda: frontier_latex(frame, explode=explode),
-                "csv": lambda: frontier_long(frame).to_csv(index=False)}[fmt]()
-    if table in long_tables:
-        markdown, long = long_tables[table]
-        if fmt == "md":
-            return markdown()
-        if fmt == "csv":
-            return long().to_csv(index=False)
-        raise ValueError(f"the {table} table is written as md or csv")
-    if table == "ppl":
-        t = ppl_table(frame, dataset, columns=columns, compare=compare, delta_vs_dense=delta_vs_dense,
-                      explode=explode)
-    elif table == "zeroshot":
-        t = zeroshot_table(frame, metrics, compare=compare)
-    else:
-        raise ValueError(f"table={table!r}; allowed: ppl, zeroshot, benchmark, calibration, frontier")
-    return t.render(fmt)
+    """One table of :data:`TABLES` as text in ``fmt`` (md | latex | csv)."""
+    if table not in TABLES:
+        raise ValueError(f"table={table!r}; allowed: {', '.join(TABLES)}")
+    kind = TABLES[table]
+    if fmt not in kind.formats:
+        raise ValueError(f"the {table} table is written as {' or '.join(kind.formats)}")
+    options = {"dataset": dataset, "columns": columns, "metrics": metrics, "compare": compare,
+               "delta_vs_dense": delta_vs_dense, "explode": explode}
+    return kind.render(frame, fmt, options)
 
 
 def label_by_params(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -388,7 +408,8 @@ def _pair(text: str) -> tuple[str, str]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.tables", description=__doc__.split("\n\n")[0])
     p.add_argument("dirs", nargs="+", help="output directories (searched recursively for results.json)")
-    p.add_argument("--table", choices=["ppl", "zeroshot", "benchmark", "calibration", "frontier"], default="ppl")
+    p.add_argument("--table", choices=list(TABLES), default="ppl",
+                   help="; ".join(f"{k}: {v.help}" for k, v in TABLES.items()))
     p.add_argument("--format", choices=["md", "latex", "csv"], default="md")
     p.add_argument("--dataset", default="wikitext2", help="perplexity dataset: wikitext2 | ptb | c4")
     p.add_argument("--columns", choices=["sparsity", "model"], default="sparsity",

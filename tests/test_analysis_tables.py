@@ -241,3 +241,16 @@ def test_calibration_table_and_no_silent_cell_collisions(study, capsys):
                                    "ppl_wikitext2,ppl_c4,mean_rel_error")
     with pytest.raises(ValueError, match=r"two records for the cell \((Wanda|SparseGPT), 50%\).*--table calibration"):
         build(collect(study).frame, "ppl", "md")
+
+
+def test_a_registered_table_is_offered_by_the_cli(results, monkeypatch, capsys):
+    """docs/development.md, "Adding a table": one entry in TABLES is all a new table needs."""
+    import analysis.tables as tables
+
+    monkeypatch.setitem(tables.TABLES, "count", tables.TableKind(("md",), lambda f, fmt, o: f"{len(f)} records\n",
+                                                                  "records per directory"))
+    root = results[0] if isinstance(results, tuple) else results
+    assert tables.main([str(root), "--table", "count"]) == 0
+    assert capsys.readouterr().out.strip().endswith("records")
+    with pytest.raises(ValueError, match="the count table is written as md"):
+        tables.build(tables.collect(root).frame, "count", "latex")
