@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import signal
 import socket
@@ -338,7 +339,8 @@ class _Job:
         write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
         self.record = {
             "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
-            "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now()},
+            "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now(),
+                    "slurm_job_id": os.environ.get("SLURM_JOB_ID")},  # set under a SLURM launcher
             "versions": versions(), "config": config,
             "method": {"name": self.method, "label": parsed["label"], "params": parsed["params"]},
             "sparsity": {"target": NONE_TARGET if self.method == "none" else self.target.as_dict(), "actual": None},

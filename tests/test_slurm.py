@@ -1,0 +1,96 @@
+"""Sweeps through a real SLURM scheduler: a one-node cluster on this machine (.ci/slurm_local.sh), the
+`hydra/launcher=slurm` config (submitit) pointed at its `cpu` partition without a GPU request."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+LAUNCH = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=null",
+          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=10"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (CI runs as root): bash .ci/slurm_local.sh start")
+    out = subprocess.run(["bash", str(REPO / ".ci" / "slurm_local.sh"), "start"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr  # root, but no cluster: a failure, not a skip
+    yield
+    subprocess.run(["bash", str(REPO / ".ci" / "slurm_local.sh"), "stop"], capture_output=True, timeout=60)
+
+
+def _sweep(sweep, data_root, *extra, background=False):
+    args = [sys.executable, "-m", "experiments.run", "-m", *LAUNCH,
+            *tiny_overrides("tiny-llama", data_root, "calibration.nsamples=4", "calibration.seqlen=32",
+                            "runtime.threads=1"), f"hydra.sweep.dir={sweep}", *extra]
+    if background:
+        return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+def _records(sweep):
+    return {p.relative_to(sweep).parts[2]: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
+
+
+def test_a_sweep_runs_every_job_through_sbatch_and_logs_where_documented(cluster, tiny_data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = _sweep(sweep, tiny_data_root, "method=magnitude,wanda,sparsegpt")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    records = _records(sweep)
+    assert sorted(records) == ["magnitude_s0.5_c4", "sparsegpt_s0.5_c4", "wanda_s0.5_c4"]
+    assert all(r["status"] == "complete" for r in records.values())
+    logs = sorted((sweep / ".submitit").glob("*/*_log.out"))  # <sweep dir>/.submitit/<job id>/, as docs/running.md says
+    assert len(logs) == 3 and all("SLURM_JOB_ID" not in p.name for p in logs)
+    job_ids = {r["job"].get("slurm_job_id") for r in records.values()}
+    assert None not in job_ids and len(job_ids) == 3  # each record names its scheduler job
+
+
+def test_a_failing_job_leaves_its_failed_record_and_fails_the_sweep(cluster, tiny_data_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    out = _sweep(sweep, tiny_data_root, "method=magnitude", "sparsity=0.5,2:3")
+    assert out.returncode != 0
+    records = _records(sweep)
+    assert records["magnitude_s0.5_c4"]["status"] == "complete"
+    assert records["magnitude_2of3_c4"]["status"] == "failed" and "does not divide" in records["magnitude_2of3_c4"]["error"]
+    assert "1 job(s) of the sweep failed" in out.stdout + out.stderr
+
+
+def test_scancel_of_a_running_task_leaves_no_complete_record_and_a_rerun_redoes_only_it(cluster, tiny_data_root,
+                                                                                         tmp_path):
+    sweep = tmp_path / "sweep"
+    hold = ["hydra.launcher.setup=[sleep 15]"]  # each array task sits in its setup long enough to be cancelled
+    proc = _sweep(sweep, tiny_data_root, "method=magnitude,wanda", *hold, background=True)
+    try:
+        task = None  # this sweep's second array task (wanda), once it runs; other sweeps' tasks may linger
+        for _ in range(240):
+            ours = sorted(p.name for p in (sweep / ".submitit").glob("*_1")) if (sweep / ".submitit").is_dir() else []
+            if ours:
+                squeue = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], capture_output=True, text=True)
+                if ours[0] in squeue.stdout.split():
+                    task = ours[0]
+                    break
+            time.sleep(0.5)
+        assert task is not None, "the sweep's second task never ran"
+        subprocess.run(["scancel", task], check=True)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0 and "CANCELLED" in out, out[-3000:]
+    records = _records(sweep)
+    assert records["magnitude_s0.5_c4"]["status"] == "complete"
+    assert records.get("wanda_s0.5_c4", {}).get("status") != "complete"
+    first = records["magnitude_s0.5_c4"]["job"]["finished"]
+    out = _sweep(sweep, tiny_data_root, "method=magnitude,wanda", *hold)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    records = _records(sweep)
+    assert records["wanda_s0.5_c4"]["status"] == "complete"
+    assert records["magnitude_s0.5_c4"]["job"]["finished"] == first  # skipped, not redone
