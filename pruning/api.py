@@ -131,8 +131,9 @@ def calibration_windows(tokenizer, calibration, *, nsamples: int, seqlen: int, s
                                     "seqlen": calibration.shape[1]}
     if tokenizer is None:
         raise ConfigError("calibration from text needs the tokenizer: prune(model, tokenizer, ...)")
-    if isinstance(calibration, str):
-        split = "train"
+    if isinstance(calibration, str):  # the split the calibration config uses (offline: WikiText-2/PTB validation)
+        known = (CONF_DIR / "calibration" / f"{calibration}.yaml").is_file()
+        split = conf_node("calibration", calibration).get("split", "train") if known else "train"
         calib = build_calibration({"dataset": calibration, "split": split, "nsamples": nsamples, "seqlen": seqlen,
                                    "seed": seed}, tokenizer, {"root": data_root, "source": source,
                                                               "verify_checksums": verify})

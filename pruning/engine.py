@@ -141,14 +141,17 @@ def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, w
     linears in ``group``; returns the statistics and (``keep_outputs``) the block's outputs."""
     stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=want_norms, device=device) for n in group}
     taps = {t: src for t, src in adapter.input_taps if t in group and src in linears}
+    batch = {"sequences": 1}  # of the forward pass running now: a flattened linear input holds that many
     handles = [linears[n].register_forward_hook(
-        lambda mod, inp, out, n=n: stats[n].add_batch(inp[0].detach())) for n in group if n not in taps]
+        lambda mod, inp, out, n=n: stats[n].add_batch(inp[0].detach(), batch["sequences"]))
+        for n in group if n not in taps]
     handles += [linears[src].register_forward_hook(
-        lambda mod, inp, out, n=t: stats[n].add_batch(out[..., :linears[n].in_features].detach()))
+        lambda mod, inp, out, n=t: stats[n].add_batch(out[..., :linears[n].in_features].detach(), batch["sequences"]))
         for t, src in taps.items()]
     outputs = []
     try:
         for x, kw in zip(inputs, kwargs_list):
+            batch["sequences"] = x.shape[0]
             y = block(x, **kw)
             if keep_outputs:
                 outputs.append(_first_output(y))

@@ -29,7 +29,6 @@ import torch
 
 import pruning
 from pruning.errors import ConfigError
-
 from pruning.record import SCHEMA_VERSION  # noqa: F401  (the schema lives in pruning/record.py)
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,12 @@ class LayerStats:
         self.sq_norms = torch.zeros(columns, dtype=torch.float32, device=device) if norms else None
 
     @torch.no_grad()
-    def add_batch(self, inp: torch.Tensor) -> None:
-        """``inp``: the layer input, ``[batch, tokens, columns]`` or ``[tokens, columns]``."""
+    def add_batch(self, inp: torch.Tensor, sequences: int = 1) -> None:
+        """``inp``: the layer input, ``[batch, tokens, columns]``, or ``[sequences · tokens, columns]`` for
+        models that flatten the batch before a linear (OPT's fc1/fc2): ``sequences`` then says how many
+        calibration sequences it holds, so each counts once in the running mean."""
         if inp.dim() == 2:
-            inp = inp.unsqueeze(0)
+            inp = inp.reshape(sequences, -1, inp.shape[-1])
         tmp = inp.shape[0]
         x = inp.reshape(-1, inp.shape[-1]).t().float()
         scale = self.nsamples / (self.nsamples + tmp)

@@ -347,3 +347,17 @@ def test_cg_refinement_only_lowers_the_loss_and_reaches_exact(layer, spec):
     refined = apt(W, sp, H=H, blocksize=16, refine_iters=200)
     assert torch.equal(refined.mask, exact.mask)
     torch.testing.assert_close(refined.weight, exact.weight, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.7])
+def test_sparsegpt_score_option_is_exact_beats_no_update_and_is_deterministic(layer, ratio):
+    """score=sparsegpt (w²/diag(U)², SparseGPT's mask rule) inside APT's joint update."""
+    W, H = layer
+    sp = parse_sparsity(ratio)
+    res = apt(W, sp, H=H, blocksize=24, score="sparsegpt")
+    again = apt(W, sp, H=H, blocksize=24, score="sparsegpt")
+    assert int(res.mask.sum()) == math.floor(ratio * W.numel() + 0.5)
+    assert torch.equal(res.mask, again.mask) and torch.equal(res.weight, again.weight)
+    assert res.error < relative_error(W, W.masked_fill(res.mask, 0), H)
+    obs = apt(W, sp, H=H, blocksize=24, score="obs")
+    assert not torch.equal(res.mask, obs.mask)  # the option changes the mask, not only a label

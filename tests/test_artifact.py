@@ -180,3 +180,12 @@ def test_api_rejects_bad_arguments_before_pruning(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         prune(model, tok, **{"method": "sparsegpt", **kwargs})
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_api_calibration_by_name_reads_the_split_its_config_names(tiny_data_root):
+    from pruning import prune
+
+    model, tok = _tiny()
+    report = prune(model, tok, method="wanda", sparsity=0.5, calibration="wikitext2", nsamples=4, seqlen=32,
+                   data_root=str(tiny_data_root), verify_checksums=False)
+    assert report.calibration["split"] == "validation" and report.calibration["sampler"] == "stream"

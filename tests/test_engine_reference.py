@@ -220,3 +220,16 @@ def test_with_true_sequential_later_groups_see_the_pruned_earlier_ones():
     torch.testing.assert_close(o_proj_h, o_proj_stats(fresh.model), rtol=1e-4, atol=1e-5)
     dense = o_proj_stats(_tiny("tiny-llama").model)  # without true_sequential o_proj would have seen this
     assert not torch.allclose(o_proj_h, dense, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt"])
+def test_batched_calibration_gives_the_statistics_of_one_window_at_a_time(model):
+    """engine.batch_size > 1: the running means over sequences are the same, whatever the batching."""
+    one, three = [], []
+    a, b = _tiny(model), _tiny(model)
+    prune_model(a.model, a.adapter, _windows(), _recorder(one), parse_sparsity(0.5), batch_size=1)
+    prune_model(b.model, b.adapter, _windows(), _recorder(three), parse_sparsity(0.5), batch_size=3)
+    assert len(one) == len(three) > 0
+    for (h1, n1), (h3, n3) in zip(one, three):
+        torch.testing.assert_close(h1, h3, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(n1, n3, rtol=1e-4, atol=1e-5)
