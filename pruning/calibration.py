@@ -1,4 +1,4 @@
-"""The SparseGPT / Wanda calibration sampler (docs/protocols.md §1).
+"""The SparseGPT / Wanda calibration sampler (docs/protocols.md, "Calibration sampler").
 
 Two forms, as in IST-DASLab/sparsegpt's ``datautils.py``:
 

@@ -1,4 +1,4 @@
-"""APT on random correlated inputs: every property of docs/methods.md (APT), fixed seeds, float64 math."""
+"""APT on random correlated inputs: every property of docs/methods.md, "APT: properties the tests check", fixed seeds, float64 math."""
 
 import itertools
 import math
@@ -46,7 +46,7 @@ def loss(dw, Hd):
     return 0.5 * float(dw @ Hd @ dw)
 
 
-# --------------------------------------------------------------------------- closed form (§9.1-4)
+# --------------------------------------------------------------------------- closed form (properties P1-P4)
 @pytest.mark.parametrize("seed, k", [(0, 1), (1, 5), (2, 20), (3, 40)])
 def test_closed_form_zeros_equals_least_squares_and_its_loss(hessian64, seed, k):
     Hd, P = hessian64
@@ -57,14 +57,14 @@ def test_closed_form_zeros_equals_least_squares_and_its_loss(hessian64, seed, k)
     mask[0, Q] = True
     delta, L = joint_removal(w.unsqueeze(0), P, mask)
     new = (w + delta[0])
-    assert float(new[Q].abs().max()) <= 1e-12 * float(w.abs().max())  # §9.1, before any explicit zeroing
+    assert float(new[Q].abs().max()) <= 1e-12 * float(w.abs().max())  # P1, before any explicit zeroing
     ref = masked_ls(w, Hd, Q)
-    assert float((new - ref).norm() / ref.norm()) < 1e-6  # §9.2
+    assert float((new - ref).norm() / ref.norm()) < 1e-6  # P2
     assert float(L[0]) == pytest.approx(loss(delta[0], Hd), rel=1e-8)
 
 
 def test_closed_form_equals_sequential_obs_in_any_order(hessian64):
-    """§9.3: removing Q one weight at a time with full inverse downdates gives the same weights."""
+    """P3: removing Q one weight at a time with full inverse downdates gives the same weights."""
     Hd, P = hessian64
     g = torch.Generator().manual_seed(7)
     w = torch.randn(D, generator=g, dtype=torch.float64)
@@ -82,7 +82,7 @@ def test_closed_form_equals_sequential_obs_in_any_order(hessian64):
 
 
 def test_single_removal_is_obs(hessian64):
-    """§9.4: with k = 1 the update is δw = −(w_q / P_qq) P_q,: and the loss w_q² / (2 P_qq)."""
+    """P4: with k = 1 the update is δw = −(w_q / P_qq) P_q,: and the loss w_q² / (2 P_qq)."""
     _, P = hessian64
     w = torch.randn(1, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     mask = torch.zeros(1, D, dtype=torch.bool)
@@ -93,7 +93,7 @@ def test_single_removal_is_obs(hessian64):
 
 
 def test_trailing_inverse_identity(layer):
-    """§9.5: U_{i:,i:}ᵀ U_{i:,i:} = (H_{i:,i:})⁻¹, and G = its first B rows = U_bbᵀ U_b,:."""
+    """P5: U_{i:,i:}ᵀ U_{i:,i:} = (H_{i:,i:})⁻¹, and G = its first B rows = U_bbᵀ U_b,:."""
     _, H = layer
     H = H.double() + 0.01 * H.double().diag().mean() * torch.eye(D, dtype=torch.float64)
     U, info = inverse_hessian_factor(H, percdamp=0.0)
@@ -106,7 +106,7 @@ def test_trailing_inverse_identity(layer):
 
 
 def test_padded_solve_is_the_restricted_solve(hessian64):
-    """§9.6: rows with different set sizes, solved in one padded batch, equal their own solves."""
+    """P6: rows with different set sizes, solved in one padded batch, equal their own solves."""
     Hd, _ = hessian64
     g = torch.Generator().manual_seed(5)
     sel = torch.rand(9, D, generator=g) < torch.linspace(0.05, 0.95, 9).unsqueeze(1)
@@ -129,7 +129,7 @@ def test_complement_form_equals_direct_solve(hessian64):
     torch.testing.assert_close(removal_coefficients(P, U, mask, w), masked_solve(P, mask, w), rtol=1e-7, atol=1e-9)
 
 
-# --------------------------------------------------------------------------- the solver (§9.7-11)
+# --------------------------------------------------------------------------- the solver (properties P7-P11)
 def errors_same_mask(W, H, mask, blocksize):
     no_update = W.masked_fill(mask, 0)
     return {"exact": apt_update(W, mask, H=H, variant="exact", blocksize=blocksize).error,
@@ -140,7 +140,7 @@ def errors_same_mask(W, H, mask, blocksize):
 @pytest.mark.parametrize("spec", [0.5, 0.7, "2:4", "4:8"])
 @pytest.mark.parametrize("blocksize", [16, 32])
 def test_error_ordering_with_the_same_mask(layer, spec, blocksize):
-    """§9.7: exact ≤ APT-block ≤ SparseGPT ≤ no update, all with SparseGPT's own mask."""
+    """P7: exact ≤ APT-block ≤ SparseGPT ≤ no update, all with SparseGPT's own mask."""
     W, H = layer
     sgpt = sparsegpt(W, parse_sparsity(spec), H=H, blocksize=blocksize)
     e = errors_same_mask(W, H, sgpt.mask, blocksize)
@@ -159,7 +159,7 @@ def test_apt_beats_sparsegpt_and_exact_beats_apt(layer, spec):
 @pytest.mark.parametrize("blocksize", [8, 16, 64])
 @pytest.mark.parametrize("nm_update", ["group", "block"])
 def test_nm_pattern_is_exact(layer, spec, blocksize, nm_update):
-    """§9.8: every group of M inputs of every row has exactly N zeros; total sparsity N/M."""
+    """P8: every group of M inputs of every row has exactly N zeros; total sparsity N/M."""
     W, H = layer
     sp = parse_sparsity(spec)
     for variant in ("block", "exact"):
@@ -185,7 +185,7 @@ def test_nm_group_update_is_the_per_group_algorithm(layer, spec, blocksize):
 
 def test_nm_block_update_is_the_joint_removal_of_the_block_mask(layer, hessian64):
     """``nm_update=block`` with one block spanning the row: the final weights are the joint closed-form
-    removal of the whole mask from the dense row, i.e. the exact masked least squares (§3-4)."""
+    removal of the whole mask from the dense row, i.e. the exact masked least squares (the closed form)."""
     W, H = layer
     Hd, _ = hessian64
     res = apt(W, parse_sparsity("2:4"), H=H, blocksize=D, nm_update="block")
@@ -195,7 +195,7 @@ def test_nm_block_update_is_the_joint_removal_of_the_block_mask(layer, hessian64
 
 
 def test_nm_choice_is_the_brute_force_optimum(hessian64):
-    """§9.9: the chosen set minimises ½ w_Q [G_QQ]⁻¹ w_Qᵀ over all C(M, N) sets, row by row."""
+    """P9: the chosen set minimises ½ w_Q [G_QQ]⁻¹ w_Qᵀ over all C(M, N) sets, row by row."""
     _, P = hessian64
     g = torch.Generator().manual_seed(11)
     for (n, m), start in itertools.product(((2, 4), (4, 8), (1, 4), (3, 8)), (0, 24)):
@@ -227,7 +227,7 @@ def test_nm_first_group_of_the_solver_is_the_brute_force_optimum(layer, hessian6
 @pytest.mark.parametrize("ratio", [0.1, 0.25, 0.5, 0.7, 0.9])
 @pytest.mark.parametrize("granularity", ["block", "row"])
 def test_unstructured_target_is_exact(layer, ratio, granularity):
-    """§9.10: round(s · numel) zeros per layer (block granularity) or round(s · cols) per row."""
+    """P10: round(s · numel) zeros per layer (block granularity) or round(s · cols) per row."""
     W, H = layer
     res = apt(W, parse_sparsity(ratio), H=H, blocksize=24, granularity=granularity)
     assert (res.weight[res.mask] == 0).all() and torch.isfinite(res.weight).all()
@@ -248,7 +248,7 @@ def test_ties_are_broken_deterministically():
 
 
 def test_scaling_h_changes_nothing(layer):
-    """§9.11: the update and the mask do not depend on the scale of H (damping is relative)."""
+    """P11: the update and the mask do not depend on the scale of H (damping is relative)."""
     W, H = layer
     for spec in (0.5, "2:4"):
         a = apt(W, parse_sparsity(spec), H=H, blocksize=16)

@@ -1,4 +1,4 @@
-"""The sampler must reproduce the reference draw order exactly (docs/protocols.md §1)."""
+"""The sampler must reproduce the reference draw order exactly (docs/protocols.md, "Calibration sampler")."""
 
 import random
 

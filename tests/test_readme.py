@@ -80,3 +80,27 @@ def test_the_readme_results_come_from_the_benchmarks_document():
     bench = (REPO / "docs" / "benchmarks.md").read_text()
     missing = sorted(n for n in numbers if n not in bench)
     assert numbers and not missing, missing
+
+
+def test_section_pointers_in_code_name_sections_that_exist():
+    """`docs/x.md, "Section"` pointers name a heading of that document; no numbered `§` pointers (the
+    numbering of documents outside the repo)."""
+    import re
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    bad = []
+    for name in files:
+        if (not name.endswith((".py", ".yaml", ".md")) or name in ("CHANGELOG.md", "tests/test_readme.py")
+                or not (REPO / name).is_file()):
+            continue
+        text = (REPO / name).read_text(errors="replace")
+        if re.search(r"docs/\w+\.md §", text):
+            bad.append(f"{name}: numbered section pointer")
+        for doc, section in re.findall(r"docs/(\w+)\.md, (?:requirement \w+ of )?\"([^\"]+)\"", text):
+            target = REPO / "docs" / f"{doc}.md"
+            headings = [h.strip("# ").strip() for h in target.read_text().splitlines()
+                        if h.startswith("#")] if target.is_file() else []
+            if not any(section in h for h in headings):
+                bad.append(f"{name}: docs/{doc}.md has no section {section!r}")
+    assert not bad, bad

@@ -5,7 +5,7 @@ For a row ``w`` and a pruned set ``Q``, with ``P = H⁻¹``, the update that kee
 closest to the dense one is ``δw = −w_Q [P_QQ]⁻¹ P_Q,:`` with loss ``½ w_Q [P_QQ]⁻¹ w_Qᵀ``; it equals
 the exact least-squares reconstruction of the row for that mask (docs/methods.md (APT)).
 
-Block algorithm (§6), one Cholesky per layer: ``U`` = upper Cholesky factor of the damped ``H⁻¹``.
+Block algorithm (docs/methods.md, "APT in detail"), one Cholesky per layer: ``U`` = upper Cholesky factor of the damped ``H⁻¹``.
 Columns are processed in blocks; at block ``[i, i+b)`` the exact inverse Hessian of the weights that
 are still free is ``G = U[i:i+b, i:i+b]ᵀ U[i:i+b, i:]`` (trailing-inverse identity). The block's mask
 is chosen on the current (already compensated) weights, then every row gets the joint update of its
@@ -427,7 +427,7 @@ def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch
 def apt_update(w: torch.Tensor, mask: torch.Tensor, *, H: torch.Tensor, variant: str = "block",
                blocksize: int = 128, percdamp: float = 0.01, max_damp_tries: int = 6) -> SolverResult:
     """APT's update for a given mask (e.g. SparseGPT's or Wanda's): the "external mask + APT update"
-    arm of docs/methods.md (APT), and the same-mask comparisons of its §9.7."""
+    arm of docs/methods.md (APT), and the same-mask comparisons of its property P7."""
     if mask.shape != w.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(w.shape)}")
     _check(Sparsity("unstructured", 0.5), blocksize, variant, "obs", "block", 1)
