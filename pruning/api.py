@@ -36,7 +36,8 @@ PPL_SPLITS = {"wikitext2": "test", "ptb": "test", "c4": "validation"}
 
 def conf_node(group: str, name: str) -> dict:
     """A config of ``conf/<group>/<name>.yaml`` with its ``defaults`` (same group) merged, as Hydra would;
-    without a ``conf/`` directory (a non-editable install), only the built-in names work."""
+    without a ``conf/`` directory (a non-editable install), only the built-in names work. Not Hydra's
+    ``compose``: that needs the global Hydra state, which a user's own Hydra application already holds."""
     path = CONF_DIR / group / f"{name}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml")) if (CONF_DIR / group).is_dir() else []

@@ -34,9 +34,6 @@ class ArtifactError(RuntimeError):
     """A saved model is missing, unreadable, or not the model that was pruned."""
 
 
-def layer_sparsity(model) -> dict[str, float]:
-    """Fraction of exactly-zero weights of every prunable linear, by its full name."""
-    return {name: float((m.weight == 0).float().mean()) for name, m in prunable_linears(model, adapter_for(model)).items()}
 
 
 def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | None = None) -> dict:
@@ -58,10 +55,11 @@ def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | No
         model.config.use_cache = use_cache
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
-    per_layer = layer_sparsity(model)
-    zeros = sum(float((m.weight == 0).sum()) for m in prunable_linears(model, adapter_for(model)).values())
-    total = sum(m.weight.numel() for m in prunable_linears(model, adapter_for(model)).values())
-    meta = {**(sidecar or {}), "actual_sparsity": zeros / total if total else 0.0, "layers": per_layer}
+    linears = prunable_linears(model, adapter_for(model))
+    zeros = {name: int((m.weight == 0).sum()) for name, m in linears.items()}
+    total = sum(m.weight.numel() for m in linears.values())
+    meta = {**(sidecar or {}), "actual_sparsity": sum(zeros.values()) / total if total else 0.0,
+            "layers": {name: zeros[name] / m.weight.numel() for name, m in linears.items()}}
     (tmp / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
     old = out_dir.with_name(f"{out_dir.name}.old{os.getpid()}")
     if out_dir.exists():

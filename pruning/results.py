@@ -285,12 +285,16 @@ def job_lock(out_dir: str | os.PathLike, chash: str):
         _unlock(fd)
 
 
+def _sibling(out_dir: Path, chash: str) -> Path:
+    return out_dir.with_name(f"{out_dir.name}@{chash[:8]}")
+
+
 def own_dir(out_dir: Path, chash: str) -> Path:
     """The directory this config's record belongs in: ``out_dir``, unless another config already owns it
     (its record there, any status), then the sibling ``<name>@<hash[:8]>``. Directory names are built
     from the choices (method, sparsity, calibration, overrides); keys such as ``eval`` or a preset's
     settings are not in them, so two configs can map to one name: each still gets a directory of its own."""
-    sibling = out_dir.with_name(f"{out_dir.name}@{chash[:8]}")
+    sibling = _sibling(out_dir, chash)
     if (read_record(sibling / RESULTS_FILE) or {}).get("config_hash") == chash:
         return sibling  # moved there before: resume in place
     owner = (read_record(out_dir / RESULTS_FILE) or {}).get("config_hash")
@@ -309,7 +313,7 @@ def claim_job_dir(out_dir: str | os.PathLike, chash: str):
     except JobCollision as e:
         if target != out_dir or e.owner_hash in (None, chash):
             raise
-        target = out_dir.with_name(f"{out_dir.name}@{chash[:8]}")
+        target = _sibling(out_dir, chash)
         fd = _lock(target, chash)
     if target != out_dir:
         log.warning("%s belongs to another config; this job (config hash %s) writes to %s", out_dir, chash, target)

@@ -121,6 +121,17 @@ def test_engine_equals_the_reference_loop(model, method, spec):
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=f"{name}: weights differ")
 
 
+def _hessian(inputs):
+    """``(2/n) Σ x xᵀ`` over the sequences of ``inputs`` (one tensor per sequence), as a running mean."""
+    n, H = 0, None
+    for x in inputs:
+        x = x.reshape(-1, x.shape[-1]).t().float()
+        H = torch.zeros(x.shape[0], x.shape[0]) if H is None else H
+        H = H * n / (n + 1) + 2 * x @ x.t() / (n + 1)
+        n += 1
+    return H
+
+
 def _recorder(store):
     """A solver that changes nothing and keeps the statistics it was given."""
     def keep(w, sparsity, *, H=None, sq_norms=None):
@@ -171,18 +182,9 @@ def test_dense_propagation_feeds_every_layer_what_the_full_model_feeds_it(model)
         for i in range(nblocks):
             want[(i, "mixer.dt_proj")] = observed[i::nblocks]
 
-    def stats(inputs):
-        n, H = 0, None
-        for x in inputs:
-            x = x.reshape(-1, x.shape[-1]).t().float()
-            H = torch.zeros(x.shape[0], x.shape[0]) if H is None else H
-            H = H * n / (n + 1) + 2 * x @ x.t() / (n + 1)
-            n += 1
-        return H
-
     assert len(got) == len(names)
     for (key, (H, _)) in zip(names, got):
-        torch.testing.assert_close(H, stats(want[key]), rtol=1e-4, atol=1e-5, msg=f"{key}")
+        torch.testing.assert_close(H, _hessian(want[key]), rtol=1e-4, atol=1e-5, msg=f"{key}")
 
 
 def test_with_true_sequential_later_groups_see_the_pruned_earlier_ones():
@@ -210,12 +212,7 @@ def test_with_true_sequential_later_groups_see_the_pruned_earlier_ones():
             for j in range(_windows().shape[0]):
                 model(_windows()[j:j + 1], use_cache=False)
         h.remove()
-        n, H = 0, torch.zeros_like(o_proj_h)
-        for x in seen:
-            x = x.reshape(-1, x.shape[-1]).t().float()
-            H = H * n / (n + 1) + 2 * x @ x.t() / (n + 1)
-            n += 1
-        return H
+        return _hessian(seen)
 
     torch.testing.assert_close(o_proj_h, o_proj_stats(fresh.model), rtol=1e-4, atol=1e-5)
     dense = o_proj_stats(_tiny("tiny-llama").model)  # without true_sequential o_proj would have seen this

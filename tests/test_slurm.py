@@ -1,7 +1,6 @@
 """Sweeps through a real SLURM scheduler: a one-node cluster on this machine (.ci/slurm_local.sh), the
 `hydra/launcher=slurm` config (submitit) pointed at its `cpu` partition without a GPU request."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ import time
 import pytest
 
 from tests.conftest import REPO, tiny_overrides
+from tests.test_sweeps import _records
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +35,6 @@ def _sweep(sweep, data_root, *extra, background=False):
     if background:
         return subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-
-
-def _records(sweep):
-    return {p.relative_to(sweep).parts[2]: json.loads(p.read_text()) for p in sweep.rglob("results.json")}
 
 
 def test_a_sweep_runs_every_job_through_sbatch_and_logs_where_documented(cluster, tiny_data_root, tmp_path):
