@@ -31,8 +31,10 @@ configure() {
   [ -s /etc/munge/munge.key ] || mungekey --create --force >/dev/null 2>&1 \
     || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 2>/dev/null
   chown munge:munge /etc/munge/munge.key /run/munge && chmod 400 /etc/munge/munge.key
-  cpus=$(nproc)
+  cpus=$(( $(nproc) > 8 ? $(nproc) : 8 ))
   mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+  mem=$(( mem > 66560 ? mem : 66560 ))  # 65 GB: the launcher's default --mem=64GB fits
+  echo "NodeName=$host Name=gpu File=/dev/null" > /etc/slurm/gres.conf
   cat > "$conf" <<EOF
 # written by .ci/slurm_local.sh: a one-node test cluster
 ClusterName=local
@@ -55,9 +57,11 @@ SlurmdLogFile=/var/log/slurm/slurmd.log
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 KillWait=5
+SlurmdParameters=config_overrides
+GresTypes=gpu
 MinJobAge=3600
 InactiveLimit=0
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+NodeName=$host CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
 PartitionName=cpu Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 }
@@ -99,11 +103,14 @@ start() {
   slurmd
   for _ in $(seq 1 60); do
     s=$(sinfo -h -o %T 2>/dev/null | head -1 || true)
-    if [ "$s" = idle ]; then echo "[slurm_local] node $host idle (partition cpu)"; return 0; fi
+    if [ "$s" = idle ]; then
+      # jobs left from an earlier start (its state is kept, so job ids never repeat) are not ours to run
+      scancel --quiet --state=PENDING,RUNNING,REQUEUED 2>/dev/null || true
+      echo "[slurm_local] node $host idle (partition cpu)"; return 0; fi
     sleep 1
   done
   echo "slurm_local: the node did not become idle (state: ${s:-none}); logs in /var/log/slurm" >&2
-  tail -20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+  tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
   exit 5
 }
 
