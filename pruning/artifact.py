@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,33 +35,15 @@ class ArtifactError(RuntimeError):
     """A saved model is missing, unreadable, or not the model that was pruned."""
 
 
-
-
-def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | None = None) -> dict:
-    """Save ``model`` (and ``tokenizer``) to ``out_dir`` with a ``sparsity.json`` sidecar; returns what was
-    written (dir, files, bytes). An existing ``out_dir`` is replaced only once the new copy is complete."""
-    out_dir = Path(out_dir)
+def staging_dir(out_dir: Path) -> Path:
+    """An empty directory beside ``out_dir`` to write the new copy into."""
     tmp = out_dir.with_name(f"{out_dir.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    # A GGUF-loaded model carries the GGUF quantizer: a saved copy must reload as a plain checkpoint.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    use_cache = getattr(model.config, "use_cache", None)
-    model.config.use_cache = True  # the saved config is for users (generation), not for pruning
-    try:
-        model.save_pretrained(tmp)
-    finally:
-        model.config.use_cache = use_cache
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    linears = prunable_linears(model, adapter_for(model))
-    zeros = {name: int((m.weight == 0).sum()) for name, m in linears.items()}
-    total = sum(m.weight.numel() for m in linears.values())
-    meta = {**(sidecar or {}), "actual_sparsity": sum(zeros.values()) / total if total else 0.0,
-            "layers": {name: zeros[name] / m.weight.numel() for name, m in linears.items()}}
-    (tmp / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    return tmp
+
+
+def publish(tmp: Path, out_dir: Path) -> dict:
+    """Move the complete copy ``tmp`` to ``out_dir`` (an existing one is replaced only now); what was written."""
     old = out_dir.with_name(f"{out_dir.name}.old{os.getpid()}")
     if out_dir.exists():
         out_dir.rename(old)
@@ -72,6 +55,45 @@ def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | No
     return {"dir": str(out_dir.resolve()), "files": files, "bytes": size}
 
 
+@contextmanager
+def plain_config(model):
+    """The model as a plain checkpoint while it is saved: without the GGUF quantizer a GGUF-loaded
+    model carries (a saved copy must reload without ``gguf``), with ``use_cache`` on (the saved config
+    is for users generating text, not for pruning)."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    use_cache = getattr(model.config, "use_cache", None)
+    model.config.use_cache = True
+    try:
+        yield
+    finally:
+        model.config.use_cache = use_cache
+
+
+def write_sidecar(tmp: Path, sidecar: dict | None, zeros: dict[str, tuple[int, int]]) -> None:
+    """``sparsity.json``: ``sidecar`` plus the measured sparsity (``zeros``: linear -> (zeros, weights))."""
+    total = sum(n for _, n in zeros.values())
+    meta = {**(sidecar or {}), "actual_sparsity": sum(z for z, _ in zeros.values()) / total if total else 0.0,
+            "layers": {name: z / n for name, (z, n) in zeros.items()}}
+    (tmp / SIDECAR).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | None = None) -> dict:
+    """Save ``model`` (and ``tokenizer``) to ``out_dir`` with a ``sparsity.json`` sidecar; returns what was
+    written (dir, files, bytes). An existing ``out_dir`` is replaced only once the new copy is complete."""
+    out_dir = Path(out_dir)
+    tmp = staging_dir(out_dir)
+    with plain_config(model):
+        model.save_pretrained(tmp)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(tmp)
+    linears = prunable_linears(model, adapter_for(model))
+    write_sidecar(tmp, sidecar, {name: (int((m.weight == 0).sum()), m.weight.numel()) for name, m in linears.items()})
+    return publish(tmp, out_dir)
+
+
 def read_sidecar(model_dir: str | os.PathLike) -> dict | None:
     """The ``sparsity.json`` of a saved model directory, or None."""
     path = Path(model_dir) / SIDECAR
@@ -81,7 +103,7 @@ def read_sidecar(model_dir: str | os.PathLike) -> dict | None:
         return None
 
 
-def _window_loss(model, ids: torch.Tensor) -> float:
+def window_loss(model, ids: torch.Tensor) -> float:
     with torch.no_grad():
         return float(model(ids.to(next(model.parameters()).device), labels=ids).loss)
 
@@ -116,27 +138,34 @@ def verify_saved(model_dir: str | os.PathLike, model, ids: torch.Tensor, target:
     model_was_cache = model.config.use_cache
     model.config.use_cache = False
     try:
-        loss, loss_reloaded = _window_loss(model, ids), _window_loss(reloaded, ids)
+        loss, loss_reloaded = window_loss(model, ids), window_loss(reloaded, ids)
     finally:
         model.config.use_cache = model_was_cache
     rel = abs(loss - loss_reloaded) / max(abs(loss), 1e-12)
     out = {"dir": str(model_dir.resolve()), "parameters": len(mine), "identical_parameters": len(mine) - len(differing),
            "max_abs_diff": max_diff, "zero_pattern_equal": pattern_equal, "nm_violations": nm_bad,
            "window_tokens": int(ids.shape[-1]), "loss": loss, "loss_reloaded": loss_reloaded, "loss_rel_diff": rel}
-    problems = []
-    if differing:
-        problems.append(f"{len(differing)} parameter(s) differ (max |diff| {max_diff:.3g}; first: {differing[0]})")
-    if not pattern_equal:
-        problems.append("the zero pattern of the prunable weights differs")
-    if nm_bad:
-        problems.append(f"{nm_bad} groups violate the {target} pattern")
-    if not rel <= LOSS_RTOL:
-        problems.append(f"the window loss differs: {loss:.8g} in memory vs {loss_reloaded:.8g} reloaded "
-                        f"(relative {rel:.3g} > {LOSS_RTOL:g})")
-    out["passed"] = not problems
     del reloaded
+    return verdict(model_dir, out, differing[0] if differing else None, target)
+
+
+def verdict(model_dir: Path, out: dict, first_differing: str | None, target: Sparsity | None) -> dict:
+    """``out`` (the figures of a reload check) with ``passed``; raises :class:`ArtifactError` naming every
+    difference found."""
+    problems = []
+    if first_differing is not None:
+        problems.append(f"{out['parameters'] - out['identical_parameters']} parameter(s) differ "
+                        f"(max |diff| {out['max_abs_diff']:.3g}; first: {first_differing})")
+    if not out["zero_pattern_equal"]:
+        problems.append("the zero pattern of the prunable weights differs")
+    if out["nm_violations"]:
+        problems.append(f"{out['nm_violations']} groups violate the {target} pattern")
+    if not out["loss_rel_diff"] <= LOSS_RTOL:
+        problems.append(f"the window loss differs: {out['loss']:.8g} in memory vs {out['loss_reloaded']:.8g} reloaded "
+                        f"(relative {out['loss_rel_diff']:.3g} > {LOSS_RTOL:g})")
+    out["passed"] = not problems
     if problems:
         raise ArtifactError(f"the saved model at {model_dir} is not the pruned model: " + "; ".join(problems))
     log.info("verified %s: %d/%d parameters identical, window loss %.6f (relative difference %.2g)", model_dir,
-             out["identical_parameters"], out["parameters"], loss, rel)
+             out["identical_parameters"], out["parameters"], out["loss"], out["loss_rel_diff"])
     return out

@@ -82,12 +82,8 @@ def validate(cfg: DictConfig) -> dict:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
     save = cfg.get("save") or {}
-    if save.get("enabled"):
-        if offload:
-            raise ConfigError("save.enabled=true with runtime.offload=disk is not supported yet (the blocks live in "
-                              "the block store); run without offload to save the model")
-        if save.get("dir") is not None and not isinstance(save.get("dir"), str):
-            raise ConfigError(f"save.dir={save.get('dir')!r}: need a path or null (<job dir>/model)")
+    if save.get("enabled") and save.get("dir") is not None and not isinstance(save.get("dir"), str):
+        raise ConfigError(f"save.dir={save.get('dir')!r}: need a path or null (<job dir>/model)")
     calibrates = method not in EVAL_ONLY and (SOLVERS[method].needs_data(bool((cfg.get("engine") or {}).get(
         "report_error", True))) or allocation.get("name") == "owl")
     _preflight_inputs(cfg, calibrates, zero_shot_on)
@@ -286,8 +282,10 @@ def _first_window(cfg: DictConfig, loaded, windows) -> tuple[torch.Tensor, str]:
 
 
 def _save_model(cfg: DictConfig, config: dict, loaded, record: dict, out_dir: Path, target, windows) -> dict:
-    """save.enabled: the pruned model as a checkpoint with its sidecar, then (save.verify) reloaded and checked."""
+    """save.enabled: the pruned model as a checkpoint with its sidecar, then (save.verify) reloaded and checked;
+    an offloaded model block by block (:mod:`pruning.artifact_offload`)."""
     from pruning.artifact import save_pruned, verify_saved
+    from pruning.artifact_offload import save_offloaded, verify_offloaded
 
     save = config["save"]
     where = Path(save.get("dir") or out_dir / "model")
@@ -296,11 +294,16 @@ def _save_model(cfg: DictConfig, config: dict, loaded, record: dict, out_dir: Pa
                "model": {k: record["model"].get(k) for k in ("name", "source", "hub_id", "gguf", "gguf_sha256")
                          if record["model"].get(k) is not None},
                "versions": record["versions"], "created": utc_now()}
-    info = save_pruned(loaded.model, loaded.tokenizer, where, sidecar)
+    nm = target if target.kind == "nm" else None
+    if loaded.store is None:
+        info = save_pruned(loaded.model, loaded.tokenizer, where, sidecar)
+    else:
+        info = save_offloaded(loaded.model, loaded.adapter, loaded.store, loaded.tokenizer, where, sidecar)
     if save.get("verify", True):
         ids, what = _first_window(cfg, loaded, windows)
-        info["verification"] = {**verify_saved(where, loaded.model, ids, target if target.kind == "nm" else None),
-                                "window": what}
+        check = verify_saved(where, loaded.model, ids, nm) if loaded.store is None else \
+            verify_offloaded(where, loaded.model, loaded.adapter, loaded.store, ids, nm)
+        info["verification"] = {**check, "window": what}
     return info
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from pruning.errors import ConfigError
 from pruning.models import load_model
@@ -46,6 +47,53 @@ def test_offloaded_job_equals_the_in_memory_job(tiny_checkpoint, tiny_data_root,
     assert not (tmp_path / "disk" / "offload").exists()  # the temporary store is removed with the job
 
 
+def test_an_offloaded_job_saves_block_by_block_the_same_model_as_in_memory(tiny_checkpoint, tiny_data_root,
+                                                                            tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from pruning.pipeline import run_job
+
+    args = _local(tiny_checkpoint, tiny_data_root, "method=sparsegpt", "sparsity=2:4", "save.enabled=true")
+    in_memory = run_job(compose_cfg(args), tmp_path / "mem")
+    streamed = run_job(compose_cfg([*args, "runtime.offload=disk"]), tmp_path / "disk")
+    check = streamed["save"]["verification"]
+    assert check["passed"] and check["streamed"] and check["nm_violations"] == 0
+    assert check["identical_parameters"] == check["parameters"] > 0 and check["loss_rel_diff"] <= 1e-6
+    saved = tmp_path / "disk" / "model"
+    shards = sorted(saved.glob("model-*-of-*.safetensors"))
+    n_blocks = streamed["model"]["n_blocks"]
+    assert len(shards) == n_blocks + 1  # the weights outside the blocks, then one shard per block
+    assert set(load_file(str(shards[1]))) == {k for k in load_file(str(shards[1])) if k.startswith("model.layers.0.")}
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "mem" / "model")  # the plain Hugging Face loader reads both
+    b = AutoModelForCausalLM.from_pretrained(saved)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert list(a.state_dict()) == list(b.state_dict())
+    side_mem = json.loads((tmp_path / "mem" / "model" / "sparsity.json").read_text())
+    side_disk = json.loads((saved / "sparsity.json").read_text())
+    assert side_disk["layers"] == side_mem["layers"] and side_disk["actual_sparsity"] == side_mem["actual_sparsity"]
+
+
+def test_streamed_verification_catches_a_changed_block(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from pruning.artifact import ArtifactError
+    from pruning.artifact_offload import save_offloaded, verify_offloaded
+
+    cfg = compose_cfg(["model=tiny-llama", "model.source=local", f"+model.path={tiny_checkpoint}"]).model
+    loaded = load_model(cfg, offload_dir=tmp_path / "store")
+    save_offloaded(loaded.model, loaded.adapter, loaded.store, loaded.tokenizer, tmp_path / "m")
+    ids = torch.randint(0, 256, (1, 16))
+    assert verify_offloaded(tmp_path / "m", loaded.model, loaded.adapter, loaded.store, ids)["passed"]
+    shard = next((tmp_path / "m").glob("model-00003-of-*.safetensors"))  # block 1
+    tensors = load_file(str(shard))
+    name = next(k for k in tensors if k.endswith("mlp.down_proj.weight"))
+    tensors[name][0, 0] += 1.0
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    with pytest.raises(ArtifactError, match=r"1 parameter\(s\) differ .*first: model.layers.1.mlp.down_proj.weight"):
+        verify_offloaded(tmp_path / "m", loaded.model, loaded.adapter, loaded.store, ids)
+
+
 def test_offload_refuses_what_it_cannot_do(tiny_checkpoint, tiny_data_root, tmp_path):
     from pruning.pipeline import run_job
 
@@ -59,14 +107,16 @@ def test_offload_refuses_what_it_cannot_do(tiny_checkpoint, tiny_data_root, tmp_
 @pytest.mark.slow
 def test_a_model_larger_than_the_memory_cap_is_pruned_within_it(tiny_data_root, tmp_path):
     """A deep random Llama (32 blocks of hidden 1024: 1.32 GiB of float32 weights) pruned with Wanda
-    (calibration forward passes included) and evaluated with its blocks on disk: the job's peak RSS
-    (VmHWM of a fresh process, interpreter and libraries included) stays under a 1 GiB cap."""
+    (calibration forward passes included), evaluated, saved and reload-verified with its blocks on disk:
+    the job's peak RSS (VmHWM of a fresh process, interpreter and libraries included) stays under a
+    1 GiB cap."""
     cap = 1.0 * 2**30
     arch = ["model.arch.hidden_size=1024", "model.arch.intermediate_size=2752", "model.arch.num_hidden_layers=32",
             "model.arch.num_attention_heads=16", "model.arch.num_key_value_heads=4"]
     args = tiny_overrides("tiny-llama", tiny_data_root, "method=wanda", "engine.report_error=false",
                           "runtime.offload=disk", "runtime.threads=1",
-                          "calibration.nsamples=4", "calibration.seqlen=64", "eval.perplexity.max_windows=2", *arch)
+                          "calibration.nsamples=4", "calibration.seqlen=64", "eval.perplexity.max_windows=2",
+                          "save.enabled=true", *arch)
     out = subprocess.run([sys.executable, "-m", "experiments.run", *args, f"hydra.run.dir={tmp_path / 'job'}"],
                          cwd=REPO, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -75,3 +125,4 @@ def test_a_model_larger_than_the_memory_cap_is_pruned_within_it(tiny_data_root, 
     assert rec["model"]["n_blocks"] == 32 and model_bytes > 1.3 * cap
     assert rec["sparsity"]["actual"] == pytest.approx(0.5, abs=1e-6)
     assert rec["memory"]["peak_scope"] == "job" and rec["memory"]["peak_rss_bytes"] < cap, rec["memory"]
+    assert rec["save"]["verification"]["passed"] and rec["save"]["bytes"] > model_bytes
