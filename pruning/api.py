@@ -28,6 +28,7 @@ from pruning.engine import EngineReport, prune_model
 from pruning.errors import ConfigError
 from pruning.solvers import SOLVERS
 from pruning.sparsity import Sparsity, measure_sparsity, parse_sparsity
+from pruning.spec import CalibrationSpec, DataSpec, PerplexitySpec, build
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Splits the perplexity protocol evaluates (conf/eval/ppl.yaml).
@@ -135,9 +136,10 @@ def calibration_windows(tokenizer, calibration, *, nsamples: int, seqlen: int, s
     if isinstance(calibration, str):  # the split the calibration config uses (offline: WikiText-2/PTB validation)
         known = (CONF_DIR / "calibration" / f"{calibration}.yaml").is_file()
         split = conf_node("calibration", calibration).get("split", "train") if known else "train"
-        calib = build_calibration({"dataset": calibration, "split": split, "nsamples": nsamples, "seqlen": seqlen,
-                                   "seed": seed}, tokenizer, {"root": data_root, "source": source,
-                                                              "verify_checksums": verify})
+        calib = build_calibration(build(CalibrationSpec, {"dataset": calibration, "split": split, "nsamples": nsamples,
+                                                          "seqlen": seqlen, "seed": seed}, "calibration"),
+                                  tokenizer, build(DataSpec, {"root": data_root, "source": source,
+                                                              "verify_checksums": verify}, "data"))
         return calib.windows, calib.info
     if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, str) for t in calibration):
         windows = sample_documents(list(calibration), tokenizer, nsamples, seqlen, seed)
@@ -201,12 +203,13 @@ def evaluate_perplexity(model, tokenizer, dataset: str = "wikitext2", *, split: 
     split = split or PPL_SPLITS.get(dataset)
     if split is None:
         raise ConfigError(f"dataset={dataset!r}; allowed: {', '.join(PPL_SPLITS)}")
-    cfg = {"datasets": [dataset], "splits": {dataset: split}, "seqlen": seqlen, "max_windows": max_windows,
-           "batch_size": batch_size}
+    cfg = build(PerplexitySpec, {"datasets": [dataset], "splits": {dataset: split}, "seqlen": seqlen,
+                                 "max_windows": max_windows, "batch_size": batch_size}, "evaluate_perplexity")
+    data = build(DataSpec, {"root": data_root, "source": data_source, "verify_checksums": verify_checksums},
+                 "evaluate_perplexity")
     was_training = model.training
     model.eval()
     try:
-        return evaluate(model, tokenizer, cfg, {"root": data_root, "source": data_source,
-                                                "verify_checksums": verify_checksums})[dataset]
+        return evaluate(model, tokenizer, cfg, data)[dataset]
     finally:
         model.train(was_training)

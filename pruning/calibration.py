@@ -18,11 +18,13 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from typing import Mapping
 
 import torch
 
 from pruning.data import dataset_spec, load_rows
-from pruning.errors import ConfigError, DataError
+from pruning.errors import DataError
+from pruning.spec import CalibrationSpec, DataSpec, as_data, as_spec
 
 log = logging.getLogger(__name__)
 
@@ -82,17 +84,12 @@ def sample_stream(ids: list[int], nsamples: int, seqlen: int, seed: int) -> torc
     return torch.tensor(out, dtype=torch.long)
 
 
-def build_calibration(cfg, tokenizer, data_cfg=None) -> Calibration:
-    """Calibration windows from a ``calibration`` config (dataset, split, nsamples, seqlen, seed)."""
-    dataset, split = cfg["dataset"], cfg["split"]
-    nsamples, seqlen, seed = int(cfg["nsamples"]), int(cfg["seqlen"]), int(cfg["seed"])
-    if nsamples < 1 or seqlen < 2:
-        raise ConfigError(f"calibration.nsamples={nsamples} and calibration.seqlen={seqlen}: need nsamples >= 1 "
-                          "and seqlen >= 2")
+def build_calibration(cfg: CalibrationSpec | Mapping, tokenizer, data: DataSpec | Mapping | None = None) -> Calibration:
+    """Calibration windows from a ``calibration`` spec (dataset, split, nsamples, seqlen, seed)."""
+    cfg, data = as_spec(CalibrationSpec, cfg, "calibration"), as_data(data)
+    dataset, split, nsamples, seqlen, seed = cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed
     spec = dataset_spec(dataset)
-    data_cfg = data_cfg or {}
-    data = load_rows(dataset, split, root=data_cfg.get("root"), source=data_cfg.get("source", "auto"),
-                     verify=data_cfg.get("verify_checksums", True))
+    data = load_rows(dataset, split, root=data.root, source=data.source, verify=data.verify_checksums)
     if spec.calib_kind == "documents":
         windows = sample_documents(data.rows, tokenizer, nsamples, seqlen, seed)
     else:

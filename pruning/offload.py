@@ -25,8 +25,6 @@ from pruning.adapters import FamilyAdapter
 from pruning.errors import ConfigError, ModelLoadError
 
 
-OFFLOAD_MODES = (None, "disk")
-
 
 def _libc():
     try:

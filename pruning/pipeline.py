@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -30,14 +31,15 @@ from pruning.allocation import check_config as check_allocation
 from pruning.api import prune_loaded
 from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
-from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot, validate_zero_shot
+from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.record import check_record
-from pruning.offload import OFFLOAD_MODES, measure_offloaded_sparsity
+from pruning.offload import measure_offloaded_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete, peak_memory,
                              read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
                              write_text_atomic)
 from pruning.solvers import SOLVERS
+from pruning.spec import JobSpec, parse_job
 from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
 
@@ -49,134 +51,78 @@ log = logging.getLogger(__name__)
 EVAL_ONLY = ("dense", "none")
 
 
-def validate(cfg: DictConfig) -> dict:
-    """Check the choices that would otherwise fail late; returns parsed values."""
-    method = cfg.method.name
+def validate(cfg: DictConfig) -> JobSpec:
+    """Check the config before any heavy work (its structure, the method's knobs, the data and the model
+    files); returns the job spec."""
+    spec = parse_job(cfg, eval_only=EVAL_ONLY)
+    method, target, params = spec.method.name, spec.sparsity, dict(spec.method.params)
     if method not in EVAL_ONLY and method not in SOLVERS:  # SOLVERS, not a copy: a registered solver is valid
         raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join((*EVAL_ONLY, *SOLVERS))}")
-    target = parse_sparsity(cfg.sparsity)
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items() if k not in ("name", "label")}
-    if method in EVAL_ONLY:
-        target = Sparsity("dense", 0.0)
-    else:
+    if method not in EVAL_ONLY:
         SOLVERS[method].check_params(method, params)
         if target.kind == "nm" and isinstance(params.get("blocksize"), int) and params["blocksize"] % target.m:
             raise ConfigError(f"method.blocksize={params['blocksize']} must be a multiple of M={target.m} for "
                               f"sparsity {target}")
         if target.kind == "dense":
             raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing; use method=dense for the unpruned model")
-    _check_job_knobs(cfg)
-    for name in cfg.eval.perplexity.datasets or []:
+    _check_device(spec.engine.device)
+    for name in spec.eval.perplexity.datasets:
         dataset_spec(name)
-    dataset_spec(cfg.calibration.dataset)
-    allocation = OmegaConf.to_container(cfg.allocation, resolve=True) if cfg.get("allocation") else {"name": "uniform"}
-    profile = None if method in EVAL_ONLY else check_allocation(allocation, target)
-    zero_shot = cfg.eval.get("zero_shot")
-    zero_shot_on = zero_shot is not None and zero_shot.get("enabled", True)
-    if zero_shot_on:
-        validate_zero_shot(zero_shot)
-    offload = (cfg.get("runtime") or {}).get("offload")
-    if offload not in OFFLOAD_MODES:
-        raise ConfigError(f"runtime.offload={offload!r}; allowed: null (the model in memory), disk")
-    if offload and zero_shot_on:
+        spec.eval.perplexity.split(name)
+    dataset_spec(spec.calibration.dataset)
+    profile = None if method in EVAL_ONLY else check_allocation(dict(spec.allocation), target)
+    if spec.runtime.offload and spec.eval.zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
-    save = cfg.get("save") or {}
-    if save.get("enabled") and save.get("dir") is not None and not isinstance(save.get("dir"), str):
-        raise ConfigError(f"save.dir={save.get('dir')!r}: need a path or null (<job dir>/model)")
-    calibrates = method not in EVAL_ONLY and (SOLVERS[method].needs_data(bool((cfg.get("engine") or {}).get(
-        "report_error", True))) or allocation.get("name") == "owl")
-    _preflight_inputs(cfg, calibrates, zero_shot_on)
-    return {"method": method, "label": cfg.method.get("label") or method, "sparsity": target, "params": params,
-            "allocation": allocation, "profile": profile}
+    spec = replace(spec, profile=profile)
+    _preflight_inputs(spec, cfg.model, calibrates(spec))
+    return spec
 
 
-def _preflight_inputs(cfg: DictConfig, calibrates: bool, zero_shot_on: bool) -> None:
+def calibrates(spec: JobSpec) -> bool:
+    """Whether the job runs calibration forward passes (a solver that needs statistics, the error report,
+    or OWL's outlier scores)."""
+    method = spec.method.name
+    return method not in EVAL_ONLY and (SOLVERS[method].needs_data(spec.engine.report_error)
+                                        or spec.allocation.get("name") == "owl")
+
+
+def _preflight_inputs(spec: JobSpec, model_cfg, calibrating: bool) -> None:
     """Every file the job will read, before the model is loaded: the data (checksums, intact gzip), the
     model's files, and the eval/calibration window lengths against the model's context where its config
     is readable without the weights."""
-    data = OmegaConf.to_container(cfg.get("data"), resolve=True) if cfg.get("data") else {}
-    kw = {"root": data.get("root"), "source": data.get("source", "auto"), "verify": data.get("verify_checksums", True)}
-    ppl = cfg.eval.perplexity
-    if ppl.get("enabled", True):
-        splits = dict(ppl.get("splits") or {})
-        for name in ppl.datasets or []:
-            if name not in splits:
-                raise ConfigError(f"eval.perplexity.splits has no entry for {name!r}; set e.g. "
-                                  f"eval.perplexity.splits.{name}=test")
-            preflight(name, splits[name], **kw)
-    if calibrates:
-        preflight(cfg.calibration.dataset, cfg.calibration.split, **kw)
-    if zero_shot_on:
-        check_task_data(list(cfg.eval.zero_shot.tasks), data)
-    check_context(model_preflight(cfg.model), cfg, calibrating=calibrates)
+    data, ppl = spec.data, spec.eval.perplexity
+    kw = {"root": data.root, "source": data.source, "verify": data.verify_checksums}
+    if ppl.enabled:
+        for name in ppl.datasets:
+            preflight(name, ppl.split(name), **kw)
+    if calibrating:
+        preflight(spec.calibration.dataset, spec.calibration.split, **kw)
+    if spec.eval.zero_shot_on:
+        check_task_data(list(spec.eval.zero_shot.tasks), data)
+    check_context(model_preflight(model_cfg), spec, calibrating=calibrating)
 
 
-def _int_at_least(key: str, value, low: int, allow_none: bool = False) -> None:
-    if value is None and allow_none:
+def _check_device(device: str | None) -> None:
+    if device is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{key}={value!r}: need an integer >= {low}" + (" or null" if allow_none else ""))
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"engine.device={device!r} is not a device; e.g. cpu, cuda, cuda:1, or null") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"engine.device={device!r}: no such CUDA device here "
+                          f"({torch.cuda.device_count()} visible); use null (where the model is) or cpu")
 
 
-# The job's config schema above the group level (conf/config.yaml): a key outside it is a typo
-# (`+foo=1`, `+engine.batchsize=4`) that would otherwise be accepted and ignored.
-KNOWN_KEYS = {
-    None: {"model", "method", "calibration", "allocation", "eval", "logger", "protocol", "sparsity", "seed", "force",
-           "sweep_name", "data", "engine", "runtime", "save"},
-    "engine": {"true_sequential", "report_error", "batch_size", "device"},
-    "runtime": {"threads", "gpus", "gpu_lock_dir", "offload", "offload_dir", "max_fallback_share"},
-    "data": {"root", "source", "verify_checksums"},
-    "save": {"enabled", "dir", "verify"},
-}
-
-
-def _check_unknown_keys(cfg: DictConfig) -> None:
-    for section, known in KNOWN_KEYS.items():
-        node = cfg if section is None else cfg.get(section)
-        if node is None:
-            continue
-        unknown = sorted(set(node.keys()) - known)
-        if unknown:
-            where = "top-level key" if section is None else f"key of {section}"
-            raise ConfigError(f"unknown {where}(s) {unknown} (a typo?); allowed: {', '.join(sorted(known))}")
-
-
-def _check_job_knobs(cfg: DictConfig) -> None:
-    """Types and ranges of the job's own knobs, before any model is loaded."""
-    _check_unknown_keys(cfg)
-    ppl = cfg.eval.perplexity
-    _int_at_least("seed", cfg.get("seed", 0), 0)
-    _int_at_least("eval.perplexity.seqlen", ppl.seqlen, 2)
-    _int_at_least("eval.perplexity.max_windows", ppl.get("max_windows"), 1, allow_none=True)
-    _int_at_least("eval.perplexity.batch_size", ppl.get("batch_size", 1), 1)
-    _int_at_least("calibration.nsamples", cfg.calibration.nsamples, 1)
-    _int_at_least("calibration.seqlen", cfg.calibration.seqlen, 2)
-    _int_at_least("calibration.seed", cfg.calibration.get("seed", 0), 0)
-    eng = cfg.get("engine") or {}
-    _int_at_least("engine.batch_size", eng.get("batch_size", 1), 1)
-    device = eng.get("device")
-    if device is not None:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"engine.device={device!r} is not a device; e.g. cpu, cuda, cuda:1, or null") from None
-        if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-            raise ConfigError(f"engine.device={device!r}: no such CUDA device here "
-                              f"({torch.cuda.device_count()} visible); use null (where the model is) or cpu")
-    source = (cfg.get("data") or {}).get("source", "auto")
-    if source not in ("auto", "local", "hub"):
-        raise ConfigError(f"data.source={source!r}; allowed: auto, local, hub")
-
-
-def check_context(model_info: dict, cfg: DictConfig, calibrating: bool) -> None:
+def check_context(model_info: dict, spec: JobSpec, calibrating: bool) -> None:
     """Windows longer than the model's context are an error, not garbage (OPT's learned positions)."""
     limit = model_info.get("max_position_embeddings")
     if not limit:
         return
-    checks = [("eval.perplexity.seqlen", cfg.eval.perplexity.seqlen)]
+    checks = [("eval.perplexity.seqlen", spec.eval.perplexity.seqlen)]
     if calibrating:
-        checks.append(("calibration.seqlen", cfg.calibration.seqlen))
+        checks.append(("calibration.seqlen", spec.calibration.seqlen))
     for key, value in checks:
         if int(value) > int(limit):
             raise ConfigError(f"{key}={value} exceeds max_position_embeddings={limit} of {model_info['name']}; "
@@ -264,16 +210,15 @@ def _save_missing(record: dict, config: dict) -> bool:
     return False
 
 
-def _first_window(cfg: DictConfig, loaded, windows) -> tuple[torch.Tensor, str]:
+def _first_window(spec: JobSpec, loaded, windows) -> tuple[torch.Tensor, str]:
     """One window of token ids for the saved model's loss check: the first evaluation window, else the
     first calibration window, else seeded random tokens."""
-    ppl = cfg.eval.perplexity
-    if ppl.get("enabled", True) and ppl.datasets:
+    ppl, data = spec.eval.perplexity, spec.data
+    if ppl.enabled and ppl.datasets:
         name = ppl.datasets[0]
-        data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-        text = perplexity_text(name, ppl.splits[name], root=data.get("root"), source=data.get("source", "auto"),
-                               verify=data.get("verify_checksums", True))
-        ids = tokenize_text(loaded.tokenizer, text.rows[0])[: int(ppl.seqlen)].unsqueeze(0)
+        text = perplexity_text(name, ppl.split(name), root=data.root, source=data.source,
+                               verify=data.verify_checksums)
+        ids = tokenize_text(loaded.tokenizer, text.rows[0])[: ppl.seqlen].unsqueeze(0)
         return ids, f"the first {name} evaluation window"
     if windows is not None:
         return windows[:1], "the first calibration window"
@@ -281,14 +226,14 @@ def _first_window(cfg: DictConfig, loaded, windows) -> tuple[torch.Tensor, str]:
     return torch.randint(0, loaded.model.config.vocab_size, (1, 128), generator=gen), "128 seeded random tokens"
 
 
-def _save_model(cfg: DictConfig, config: dict, loaded, record: dict, out_dir: Path, target, windows) -> dict:
+def _save_model(spec: JobSpec, loaded, record: dict, out_dir: Path, windows) -> dict:
     """save.enabled: the pruned model as a checkpoint with its sidecar, then (save.verify) reloaded and checked;
     an offloaded model block by block (:mod:`pruning.artifact_offload`)."""
     from pruning.artifact import save_pruned, verify_saved
     from pruning.artifact_offload import save_offloaded, verify_offloaded
 
-    save = config["save"]
-    where = Path(save.get("dir") or out_dir / "model")
+    target = spec.sparsity
+    where = Path(spec.save.dir or out_dir / "model")
     sidecar = {"method": record["method"], "sparsity": record["sparsity"]["target"],
                "config_hash": record["config_hash"], "record": str((out_dir / RESULTS_FILE).resolve()),
                "model": {k: record["model"].get(k) for k in ("name", "source", "hub_id", "gguf", "gguf_sha256")
@@ -299,8 +244,8 @@ def _save_model(cfg: DictConfig, config: dict, loaded, record: dict, out_dir: Pa
         info = save_pruned(loaded.model, loaded.tokenizer, where, sidecar)
     else:
         info = save_offloaded(loaded.model, loaded.adapter, loaded.store, loaded.tokenizer, where, sidecar)
-    if save.get("verify", True):
-        ids, what = _first_window(cfg, loaded, windows)
+    if spec.save.verify:
+        ids, what = _first_window(spec, loaded, windows)
         check = verify_saved(where, loaded.model, ids, nm) if loaded.store is None else \
             verify_offloaded(where, loaded.model, loaded.adapter, loaded.store, ids, nm)
         info["verification"] = {**check, "window": what}
@@ -314,7 +259,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
     if existing is not None and not _save_missing(existing, config):
         return existing
     try:
-        parsed = validate(cfg)
+        spec = validate(cfg)
     except (ConfigError, DataError, ModelLoadError) as e:  # a record says why, also in a multirun (nothing computed)
         if is_complete(read_record(path)):  # force=true over a complete record: keep it, just fail
             raise
@@ -324,19 +269,18 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
                                  "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(),
                                          "finished": utc_now()}, "versions": versions()})
         raise
-    if parsed["method"] in EVAL_ONLY and cfg.sparsity is not None:
-        log.info("method=%s prunes nothing; sparsity=%s is ignored", parsed["method"], cfg.sparsity)
-    return _Job(cfg, config, chash, out_dir, parsed).run()
+    if spec.method.name in EVAL_ONLY and cfg.sparsity is not None:
+        log.info("method=%s prunes nothing; sparsity=%s is ignored", spec.method.name, cfg.sparsity)
+    return _Job(spec, config, chash, out_dir).run()
 
 
 class _Job:
     """The stages of one validated job around its record; any failure becomes a ``failed`` record."""
 
-    def __init__(self, cfg: DictConfig, config: dict, chash: str, out_dir: Path, parsed: dict):
-        self.cfg, self.config, self.chash, self.out_dir, self.parsed = cfg, config, chash, out_dir, parsed
-        self.method, self.target = parsed["method"], parsed["sparsity"]
+    def __init__(self, spec: JobSpec, config: dict, chash: str, out_dir: Path):
+        self.spec, self.config, self.chash, self.out_dir = spec, config, chash, out_dir
+        self.method, self.target = spec.method.name, spec.sparsity
         self.path = out_dir / RESULTS_FILE
-        self.runtime = config.get("runtime") or {}
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
@@ -345,20 +289,20 @@ class _Job:
             "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now(),
                     "slurm_job_id": os.environ.get("SLURM_JOB_ID")},  # set under a SLURM launcher
             "versions": versions(), "config": config,
-            "method": {"name": self.method, "label": parsed["label"], "params": parsed["params"]},
+            "method": {"name": self.method, "label": spec.method.label, "params": dict(spec.method.params)},
             "sparsity": {"target": NONE_TARGET if self.method == "none" else self.target.as_dict(), "actual": None},
-            "protocol": {"name": (config.get("protocol") or {}).get("name"), "calibration": None,
+            "protocol": {"name": spec.protocol.get("name"), "calibration": None,
                          "eval": config["eval"]},
             "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [], "warnings": [],
         }
         self.tracker = self._tracker()
 
     def _tracker(self):
-        logger_cfg = dict(self.config.get("logger") or {})
+        logger_cfg = dict(self.spec.logger)
         if logger_cfg.get("job_type") is None:
             logger_cfg["job_type"] = self.method
-        name = f"{self.config['model']['name']}:{self.method}" + (
-            "" if self.method in EVAL_ONLY else f":{self.target}:{self.config['calibration']['dataset']}")
+        name = f"{self.spec.model['name']}:{self.method}" + (
+            "" if self.method in EVAL_ONLY else f":{self.target}:{self.spec.calibration.dataset}")
         tracker = make_tracker(logger_cfg, self.config, self.out_dir, name=name)
         self.record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
                                    "run_dir": tracker.run_dir}
@@ -382,31 +326,31 @@ class _Job:
                 shutil.rmtree(self.offload_dir, ignore_errors=True)
 
     def load(self) -> None:
-        record, runtime = self.record, self.runtime
-        if runtime.get("threads"):
-            torch.set_num_threads(int(runtime["threads"]))
+        record, runtime = self.record, self.spec.runtime
+        if runtime.threads:
+            torch.set_num_threads(runtime.threads)
         record["job"]["torch_threads"] = torch.get_num_threads()  # after runtime.threads took effect
-        torch.manual_seed(int(self.config.get("seed", 0)))
-        if runtime.get("offload"):
-            self.offload_dir = Path(runtime.get("offload_dir") or self.out_dir / "offload")
-            self.temporary_store = not runtime.get("offload_dir")
-        self.loaded = load_model(self.cfg.model, offload_dir=self.offload_dir)
+        torch.manual_seed(self.spec.seed)
+        if runtime.offload:
+            self.offload_dir = Path(runtime.offload_dir or self.out_dir / "offload")
+            self.temporary_store = not runtime.offload_dir
+        self.loaded = load_model(OmegaConf.create(dict(self.spec.model)), offload_dir=self.offload_dir)
         record["model"] = self.loaded.info
         if self.method == "none" and self.loaded.info.get("source") == "local":
-            record["model"]["saved_sparsity"] = read_sidecar(self.cfg.model.path)  # who pruned it, if we did
+            record["model"]["saved_sparsity"] = read_sidecar(self.spec.model["path"])  # who pruned it, if we did
         record["timings"]["load_s"] = self.loaded.info["load_seconds"]
-        check_context(self.loaded.info, self.cfg, calibrating=self.method not in EVAL_ONLY)
+        check_context(self.loaded.info, self.spec, calibrating=self.method not in EVAL_ONLY)
 
     def calibrate(self) -> None:
-        record, method, calibration = self.record, self.method, self.config["calibration"]
-        report_error = bool((self.config.get("engine") or {}).get("report_error", True))
-        allocation = self.parsed["allocation"]["name"]
+        record, method, spec = self.record, self.method, self.spec
+        calibration = asdict(spec.calibration)
+        allocation = spec.allocation["name"]
         if method in EVAL_ONLY:
             record["protocol"]["calibration"] = {"used": False, "reason": f"method={method} calibrates nothing",
                                                  **calibration}
-        elif SOLVERS[method].needs_data(report_error) or allocation == "owl":
+        elif calibrates(spec):
             t0 = time.perf_counter()
-            calib = build_calibration(self.cfg.calibration, self.loaded.tokenizer, self.config.get("data"))
+            calib = build_calibration(spec.calibration, self.loaded.tokenizer, spec.data)
             record["protocol"]["calibration"] = {"used": True, **calib.info}
             record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
             self.windows = calib.windows
@@ -420,17 +364,16 @@ class _Job:
         if self.method in EVAL_ONLY:
             record["timings"]["prune_s"] = 0.0
             return
-        eng = self.config.get("engine") or {}
+        spec, eng = self.spec, self.spec.engine
         t0 = time.perf_counter()
         report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, self.method, self.target,
-                                     self.parsed["params"], self.parsed["allocation"], self.parsed["profile"],
-                                     device=eng.get("device"), batch_size=int(eng.get("batch_size", 1)),
-                                     true_sequential=bool(eng.get("true_sequential", False)),
-                                     report_error=bool(eng.get("report_error", True)), store=loaded.store)
+                                     dict(spec.method.params), dict(spec.allocation), spec.profile, device=eng.device,
+                                     batch_size=eng.batch_size, true_sequential=eng.true_sequential,
+                                     report_error=eng.report_error, store=loaded.store)
         record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
         record["allocation"] = alloc.info
         record["layers"] = report.layers
-        _check_numerics(record, report.layers, float(self.runtime.get("max_fallback_share", 0.1)))
+        _check_numerics(record, report.layers, spec.runtime.max_fallback_share)
         record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
         record["timings"].update(report.timings)
         record["timings"]["prune_s"] = report.timings["prune_total_s"]
@@ -439,21 +382,20 @@ class _Job:
         self.tracker.log_table("layers", report.layers)
 
     def evaluate(self) -> None:
-        record, loaded, cfg = self.record, self.loaded, self.cfg
+        record, loaded, spec = self.record, self.loaded, self.spec
         t_eval = time.perf_counter()
-        if cfg.eval.perplexity.get("enabled", True):
-            record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, cfg.eval.perplexity,
-                                                                  self.config.get("data"))
+        if spec.eval.perplexity.enabled:
+            record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, spec.eval.perplexity,
+                                                                  spec.data)
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
         for name, r in record["metrics"]["perplexity"].items():
             if not math.isfinite(r["ppl"]):
                 msg = f"{name} perplexity is not finite (mean log-loss {r['nll']:.4g}); recorded as null"
                 record["warnings"].append(msg)
                 log.warning(msg)
-        zero_shot = cfg.eval.get("zero_shot")
-        if zero_shot is not None and zero_shot.get("enabled", True):
+        if spec.eval.zero_shot_on:
             t_zs = time.perf_counter()
-            zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, zero_shot, self.config.get("data"))
+            zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, spec.eval.zero_shot, spec.data)
             record["metrics"]["zero_shot"] = zs
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
             self.tracker.log_table("zero_shot", [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}
@@ -464,10 +406,9 @@ class _Job:
             measure_offloaded_sparsity(loaded.model, loaded.adapter, loaded.store))
 
     def save(self) -> None:
-        if (self.config.get("save") or {}).get("enabled"):
+        if self.spec.save.enabled:
             t_save = time.perf_counter()
-            self.record["save"] = _save_model(self.cfg, self.config, self.loaded, self.record, self.out_dir,
-                                              self.target, self.windows)
+            self.record["save"] = _save_model(self.spec, self.loaded, self.record, self.out_dir, self.windows)
             self.record["timings"]["save_s"] = round(time.perf_counter() - t_save, 3)
 
     def finish(self) -> dict:
@@ -479,7 +420,7 @@ class _Job:
         problems = check_record(record)
         if problems:  # a bug in this code, not in the job's input: never write a record readers cannot trust
             raise RuntimeError(f"the record breaks its schema (pruning/record.py): {'; '.join(problems)}")
-        reusable_record(self.path, self.chash, bool(self.cfg.get("force", False)))  # again, right before writing
+        reusable_record(self.path, self.chash, self.spec.force)  # again, right before writing
         write_json_atomic(self.path, record)
         self.tracker.log_summary(_summary(record))
         self.tracker.finish()

@@ -36,7 +36,12 @@ BAD_CONFIGS = [
     ("sparsity=1.5", "sparsity=1.5 is outside"),
     ("+foo=1", "unknown top-level key(s) ['foo']"),
     ("method.blocksize=6 sparsity=2:4", "method.blocksize=6 must be a multiple of M=4"),
-    ("+engine.batchsize=4", "unknown key of engine(s) ['batchsize']"),
+    ("+engine.batchsize=4", "unknown key(s) of engine ['batchsize']"),
+    ("+save.where=x", "unknown key(s) of save ['where']"),
+    ("runtime.threads=0", "runtime.threads=0: need an integer >= 1 or null"),
+    ("runtime.offload=ram", "runtime.offload='ram'; allowed: null, disk"),
+    ("engine.report_error=maybe", "engine.report_error='maybe': need true or false"),
+    ("calibration.seqlen=1.5", "calibration.seqlen=1.5: need an integer"),
 ]
 
 

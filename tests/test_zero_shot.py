@@ -168,7 +168,7 @@ def test_request_strings_equal_the_stock_tasks(name):
 # --- configuration and sources ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad, match", [
-    ({"tasks": "piqa"}, "list of lm-eval task names"),
+    ({"tasks": "piqa"}, "tasks='piqa': need a list of strings"),
     ({"tasks": []}, "list of lm-eval task names"),
     ({"tasks": ["piqa", "piqa"]}, "names a task twice"),
     ({"limit": 0}, "limit=0"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pruning.data import dataset_spec, perplexity_text
 from pruning.errors import ConfigError, DataError
+from pruning.spec import DataSpec, PerplexitySpec, as_data, as_spec
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +81,21 @@ def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, *, max_windows: i
     }
 
 
-def evaluate_perplexity(model, tokenizer, cfg, data_cfg=None) -> dict:
-    """Perplexity on every dataset of an ``eval.perplexity`` config node; returns {dataset: result}."""
-    data_cfg = data_cfg or {}
-    datasets = list(cfg.get("datasets") or [])
-    splits = dict(cfg.get("splits") or {})
+def evaluate_perplexity(model, tokenizer, cfg: PerplexitySpec | Mapping, data: DataSpec | Mapping | None = None) -> dict:
+    """Perplexity on every dataset of an ``eval.perplexity`` spec; returns {dataset: result}."""
+    cfg, data = as_spec(PerplexitySpec, cfg, "eval.perplexity"), as_data(data)
     out = {}
-    for name in datasets:
+    for name in cfg.datasets:
         spec = dataset_spec(name)
-        if name not in splits:
-            raise ConfigError(f"eval.perplexity.splits has no entry for {name!r}; set e.g. "
-                              f"eval.perplexity.splits.{name}=test")
-        ds_split = splits[name]
-        text = perplexity_text(name, ds_split, root=data_cfg.get("root"), source=data_cfg.get("source", "auto"),
-                               verify=data_cfg.get("verify_checksums", True))
+        ds_split = cfg.split(name)
+        text = perplexity_text(name, ds_split, root=data.root, source=data.source, verify=data.verify_checksums)
         ids = tokenize_text(tokenizer, text.rows[0])
-        seqlen = int(cfg["seqlen"])
-        caps = [c for c in (cfg.get("max_windows"), spec.ppl_max_windows) if c is not None]
+        seqlen = cfg.seqlen
+        caps = [c for c in (cfg.max_windows, spec.ppl_max_windows) if c is not None]
         result = perplexity_from_ids(model, ids, seqlen, max_windows=min(caps) if caps else None,
-                                     batch_size=int(cfg.get("batch_size", 1)), desc=f"ppl {name}/{ds_split}")
+                                     batch_size=cfg.batch_size, desc=f"ppl {name}/{ds_split}")
         result.update(dataset=name, split=ds_split, data=text.info, protocol_cap=spec.ppl_max_windows,
-                      max_windows=cfg.get("max_windows"))
+                      max_windows=cfg.max_windows)
         log.info("%s/%s perplexity %.3f (%d windows x %d tokens, %.0f tok/s)", name, ds_split, result["ppl"],
                  result["nwindows"], seqlen, result["tokens_per_s"] or 0)
         out[name] = result

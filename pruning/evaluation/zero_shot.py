@@ -25,12 +25,12 @@ import os
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Mapping
 
-from omegaconf import DictConfig, OmegaConf
-
-from pruning.data import SOURCES, resolve_data_root, verify_file
+from pruning.data import resolve_data_root, verify_file
 from pruning.errors import ConfigError, DataError
 from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS, task_files, task_info
+from pruning.spec import DataSpec, ZeroShotSpec, as_data, as_spec
 
 log = logging.getLogger(__name__)
 
@@ -38,39 +38,16 @@ TASKS_DIR = Path(__file__).resolve().parent / "lm_eval_tasks"
 METRICS = ("acc", "acc_norm", "perplexity")
 
 
-def validate_zero_shot(zs: dict | DictConfig) -> dict:
-    """Check ``eval.zero_shot`` before any heavy work; returns it as a plain dict."""
-    zs = OmegaConf.to_container(zs, resolve=True) if isinstance(zs, DictConfig) else dict(zs)
-    tasks = zs.get("tasks")
-    if not tasks or isinstance(tasks, str) or not all(isinstance(t, str) and t for t in tasks):
-        raise ConfigError(f"eval.zero_shot.tasks={tasks!r}: give a list of lm-eval task names, e.g. "
-                          f"[{', '.join(OFFLINE_TASKS)}]")
-    if len(set(tasks)) != len(tasks):
-        raise ConfigError(f"eval.zero_shot.tasks={tasks!r} names a task twice")
-    limit = zs.get("limit")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit <= 0
-                              or (isinstance(limit, float) and limit >= 1)):
-        raise ConfigError(f"eval.zero_shot.limit={limit!r}; allowed: null (all documents), an integer >= 1 "
-                          "(first N documents per task) or a fraction 0 < limit < 1")
-    shots = zs.get("num_fewshot", 0)
-    if not isinstance(shots, int) or isinstance(shots, bool) or shots < 0:
-        raise ConfigError(f"eval.zero_shot.num_fewshot={shots!r}; allowed: an integer >= 0")
-    bs = zs.get("batch_size", 1)
-    if not (isinstance(bs, int) and bs >= 1) and bs != "auto":
-        raise ConfigError(f"eval.zero_shot.batch_size={bs!r}; allowed: an integer >= 1 or 'auto'")
-    if zs.get("add_bos_token") not in (None, True, False):
-        raise ConfigError(f"eval.zero_shot.add_bos_token={zs.get('add_bos_token')!r}; allowed: null (the "
-                          "tokenizer's default), true, false")
-    return zs
+def validate_zero_shot(zs: ZeroShotSpec | Mapping) -> ZeroShotSpec:
+    """``eval.zero_shot`` checked before any heavy work (:class:`pruning.spec.ZeroShotSpec`)."""
+    return as_spec(ZeroShotSpec, zs, "eval.zero_shot")
 
 
-def task_sources(tasks: list[str], data: dict | None) -> dict[str, str]:
+def task_sources(tasks: list[str], data: DataSpec | Mapping | None) -> dict[str, str]:
     """``local`` or ``hub`` per task, following ``data.root`` / ``data.source`` like the text datasets."""
-    data = data or {}
-    source = data.get("source", "auto")
-    if source not in SOURCES:
-        raise ConfigError(f"data.source={source!r}; allowed: {', '.join(SOURCES)}")
-    root = resolve_data_root(data.get("root")) if source != "hub" else None
+    data = as_data(data)
+    source = data.source
+    root = resolve_data_root(data.root) if source != "hub" else None
     out = {}
     for task in tasks:
         if root is not None and task in OFFLINE_TASKS:
@@ -90,9 +67,10 @@ def task_sources(tasks: list[str], data: dict | None) -> dict[str, str]:
     return out
 
 
-def check_task_data(tasks: list[str], data: dict | None) -> dict[str, str]:
+def check_task_data(tasks: list[str], data: DataSpec | Mapping | None) -> dict[str, str]:
     """Before any model is loaded: where each task is read from (:func:`task_sources`), and the published
     sha256 of every local task file (``data.verify_checksums``)."""
+    data = as_data(data)
     sources = task_sources(tasks, data)
     hub = [t for t in tasks if sources[t] == "hub"]
     if hub:
@@ -103,22 +81,20 @@ def check_task_data(tasks: list[str], data: dict | None) -> dict[str, str]:
         if unknown:
             raise ConfigError(f"eval.zero_shot.tasks: unknown task(s) {unknown}: neither an offline task "
                               f"({', '.join(OFFLINE_TASKS)}) nor one lm-eval knows")
-    if (data or {}).get("verify_checksums", True):
-        root = (data or {}).get("root")
+    if data.verify_checksums:
         for task in (t for t in tasks if sources[t] == "local"):
-            for path, (_, sha) in zip(task_files(task, root), OFFLINE_TASKS[task].files):
+            for path, (_, sha) in zip(task_files(task, data.root), OFFLINE_TASKS[task].files):
                 verify_file(path, sha)
     return sources
 
 
-def _task_manager(source: str, data: dict | None):
+def _task_manager(source: str, data: DataSpec | Mapping | None):
     from lm_eval.tasks import TaskManager
 
     if source == "hub":
         return TaskManager()
-    data = data or {}
-    meta = {"data_root": str(resolve_data_root(data.get("root"))),
-            "verify_checksums": bool(data.get("verify_checksums", True))}
+    data = as_data(data)
+    meta = {"data_root": str(resolve_data_root(data.root)), "verify_checksums": data.verify_checksums}
     return TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=meta)
 
 
@@ -136,17 +112,17 @@ def _chance(task) -> float | None:
     return sum(1.0 / len(task.doc_to_choice(d)) for d in docs) / len(docs) if docs else None
 
 
-def _lm(model, tokenizer, zs: dict):
+def _lm(model, tokenizer, zs: ZeroShotSpec):
     from lm_eval.models.huggingface import HFLM
 
     device = next(model.parameters()).device
-    max_length = int(zs.get("max_length") or 2048)
+    max_length = zs.max_length
     context = getattr(model.config, "max_position_embeddings", None)
     if context and max_length > int(context):
         log.warning("eval.zero_shot.max_length=%d exceeds the model's context %d; using %d", max_length, context, context)
         max_length = int(context)
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.get("batch_size", 1), max_length=max_length,
-                device=str(device), add_bos_token=zs.get("add_bos_token")), max_length
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.batch_size, max_length=max_length,
+                device=str(device), add_bos_token=zs.add_bos_token), max_length
 
 
 @contextlib.contextmanager
@@ -168,35 +144,35 @@ def _no_forked_bootstrap():
             os.environ["DISABLE_MULTIPROC"] = before
 
 
-def evaluate_zero_shot(model, tokenizer, zs: dict | DictConfig, data: dict | None = None) -> dict:
-    """Score ``zs["tasks"]`` with lm-eval; returns the ``metrics.zero_shot`` block of the record."""
+def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataSpec | Mapping | None = None) -> dict:
+    """Score ``zs.tasks`` with lm-eval; returns the ``metrics.zero_shot`` block of the record."""
     import lm_eval
     from lm_eval.tasks import get_task_dict
 
-    zs = validate_zero_shot(zs)
-    sources = task_sources(zs["tasks"], data)
+    zs, data = validate_zero_shot(zs), as_data(data)
+    sources = task_sources(list(zs.tasks), data)
     t0 = time.perf_counter()
     lm, max_length = _lm(model, tokenizer, zs)
-    seed = zs.get("seed")
+    seed = zs.seed
     seeds = {} if seed is None else {k: int(seed) for k in
                                       ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")}
     out = {"tasks": {}, "task_info": {}, "lm_eval_version": metadata.version("lm_eval"),
-           "config": {**{k: zs.get(k) for k in ("tasks", "num_fewshot", "limit", "batch_size", "add_bos_token",
-                                                "seed", "bootstrap_iters")}, "max_length": max_length}}
+           "config": {"tasks": list(zs.tasks), **{k: getattr(zs, k) for k in (
+               "num_fewshot", "limit", "batch_size", "add_bos_token", "seed", "bootstrap_iters")}, "max_length": max_length}}
     was_training = model.training
     model.eval()
     try:
         for source in ("local", "hub"):
-            names = [t for t in zs["tasks"] if sources[t] == source]
+            names = [t for t in zs.tasks if sources[t] == source]
             if not names:
                 continue
             manager = _task_manager(source, data)
             log.info("zero-shot (%s tasks): %s, %s-shot, limit=%s", source, ", ".join(names),
-                     zs.get("num_fewshot", 0), zs.get("limit"))
+                     zs.num_fewshot, zs.limit)
             with _no_forked_bootstrap():
                 result = lm_eval.simple_evaluate(
-                    model=lm, tasks=names, num_fewshot=zs.get("num_fewshot", 0), limit=zs.get("limit"),
-                    task_manager=manager, log_samples=False, bootstrap_iters=int(zs.get("bootstrap_iters", 100000)),
+                    model=lm, tasks=names, num_fewshot=zs.num_fewshot, limit=zs.limit,
+                    task_manager=manager, log_samples=False, bootstrap_iters=zs.bootstrap_iters,
                     **seeds)
             tasks = get_task_dict(names, manager)
             for name in names:
@@ -208,7 +184,7 @@ def evaluate_zero_shot(model, tokenizer, zs: dict | DictConfig, data: dict | Non
                         row[f"{metric}_stderr"] = _number(scores.get(f"{metric}_stderr,none"))
                 n = (result.get("n-samples") or {}).get(name, {})
                 row["n_docs"] = n.get("effective")
-                info = (task_info(name, (data or {}).get("root"), verify=bool((data or {}).get("verify_checksums", True)))
+                info = (task_info(name, data.root, verify=data.verify_checksums)
                         if source == "local" else {"source": "hub"})
                 info.update(version=(result.get("versions") or {}).get(name),
                             n_shot=(result.get("n-shot") or {}).get(name), n_docs_total=n.get("original"),

@@ -1,0 +1,295 @@
+"""The job spec: the composed Hydra config, checked and parsed once into frozen dataclasses.
+
+:func:`parse_job` turns the ``DictConfig`` of ``python -m experiments.run`` into a :class:`JobSpec`
+before any model is loaded; the pipeline and the library modules read its fields, never raw config
+nodes with ``.get(key, default)``. Every section's defaults are the dataclass defaults, equal to
+``conf/config.yaml`` (a test keeps the two in step). A key the section does not have, a value of the
+wrong type or out of range is a :class:`~pruning.errors.ConfigError` naming the key, the value and
+what is allowed.
+
+``model``, ``allocation`` and ``logger`` stay read-only mappings here: their keys depend on the model
+source, the allocation and the tracking backend, and their own modules check them
+(:func:`pruning.models.model_preflight`, :func:`pruning.allocation.check_config`,
+:func:`pruning.tracking.make_tracker`).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+from pruning.data import SOURCES as DATA_SOURCES
+from pruning.errors import ConfigError
+from pruning.sparsity import Sparsity, parse_sparsity
+
+
+def _least(low):
+    return {"min": low}
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where datasets are read from (``data``)."""
+    root: str | None = None  # None: $PRUNING_DATA_ROOT, else ../shared/data when present, else the hub
+    source: str = field(default="auto", metadata={"choices": DATA_SOURCES})
+    verify_checksums: bool = True
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """The calibration windows (``calibration``): ``nsamples`` windows of ``seqlen`` tokens."""
+    dataset: str
+    split: str
+    nsamples: int = field(metadata=_least(1))
+    seqlen: int = field(metadata=_least(2))
+    seed: int = field(default=0, metadata=_least(0))
+
+
+@dataclass(frozen=True)
+class PerplexitySpec:
+    """``eval.perplexity``: non-overlapping windows of ``seqlen`` tokens, at most ``max_windows``."""
+    enabled: bool = True
+    datasets: tuple[str, ...] = ("wikitext2",)
+    splits: Mapping[str, str] = field(default_factory=lambda: MappingProxyType(
+        {"wikitext2": "test", "ptb": "test", "c4": "validation"}))
+    seqlen: int = field(default=2048, metadata=_least(2))
+    max_windows: int | None = field(default=None, metadata=_least(1))
+    batch_size: int = field(default=1, metadata=_least(1))
+
+    def split(self, dataset: str) -> str:
+        if dataset not in self.splits:
+            raise ConfigError(f"eval.perplexity.splits has no entry for {dataset!r}; set e.g. "
+                              f"eval.perplexity.splits.{dataset}=test")
+        return self.splits[dataset]
+
+
+@dataclass(frozen=True)
+class ZeroShotSpec:
+    """``eval.zero_shot``: lm-evaluation-harness tasks on the in-memory model."""
+    tasks: tuple[str, ...]
+    enabled: bool = True
+    num_fewshot: int = field(default=0, metadata=_least(0))
+    limit: int | float | None = None  # None: every document; N >= 1: the first N per task; 0 < f < 1: a fraction
+    batch_size: int | str = 32  # an integer >= 1 or "auto"
+    max_length: int = field(default=2048, metadata=_least(1))
+    add_bos_token: bool | None = None  # None: the tokenizer's default
+    seed: int | None = None  # None: lm-eval's default seeds
+    bootstrap_iters: int = field(default=100000, metadata=_least(0))
+
+    def __post_init__(self):
+        tasks = self.tasks
+        if not tasks or not all(isinstance(t, str) and t for t in tasks):
+            raise ConfigError(f"eval.zero_shot.tasks={list(tasks)!r}: give a list of lm-eval task names")
+        if len(set(tasks)) != len(tasks):
+            raise ConfigError(f"eval.zero_shot.tasks={list(tasks)!r} names a task twice")
+        limit = self.limit
+        if limit is not None and (limit <= 0 or (isinstance(limit, float) and limit >= 1)):
+            raise ConfigError(f"eval.zero_shot.limit={limit!r}; allowed: null (all documents), an integer >= 1 "
+                              "(first N documents per task) or a fraction 0 < limit < 1")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1) and self.batch_size != "auto":
+            raise ConfigError(f"eval.zero_shot.batch_size={self.batch_size!r}; allowed: an integer >= 1 or 'auto'")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    perplexity: PerplexitySpec = field(default_factory=PerplexitySpec)
+    zero_shot: ZeroShotSpec | None = None  # None or enabled=false: no zero-shot evaluation
+
+    @property
+    def zero_shot_on(self) -> bool:
+        return self.zero_shot is not None and self.zero_shot.enabled
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """The sequential layer-wise driver (``engine``)."""
+    true_sequential: bool = False
+    report_error: bool = True
+    batch_size: int = field(default=1, metadata=_least(1))
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeSpec:
+    """How the job runs, not what it computes (``runtime``)."""
+    threads: int | None = field(default=None, metadata=_least(1))
+    gpus: tuple[int, ...] | None = None
+    gpu_lock_dir: str = "outputs/.gpu-locks"
+    offload: str | None = field(default=None, metadata={"choices": (None, "disk")})
+    offload_dir: str | None = None
+    max_fallback_share: float = 0.1
+
+
+@dataclass(frozen=True)
+class SaveSpec:
+    """The pruned model as a checkpoint (``save``)."""
+    enabled: bool = False
+    dir: str | None = None  # None: <job dir>/model
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """``method``: the solver's name, the row label, and every knob of the solver."""
+    name: str
+    label: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    model: Mapping[str, Any]
+    method: MethodSpec
+    sparsity: Sparsity
+    calibration: CalibrationSpec
+    allocation: Mapping[str, Any]
+    eval: EvalSpec
+    data: DataSpec
+    engine: EngineSpec
+    runtime: RuntimeSpec
+    save: SaveSpec
+    logger: Mapping[str, Any]
+    protocol: Mapping[str, Any]
+    profile: Mapping[str, Any] | None = None  # allocation=profile: the parsed per-layer ratios (set by validate)
+    seed: int = 0
+    force: bool = False
+    sweep_name: str = "default"
+
+
+TOP_LEVEL = {f.name for f in fields(JobSpec)} - {"profile"}
+
+_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+_PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+
+
+def _describe(tp) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"a list of {_PLURALS.get(args[0], _describe(args[0]))}"
+    if typing.get_origin(tp) in (collections.abc.Mapping, dict):
+        return "a mapping"
+    return _NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value, tp, key: str):
+    """``value`` as type ``tp`` (ints count as floats, lists as tuples); a ConfigError otherwise."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                continue
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+    elif origin in (collections.abc.Mapping, dict):
+        if isinstance(value, collections.abc.Mapping):
+            return MappingProxyType(dict(value))
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is Any:
+        return value
+    raise ConfigError(f"{key}={value!r}: need {_describe(tp)}")
+
+
+def build(cls, node, path: str):
+    """A ``cls`` dataclass from a config node (mapping): unknown keys, types, ranges and choices checked."""
+    node = dict(node or {})
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(node) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown key(s) of {path} {unknown} (a typo?); allowed: {', '.join(known)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in node:
+            continue
+        key = f"{path}.{f.name}"
+        value = _coerce(node[f.name], hints[f.name], key)
+        low = f.metadata.get("min")
+        if low is not None and value is not None and value < low:
+            raise ConfigError(f"{key}={value!r}: need an integer >= {low}" + (
+                " or null" if type(None) in typing.get_args(hints[f.name]) else ""))
+        choices = f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{key}={value!r}; allowed: {', '.join('null' if c is None else c for c in choices)}")
+        kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required key missing
+        missing = [f.name for f in fields(cls) if f.name not in kwargs and f.default is MISSING
+                   and f.default_factory is MISSING]
+        raise ConfigError(f"{path} lacks {missing or str(e)}") from None
+
+
+def _plain(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
+
+
+def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense", "none")) -> JobSpec:
+    """The job spec of a composed config (module docstring). Checks the structure, types and ranges of
+    every section; the method's knobs, the data and the model are checked by their owners
+    (:func:`pruning.pipeline.validate`)."""
+    config = _plain(cfg)
+    unknown = sorted(set(config) - TOP_LEVEL)
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown} (a typo?); allowed: {', '.join(sorted(TOP_LEVEL))}")
+    seed = config.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r}: need an integer >= 0")
+    for key, tp in (("force", bool), ("sweep_name", str)):
+        if key in config:
+            _coerce(config[key], tp, key)
+    method = dict(config["method"])
+    name = method.pop("name")
+    label = method.pop("label", None) or name
+    target = parse_sparsity(config.get("sparsity"))  # checked even where it is ignored (eval-only methods)
+    if name in eval_only:
+        target = Sparsity("dense", 0.0)
+    ev = dict(config.get("eval") or {})
+    unknown = sorted(set(ev) - {"perplexity", "zero_shot"})
+    if unknown:
+        raise ConfigError(f"unknown key(s) of eval {unknown} (a typo?); allowed: perplexity, zero_shot")
+    zero_shot = ev.get("zero_shot")
+    return JobSpec(
+        model=MappingProxyType(config["model"]), method=MethodSpec(name, label, MappingProxyType(method)),
+        sparsity=target, calibration=build(CalibrationSpec, config["calibration"], "calibration"),
+        allocation=MappingProxyType(config.get("allocation") or {"name": "uniform"}),
+        eval=EvalSpec(build(PerplexitySpec, ev.get("perplexity"), "eval.perplexity"),
+                      None if zero_shot is None else build(ZeroShotSpec, zero_shot, "eval.zero_shot")),
+        data=build(DataSpec, config.get("data"), "data"), engine=build(EngineSpec, config.get("engine"), "engine"),
+        runtime=build(RuntimeSpec, config.get("runtime"), "runtime"), save=build(SaveSpec, config.get("save"), "save"),
+        logger=MappingProxyType(config.get("logger") or {}), protocol=MappingProxyType(config.get("protocol") or {}),
+        seed=int(config.get("seed", 0)), force=bool(config.get("force", False)),
+        sweep_name=str(config.get("sweep_name", "default")))
+
+
+def as_data(data: DataSpec | Mapping | None) -> DataSpec:
+    """A :class:`DataSpec` from a spec, a ``data`` mapping or None (the defaults)."""
+    return data if isinstance(data, DataSpec) else build(DataSpec, _plain(data), "data")
+
+
+def as_spec(cls, node, path: str):
+    """A ``cls`` spec from itself or a config mapping (for callers outside the Hydra job)."""
+    return node if isinstance(node, cls) else build(cls, _plain(node), path)
