@@ -16,7 +16,6 @@ the shapes only (the real models' shapes are taken from their configs).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path

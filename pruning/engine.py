@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pruning.adapters import FamilyAdapter
+from pruning.offload import ResidentStore
 from pruning.solvers import Solver, SolverResult
 from pruning.sparsity import Sparsity
 from pruning.stats import LayerStats
@@ -75,19 +76,17 @@ def _solve_layer(solver, adapter, bi: int, name: str, layer, target: Sparsity, p
     return _layer_row(adapter, bi, name, layer, res, dt, target), dt
 
 
-def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store=None, targets=None) -> "EngineReport":
+def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets=None) -> "EngineReport":
     """Solvers that read only the weights (magnitude) with no error report: no forward pass at all."""
     report = EngineReport()
     solver_s = 0.0
     for bi, block in enumerate(tqdm(adapter.blocks(model), desc=f"prune {sparsity}", unit="block")):
-        if store is not None:
-            store.hold(bi, block)
+        store.hold(bi, block)
         for n, layer in adapter.prunable(block).items():
             row, dt = _solve_layer(solver, adapter, bi, n, layer, targets(bi, n) if targets else sparsity, params)
             solver_s += dt
             report.layers.append(row)
-        if store is not None:
-            store.put_back(bi, block)
+        store.put_back(bi, block)
     report.timings = {"calib_forward_s": 0.0, "solver_s": round(solver_s, 3),
                       "prune_total_s": round(time.perf_counter() - t_total, 3)}
     return report
@@ -174,24 +173,19 @@ def block_wanda_scores(model, adapter: FamilyAdapter, windows: torch.Tensor, sco
     {name: |W| · sqrt(‖X_j‖²)})`` on its prunable linears; the dense block's outputs feed the next block.
     Returns the scores per block."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    store = store or ResidentStore()
     inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
     inputs = [_to(x, device) for x in inputs]
     kwargs_list = [_to(k, device) for k in kwargs_list]
     out = []
     for bi, block in enumerate(tqdm(adapter.blocks(model), desc="outlier scores (dense)", unit="block")):
-        if store is not None:
-            store.hold(bi, block, device)
-        home = next(block.parameters()).device
-        block.to(device)
+        store.hold(bi, block, device)
         linears = adapter.prunable(block)
         stats, inputs = _block_statistics(block, bi, adapter, linears, tuple(linears), inputs, kwargs_list,
                                           False, True, device, keep_outputs=True)
         out.append(score(bi, {n: linears[n].weight.detach().float().abs() * stats[n].sq_norms.sqrt().unsqueeze(0)
                               for n in linears}))
-        if store is not None:
-            store.put_back(bi, block)
-        else:
-            block.to(home)
+        store.put_back(bi, block)
     return out
 
 
@@ -201,13 +195,15 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 report_error: bool = True, batch_size: int = 1, store=None, targets=None) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings.
 
-    ``store`` (:class:`pruning.offload.BlockStore`): blocks live on disk; each is loaded, pruned,
-    written back and released in turn, so one block is in memory at a time. ``targets(block, name)``
+    ``store``: where the blocks live between their turns (:class:`pruning.offload.ResidentStore`, the
+    default: in memory; :class:`pruning.offload.BlockStore`: on disk, each loaded, pruned, written back
+    and released in turn, so one block is in memory at a time). ``targets(block, name)``
     (:class:`pruning.allocation.Allocation`): per-layer targets instead of ``sparsity`` everywhere."""
     params = dict(params or {})
     report = EngineReport()
     t_total = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    store = store or ResidentStore()
     for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
         sparsity.check_width(m.in_features, name)
 
@@ -225,10 +221,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
 
     blocks = adapter.blocks(model)
     for bi, block in enumerate(tqdm(blocks, desc=f"prune {sparsity}", unit="block")):
-        if store is not None:
-            store.hold(bi, block, device)
-        home = next(block.parameters()).device
-        block.to(device)
+        store.hold(bi, block, device)
         linears = adapter.prunable(block)
         if true_sequential:
             groups = [tuple(n for n in g if n in linears) for g in adapter.sequential_groups]
@@ -253,10 +246,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         for x in inputs:
             _check_finite(x, f"block {bi}: the pruned block's outputs are not finite (its inputs were "
                              f"{'finite' if bi else 'the embeddings'}); the model or its calibration windows overflow")
-        if store is not None:
-            store.put_back(bi, block)
-        else:
-            block.to(home)
+        store.put_back(bi, block)
     report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),
                       "prune_total_s": round(time.perf_counter() - t_total, 3)}
     return report

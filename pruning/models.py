@@ -28,7 +28,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,6 +36,7 @@ import torch
 from pruning.adapters import FamilyAdapter, adapter_for
 from pruning.data import file_sha256
 from pruning.errors import ConfigError, ModelLoadError
+from pruning.offload import BlockStore, ResidentStore
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class LoadedModel:
     tokenizer: object
     adapter: FamilyAdapter
     info: dict
-    store: object = None  # pruning.offload.BlockStore when the blocks live on disk
+    store: BlockStore | ResidentStore = field(default_factory=ResidentStore)  # a BlockStore: blocks on disk
 
 
 def cache_root(cfg_value: str | None = None) -> Path:

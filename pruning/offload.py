@@ -60,8 +60,33 @@ def _materialized(block: nn.Module) -> bool:
     return not any(p.is_meta for p in block.parameters())
 
 
+class ResidentStore:
+    """The block store of a model held in memory (the default): :meth:`hold` moves a block to the device
+    it is worked on, :meth:`put_back` returns it where it lives; nothing is written or released. The
+    engine, OWL's scoring pass and the sparsity measurement walk every model through a store, this one or
+    a :class:`BlockStore`."""
+
+    on_disk = False
+
+    def __init__(self):
+        self._home: dict[int, torch.device] = {}
+
+    def hold(self, i: int, block: nn.Module, device=None) -> None:
+        self._home[i] = next(block.parameters()).device
+        if device is not None:
+            block.to(device)
+
+    def put_back(self, i: int, block: nn.Module) -> None:
+        block.to(self._home.pop(i))
+
+    def release(self, block: nn.Module) -> None:
+        """Nothing to release: the block stays in memory."""
+
+
 class BlockStore:
     """One safetensors file per decoder block under ``root``."""
+
+    on_disk = True
 
     def __init__(self, root: str | os.PathLike, adapter: FamilyAdapter):
         self.root = Path(root)
@@ -242,8 +267,8 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
     return model, adapter, store
 
 
-def measure_offloaded_sparsity(model: nn.Module, adapter: FamilyAdapter, store: BlockStore) -> dict:
-    """:func:`pruning.sparsity.measure_sparsity` over the blocks' linears, one block in memory at a time."""
+def measure_stored_sparsity(model: nn.Module, adapter: FamilyAdapter, store: BlockStore | ResidentStore) -> dict:
+    """:func:`pruning.sparsity.measure_sparsity` over the blocks' linears, one block held at a time."""
     from pruning.sparsity import measure_sparsity
 
     zeros = total = n = 0

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pruning.adapters import prunable_linears
 from pruning.calibration import build_calibration
 from pruning.artifact import read_sidecar
 from pruning.data import dataset_spec, perplexity_text, preflight
@@ -34,13 +33,12 @@ from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.record import check_record
-from pruning.offload import measure_offloaded_sparsity
+from pruning.offload import measure_stored_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete, peak_memory,
                              read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
                              write_text_atomic)
 from pruning.solvers import SOLVERS
 from pruning.spec import JobSpec, parse_job
-from pruning.sparsity import Sparsity, parse_sparsity, measure_sparsity
 from pruning.tracking import make_tracker
 
 log = logging.getLogger(__name__)
@@ -240,13 +238,13 @@ def _save_model(spec: JobSpec, loaded, record: dict, out_dir: Path, windows) -> 
                          if record["model"].get(k) is not None},
                "versions": record["versions"], "created": utc_now()}
     nm = target if target.kind == "nm" else None
-    if loaded.store is None:
+    if not loaded.store.on_disk:
         info = save_pruned(loaded.model, loaded.tokenizer, where, sidecar)
     else:
         info = save_offloaded(loaded.model, loaded.adapter, loaded.store, loaded.tokenizer, where, sidecar)
     if spec.save.verify:
         ids, what = _first_window(spec, loaded, windows)
-        check = verify_saved(where, loaded.model, ids, nm) if loaded.store is None else \
+        check = verify_saved(where, loaded.model, ids, nm) if not loaded.store.on_disk else \
             verify_offloaded(where, loaded.model, loaded.adapter, loaded.store, ids, nm)
         info["verification"] = {**check, "window": what}
     return info
@@ -400,10 +398,8 @@ class _Job:
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
             self.tracker.log_table("zero_shot", [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}
                                                  for task, scores in zs["tasks"].items()])
-        linears = prunable_linears(loaded.model, loaded.adapter)
         self.record["sparsity"].update(  # actual, zeros, total, n_linears
-            measure_sparsity(linears) if loaded.store is None else
-            measure_offloaded_sparsity(loaded.model, loaded.adapter, loaded.store))
+            measure_stored_sparsity(loaded.model, loaded.adapter, loaded.store))
 
     def save(self) -> None:
         if self.spec.save.enabled:

@@ -6,7 +6,6 @@ import math
 import os
 from pathlib import Path
 
-import pytest
 
 from pruning.pipeline import run_job
 from tests.conftest import compose_cfg, tiny_overrides

@@ -57,6 +57,7 @@ def test_an_offloaded_job_saves_block_by_block_the_same_model_as_in_memory(tiny_
     args = _local(tiny_checkpoint, tiny_data_root, "method=sparsegpt", "sparsity=2:4", "save.enabled=true")
     in_memory = run_job(compose_cfg(args), tmp_path / "mem")
     streamed = run_job(compose_cfg([*args, "runtime.offload=disk"]), tmp_path / "disk")
+    assert in_memory["save"]["verification"]["passed"] and not in_memory["save"]["verification"].get("streamed")
     check = streamed["save"]["verification"]
     assert check["passed"] and check["streamed"] and check["nm_violations"] == 0
     assert check["identical_parameters"] == check["parameters"] > 0 and check["loss_rel_diff"] <= 1e-6

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
 
 from pruning.errors import ConfigError
 from pruning.placement import gpu_from_pool

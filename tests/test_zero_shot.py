@@ -285,7 +285,6 @@ def test_acc_and_acc_norm_are_scored_exactly_on_a_model_with_known_likelihoods(t
     import numpy as np
 
     from pruning.evaluation.zero_shot import evaluate_zero_shot
-    from pruning.evaluation.zero_shot_data import load_docs
     from pruning.models import load_model
 
     lm = load_model(compose_cfg(["model=tiny-llama"]).model)
