@@ -75,7 +75,7 @@ def main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     runtime = cfg.get("runtime") or {}
     try:
-        with gpu_from_pool(runtime.get("gpus"), runtime.get("gpu_lock_dir") or "outputs/.gpu-locks") as gpu:
+        with gpu_from_pool(runtime.get("gpus"), runtime.get("gpu_lock_dir") or cfg.paths.gpu_locks) as gpu:
             use_gpu(gpu)
             run_job(cfg, hc.runtime.output_dir)
     except Exception as e:

@@ -37,7 +37,8 @@ RESULTS_FILE = "results.json"
 LOCK_FILE = ".job.lock"  # flock'ed by the job that owns the directory, for its whole lifetime
 
 # Config keys that do not change what a job computes: left out of the config hash.
-HASH_EXCLUDE = ("force", "logger", "sweep_name", "data.root", "model.cache_dir", "model.device", "runtime", "save")
+HASH_EXCLUDE = ("force", "logger", "sweep_name", "data.root", "model.cache_dir", "model.device", "runtime", "save",
+                "paths")
 
 _PACKAGES = ("torch", "transformers", "tokenizers", "datasets", "lm_eval", "accelerate", "safetensors", "gguf",
              "hydra-core", "omegaconf", "wandb", "pandas", "numpy")

@@ -135,6 +135,17 @@ class SaveSpec:
 
 
 @dataclass(frozen=True)
+class PathsSpec:
+    """Where the project reads and writes (``paths``; conf/paths/default.yaml). ``data.root`` and
+    ``runtime.gpu_lock_dir`` point here by default; ``cache`` is the model cache when ``model.cache_dir``
+    is null."""
+    data_root: str | None = None
+    cache: str | None = None
+    outputs: str = "outputs"
+    gpu_locks: str = "outputs/.gpu-locks"
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """``method``: the solver's name, the row label, and every knob of the solver."""
     name: str
@@ -154,6 +165,7 @@ class JobSpec:
     engine: EngineSpec
     runtime: RuntimeSpec
     save: SaveSpec
+    paths: PathsSpec
     logger: Mapping[str, Any]
     protocol: Mapping[str, Any]
     profile: Mapping[str, Any] | None = None  # allocation=profile: the parsed per-layer ratios (set by validate)
@@ -267,19 +279,24 @@ def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense
     target = parse_sparsity(config.get("sparsity"))  # checked even where it is ignored (eval-only methods)
     if name in eval_only:
         target = Sparsity("dense", 0.0)
+    paths = build(PathsSpec, config.get("paths"), "paths")
+    model = dict(config["model"])
+    if model.get("cache_dir") is None and paths.cache is not None:
+        model["cache_dir"] = paths.cache
     ev = dict(config.get("eval") or {})
     unknown = sorted(set(ev) - {"perplexity", "zero_shot"})
     if unknown:
         raise ConfigError(f"unknown key(s) of eval {unknown} (a typo?); allowed: perplexity, zero_shot")
     zero_shot = ev.get("zero_shot")
     return JobSpec(
-        model=MappingProxyType(config["model"]), method=MethodSpec(name, label, MappingProxyType(method)),
+        model=MappingProxyType(model), method=MethodSpec(name, label, MappingProxyType(method)),
         sparsity=target, calibration=build(CalibrationSpec, config["calibration"], "calibration"),
         allocation=MappingProxyType(config.get("allocation") or {"name": "uniform"}),
         eval=EvalSpec(build(PerplexitySpec, ev.get("perplexity"), "eval.perplexity"),
                       None if zero_shot is None else build(ZeroShotSpec, zero_shot, "eval.zero_shot")),
         data=build(DataSpec, config.get("data"), "data"), engine=build(EngineSpec, config.get("engine"), "engine"),
         runtime=build(RuntimeSpec, config.get("runtime"), "runtime"), save=build(SaveSpec, config.get("save"), "save"),
+        paths=paths,
         logger=MappingProxyType(config.get("logger") or {}), protocol=MappingProxyType(config.get("protocol") or {}),
         seed=int(config.get("seed", 0)), force=bool(config.get("force", False)),
         sweep_name=str(config.get("sweep_name", "default")))

@@ -6,17 +6,29 @@ import pytest
 from omegaconf import OmegaConf
 
 from pruning.errors import ConfigError
-from pruning.spec import (CalibrationSpec, DataSpec, EngineSpec, JobSpec, PerplexitySpec, RuntimeSpec, SaveSpec,
-                          ZeroShotSpec, as_spec, build, parse_job)
+from pruning.spec import (CalibrationSpec, DataSpec, EngineSpec, JobSpec, PathsSpec, PerplexitySpec, RuntimeSpec,
+                          SaveSpec, ZeroShotSpec, as_spec, build, parse_job)
 from tests.conftest import REPO, compose_cfg
 
 
 @pytest.mark.parametrize("section, cls", [("data", DataSpec), ("engine", EngineSpec), ("runtime", RuntimeSpec),
-                                          ("save", SaveSpec)])
+                                          ("save", SaveSpec), ("paths", PathsSpec)])
 def test_the_dataclass_defaults_are_the_config_files(section, cls):
-    yaml = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "config.yaml")[section])
-    assert build(cls, yaml, section) == cls()
-    assert sorted(yaml) == sorted(f.name for f in fields(cls))  # every key documented in the YAML
+    composed = OmegaConf.to_container(compose_cfg([]), resolve=True)[section]  # conf/config.yaml + conf/paths
+    assert build(cls, composed, section) == cls()
+    assert sorted(composed) == sorted(f.name for f in fields(cls))  # every key documented in the YAML
+
+
+def test_paths_move_the_data_root_the_cache_and_the_lock_dir_but_not_the_hash(tmp_path):
+    from pruning.results import config_hash
+
+    moved = compose_cfg([f"paths.data_root={tmp_path / 'data'}", f"paths.cache={tmp_path / 'cache'}",
+                         f"paths.outputs={tmp_path / 'out'}"])
+    spec = parse_job(moved)
+    assert spec.data.root == str(tmp_path / "data") and spec.model["cache_dir"] == str(tmp_path / "cache")
+    assert spec.runtime.gpu_lock_dir == str(tmp_path / "out" / ".gpu-locks")
+    plain = OmegaConf.to_container
+    assert config_hash(plain(moved, resolve=True)) == config_hash(plain(compose_cfg([]), resolve=True))
 
 
 def test_eval_defaults_are_the_eval_configs():
