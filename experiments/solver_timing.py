@@ -25,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 import experiments.run  # noqa: F401  (registers override_suffix)
 from pruning.errors import ConfigError
 from pruning.results import RESULTS_FILE, config_hash, reusable_record, utc_now, versions, write_json_atomic
-from pruning.solvers import SOLVERS
+from pruning.solvers import SOLVERS, check_method
 from pruning.sparsity import parse_sparsity
+from pruning.spec import parse_method
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +78,11 @@ def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
     existing = reusable_record(path, chash, bool(cfg.force))
     if existing is not None:
         return existing
-    method = cfg.method.name
-    if method not in SOLVERS:
-        raise ConfigError(f"method={method!r} has no solver to time; allowed: {', '.join(SOLVERS)}")
-    params = {k: v for k, v in config["method"].items() if k not in ("name", "label")}
-    SOLVERS[method].check_params(method, params)
-    sparsity = parse_sparsity(cfg.sparsity)
-    if sparsity.kind == "dense":
-        raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing")
+    spec, sparsity = parse_method(config["method"], config["sparsity"], eval_only=())
+    if spec.name not in SOLVERS:
+        raise ConfigError(f"method={spec.name!r} has no solver to time; allowed: {', '.join(SOLVERS)}")
+    check_method(spec, sparsity)  # the job's own checks: name, knobs, N:M block size, a target that prunes
+    method, params = spec.name, dict(spec.params)
     if int(cfg.repeats) < 1:
         raise ConfigError(f"repeats={cfg.repeats!r}; allowed: an integer >= 1")
     shapes = dict(config["shapes"]["layers"])
@@ -101,7 +99,8 @@ def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
 
     record = {"status": "running", "kind": "solver_timing", "config_hash": chash, "config": config,
               "versions": versions(), "job": {"started": utc_now(), "output_dir": str(out_dir.resolve())},
-              "method": {"name": method, "label": config["method"].get("label") or method, "params": params}, "sparsity": sparsity.as_dict(), "layers": []}
+              "method": {"name": method, "label": spec.label, "params": params}, "sparsity": sparsity.as_dict(),
+              "layers": []}
     total = 0.0
     for i, name in enumerate(wanted):
         rows, cols, count = shapes[name]

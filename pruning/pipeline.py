@@ -37,7 +37,7 @@ from pruning.offload import measure_stored_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete, peak_memory,
                              read_record, reset_peak_memory, reusable_record, utc_now, versions, write_json_atomic,
                              write_text_atomic)
-from pruning.solvers import SOLVERS
+from pruning.solvers import SOLVERS, check_method
 from pruning.spec import JobSpec, parse_job
 from pruning.tracking import make_tracker
 
@@ -53,16 +53,8 @@ def validate(cfg: DictConfig) -> JobSpec:
     """Check the config before any heavy work (its structure, the method's knobs, the data and the model
     files); returns the job spec."""
     spec = parse_job(cfg, eval_only=EVAL_ONLY)
-    method, target, params = spec.method.name, spec.sparsity, dict(spec.method.params)
-    if method not in EVAL_ONLY and method not in SOLVERS:  # SOLVERS, not a copy: a registered solver is valid
-        raise ConfigError(f"method.name={method!r} is not implemented; allowed: {', '.join((*EVAL_ONLY, *SOLVERS))}")
-    if method not in EVAL_ONLY:
-        SOLVERS[method].check_params(method, params)
-        if target.kind == "nm" and isinstance(params.get("blocksize"), int) and params["blocksize"] % target.m:
-            raise ConfigError(f"method.blocksize={params['blocksize']} must be a multiple of M={target.m} for "
-                              f"sparsity {target}")
-        if target.kind == "dense":
-            raise ConfigError(f"sparsity={cfg.sparsity!r} prunes nothing; use method=dense for the unpruned model")
+    method, target = spec.method.name, spec.sparsity
+    check_method(spec.method, target, EVAL_ONLY)
     _check_device(spec.engine.device)
     for name in spec.eval.perplexity.datasets:
         dataset_spec(name)

@@ -66,7 +66,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "timings": ((dict,), True),
     "memory": ((dict,), True),
     "layers": ((list,), True),
-    "warnings": ((list,), True),
+    "warnings": ((list,), False),  # written by every job since 0.1; absent in older records: none
     "tracking": ((dict,), True),
     "save": ((dict,), False),  # with save.enabled=true
 }

@@ -259,6 +259,21 @@ def _plain(node) -> dict:
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node or {})
 
 
+def parse_method(node, sparsity, *, eval_only: tuple[str, ...] = ("dense", "none")) -> tuple[MethodSpec, Sparsity]:
+    """The ``method`` node and the ``sparsity`` value as a :class:`MethodSpec` and a target (a dense target
+    for the methods that prune nothing; the value is checked all the same). The solver's knobs are checked
+    by :func:`pruning.solvers.check_method`."""
+    method = _plain(node)
+    name = method.pop("name", None)
+    if not isinstance(name, str):
+        raise ConfigError(f"method.name={name!r}: need the name of a method")
+    label = method.pop("label", None) or name
+    target = parse_sparsity(sparsity)  # checked even where it is ignored (eval-only methods)
+    if name in eval_only:
+        target = Sparsity("dense", 0.0)
+    return MethodSpec(name, label, MappingProxyType(method)), target
+
+
 def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense", "none")) -> JobSpec:
     """The job spec of a composed config (module docstring). Checks the structure, types and ranges of
     every section; the method's knobs, the data and the model are checked by their owners
@@ -273,12 +288,7 @@ def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense
     for key, tp in (("force", bool), ("sweep_name", str)):
         if key in config:
             _coerce(config[key], tp, key)
-    method = dict(config["method"])
-    name = method.pop("name")
-    label = method.pop("label", None) or name
-    target = parse_sparsity(config.get("sparsity"))  # checked even where it is ignored (eval-only methods)
-    if name in eval_only:
-        target = Sparsity("dense", 0.0)
+    method, target = parse_method(config["method"], config.get("sparsity"), eval_only=eval_only)
     paths = build(PathsSpec, config.get("paths"), "paths")
     model = dict(config["model"])
     if model.get("cache_dir") is None and paths.cache is not None:
@@ -289,7 +299,7 @@ def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense
         raise ConfigError(f"unknown key(s) of eval {unknown} (a typo?); allowed: perplexity, zero_shot")
     zero_shot = ev.get("zero_shot")
     return JobSpec(
-        model=MappingProxyType(model), method=MethodSpec(name, label, MappingProxyType(method)),
+        model=MappingProxyType(model), method=method,
         sparsity=target, calibration=build(CalibrationSpec, config["calibration"], "calibration"),
         allocation=MappingProxyType(config.get("allocation") or {"name": "uniform"}),
         eval=EvalSpec(build(PerplexitySpec, ev.get("perplexity"), "eval.perplexity"),

@@ -69,6 +69,23 @@ RANGES = {
     "rho": (lambda v: v > 0, "> 0"),
 }
 
+def check_method(method, target, eval_only: tuple[str, ...] = ()) -> None:
+    """A :class:`pruning.spec.MethodSpec` against the solvers, before any model is loaded: the name, the
+    knobs (:meth:`Solver.check_params`), an N:M block size, and a target that prunes something."""
+    if method.name in eval_only:
+        return
+    if method.name not in SOLVERS:  # SOLVERS, not a copy: a registered solver is valid
+        raise ConfigError(f"method.name={method.name!r} is not implemented; allowed: "
+                          f"{', '.join((*eval_only, *SOLVERS))}")
+    params = dict(method.params)
+    SOLVERS[method.name].check_params(method.name, params)
+    if target.kind == "nm" and isinstance(params.get("blocksize"), int) and params["blocksize"] % target.m:
+        raise ConfigError(f"method.blocksize={params['blocksize']} must be a multiple of M={target.m} for "
+                          f"sparsity {target}")
+    if target.kind == "dense":
+        raise ConfigError(f"sparsity={target} prunes nothing; use method=dense for the unpruned model")
+
+
 SOLVERS: dict[str, Solver] = {
     "magnitude": Solver(magnitude, needs_hessian=False, needs_norms=False),
     "wanda": Solver(wanda, needs_hessian=False, needs_norms=True),
@@ -77,4 +94,4 @@ SOLVERS: dict[str, Solver] = {
     "alps": Solver(alps, needs_hessian=True, needs_norms=False),
 }
 
-__all__ = ["SOLVERS", "Solver", "SolverResult"]
+__all__ = ["SOLVERS", "Solver", "SolverResult", "check_method"]
