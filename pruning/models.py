@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import time
+from typing import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +38,10 @@ from pruning.adapters import FamilyAdapter, adapter_for
 from pruning.data import file_sha256
 from pruning.errors import ConfigError, ModelLoadError
 from pruning.offload import BlockStore, ResidentStore
+from pruning.spec import ModelSpec, as_spec
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("hub", "local", "gguf", "packaged_gguf", "assembled_gguf", "random")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ENV_CACHE = "PRUNING_CACHE_DIR"
 
@@ -188,56 +189,55 @@ def _converted_cache(gguf: Path, cache: Path) -> Path:
     return cache / "converted" / f"{gguf.stem}-{file_sha256(gguf)[:16]}"
 
 
-def model_preflight(cfg) -> dict:
+def model_preflight(cfg: ModelSpec | Mapping) -> dict:
     """What can be known about a model without loading its weights: the files exist, and its context
     length (``max_position_embeddings``) from its config, where that is readable offline and cheaply
     (random, local, a converted GGUF cache, a cached hub config); None where it is not."""
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ConfigError(f"model.source={source!r}; allowed: {', '.join(SOURCES)}")
+    cfg = as_spec(ModelSpec, cfg, "model")
+    source = cfg.source
     config = None
     try:
         from transformers import AutoConfig
 
         if source == "random":
-            arch = dict(cfg.get("arch") or {})
+            arch = dict(cfg.arch or {})
             model_type = arch.pop("model_type", None)
             config = AutoConfig.for_model(model_type, **arch) if model_type else None
         elif source == "local":
-            config = AutoConfig.from_pretrained(_check_local_dir(cfg.get("path")),
-                                                trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+            config = AutoConfig.from_pretrained(_check_local_dir(cfg.path),
+                                                trust_remote_code=cfg.trust_remote_code)
         elif source in ("gguf", "packaged_gguf"):
-            gguf = (Path(str(cfg.get("path") or "")).expanduser() if source == "gguf"
-                    else packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file")))
+            gguf = (Path(str(cfg.path or "")).expanduser() if source == "gguf"
+                    else packaged_gguf_path(cfg.package, cfg.gguf_file))
             _check_gguf(gguf)
-            converted = _converted_cache(gguf, cache_root(cfg.get("cache_dir")))
+            converted = _converted_cache(gguf, cache_root(cfg.cache_dir))
             if (converted / "config.json").is_file():
                 config = AutoConfig.from_pretrained(converted)
-        elif source == "hub" and cfg.get("hub_id"):
+        elif source == "hub" and cfg.hub_id:
             try:
-                config = AutoConfig.from_pretrained(cfg.get("hub_id"), revision=cfg.get("revision"))
+                config = AutoConfig.from_pretrained(cfg.hub_id, revision=cfg.revision)
             except Exception as e:  # no network and not cached: the load itself will say so
-                log.debug("no config for %s ahead of loading: %s", cfg.get("hub_id"), e)
+                log.debug("no config for %s ahead of loading: %s", cfg.hub_id, e)
     except (ModelLoadError, ConfigError):
         raise
     except Exception as e:  # an unreadable config: the load reports it, naming the file
         log.debug("model config not readable ahead of loading: %s", e)
-    return {"name": cfg.get("name"), "source": source,
+    return {"name": cfg.name, "source": source,
             "max_position_embeddings": getattr(config, "max_position_embeddings", None) if config else None}
 
 
 def _random_model(cfg):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    arch = dict(cfg.get("arch") or {})
+    arch = dict(cfg.arch or {})
     model_type = arch.pop("model_type", None)
     if not model_type:
-        raise ConfigError(f"model {cfg.get('name')!r}: source=random needs arch.model_type")
+        raise ConfigError(f"model {cfg.name!r}: source=random needs arch.model_type")
     try:
         config = AutoConfig.for_model(model_type, **arch)
     except ValueError as e:
-        raise ConfigError(f"model {cfg.get('name')!r}: arch.model_type={model_type!r}: {e}") from None
-    torch.manual_seed(int(cfg.get("seed", 0)))
+        raise ConfigError(f"model {cfg.name!r}: arch.model_type={model_type!r}: {e}") from None
+    torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config)
     model.config.use_cache = False
     return model, byte_tokenizer()
@@ -246,12 +246,12 @@ def _random_model(cfg):
 def _gguf_file(cfg, source: str, cache: Path, info: dict) -> Path:
     """The GGUF file of a ``gguf`` / ``packaged_gguf`` / ``assembled_gguf`` model, recorded in ``info``."""
     if source == "gguf":
-        gguf = Path(str(cfg.get("path") or "")).expanduser()
+        gguf = Path(str(cfg.path or "")).expanduser()
         _check_gguf(gguf)
     elif source == "packaged_gguf":
-        gguf = packaged_gguf_path(cfg.get("package"), cfg.get("gguf_file"))
+        gguf = packaged_gguf_path(cfg.package, cfg.gguf_file)
     else:
-        gguf = assembled_gguf_path(cfg.get("package"), cache)
+        gguf = assembled_gguf_path(cfg.package, cache)
     info.update(gguf=str(gguf), gguf_sha256=file_sha256(gguf),
                 note="dequantized from GGUF; 'dense' means the dequantized weights")
     return gguf
@@ -264,9 +264,9 @@ def _load_offloaded(cfg, source: str, where: str | None, revision, dtype, store_
     from pruning import offload
 
     if source == "random":
-        arch = dict(cfg.get("arch") or {})
+        arch = dict(cfg.arch or {})
         config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-        model, adapter, store = offload.random_offloaded(config, adapter_for, store_root, int(cfg.get("seed", 0)), dtype)
+        model, adapter, store = offload.random_offloaded(config, adapter_for, store_root, cfg.seed, dtype)
         return model, byte_tokenizer(), adapter, store
     if where is None:
         raise ConfigError("runtime.offload=disk reads safetensors checkpoints; a GGUF needs model.cache=true")
@@ -275,7 +275,7 @@ def _load_offloaded(cfg, source: str, where: str | None, revision, dtype, store_
 
         where = snapshot_download(where, revision=revision,
                                   allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"])
-    config = AutoConfig.from_pretrained(where, trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+    config = AutoConfig.from_pretrained(where, trust_remote_code=cfg.trust_remote_code)
     model, adapter, store = offload.checkpoint_offloaded(where, config, adapter_for, store_root, dtype)
     return model, AutoTokenizer.from_pretrained(where, **tok_kwargs), adapter, store
 
@@ -288,7 +288,7 @@ def _from_dir(where: str, revision, source: str, dtype, tok_kwargs: dict, cfg):
         tokenizer = AutoTokenizer.from_pretrained(where, revision=revision, **tok_kwargs)
         model = AutoModelForCausalLM.from_pretrained(
             where, revision=revision, dtype=dtype if source in ("hub", "local") else torch.float32,
-            trust_remote_code=bool(cfg.get("trust_remote_code", False)))
+            trust_remote_code=cfg.trust_remote_code)
     except Exception as e:
         raise ModelLoadError(f"could not load model {where!r} ({source}): {type(e).__name__}: {e}") from e
     return model, tokenizer
@@ -298,16 +298,16 @@ def _pretrained(cfg, source: str, dtype, cache: Path, tok_kwargs: dict, info: di
     """Model and tokenizer of a hub id, a local directory or a GGUF (through its converted cache, which
     is rebuilt once when it does not load: truncated weights, a killed copy)."""
     if source == "hub":
-        where, revision = cfg.get("hub_id"), cfg.get("revision")
+        where, revision = cfg.hub_id, cfg.revision
         if not where:
-            raise ConfigError(f"model {cfg.get('name')!r}: source=hub needs hub_id")
+            raise ConfigError(f"model {cfg.name!r}: source=hub needs hub_id")
         info.update(hub_id=where, revision=revision)
         return _from_dir(where, revision, source, dtype, tok_kwargs, cfg)
     if source == "local":
-        return _from_dir(str(_check_local_dir(cfg.get("path"))), None, source, dtype, tok_kwargs, cfg)
+        return _from_dir(str(_check_local_dir(cfg.path)), None, source, dtype, tok_kwargs, cfg)
     gguf = _gguf_file(cfg, source, cache, info)
     tok_kwargs["use_fast"] = True  # GGUF tokenizers convert to fast tokenizers only
-    if not cfg.get("cache", True):  # no cache: parse the GGUF directly every time
+    if not cfg.cache:  # no cache: parse the GGUF directly every time
         return _load_gguf(gguf)
     where = str(_gguf_to_cache(gguf, cache))
     try:
@@ -318,19 +318,19 @@ def _pretrained(cfg, source: str, dtype, cache: Path, tok_kwargs: dict, info: di
         return _from_dir(str(_gguf_to_cache(gguf, cache)), None, source, dtype, tok_kwargs, cfg)
 
 
-def load_model(cfg, device: str | None = None, *, offload_dir: str | os.PathLike | None = None) -> LoadedModel:
-    """Load the model described by a ``model`` config node; with ``offload_dir`` the decoder blocks
-    are kept in a block store there instead of in memory (:mod:`pruning.offload`)."""
+def load_model(cfg: ModelSpec | Mapping, device: str | None = None, *,
+               offload_dir: str | os.PathLike | None = None) -> LoadedModel:
+    """Load the model a ``model`` spec (or config mapping) describes; with ``offload_dir`` the decoder
+    blocks are kept in a block store there instead of in memory (:mod:`pruning.offload`)."""
+    cfg = as_spec(ModelSpec, cfg, "model")
     t0 = time.perf_counter()
-    source = cfg.get("source")
-    if source not in SOURCES:
-        raise ConfigError(f"model.source={source!r}; allowed: {', '.join(SOURCES)}")
-    dev = resolve_device(device or cfg.get("device"))
-    dtype = resolve_dtype(cfg.get("dtype"), dev)
-    tok_cfg = dict(cfg.get("tokenizer") or {})
+    source = cfg.source
+    dev = resolve_device(device or cfg.device)
+    dtype = resolve_dtype(cfg.dtype, dev)
+    tok_cfg = dict(cfg.tokenizer)
     tok_kwargs = {"use_fast": bool(tok_cfg.get("use_fast", False))}
-    cache = cache_root(cfg.get("cache_dir"))
-    info = {"name": cfg.get("name"), "source": source}
+    cache = cache_root(cfg.cache_dir)
+    info = {"name": cfg.name, "source": source}
     if offload_dir is not None:
         return _offloaded_model(cfg, source, dev, dtype, cache, offload_dir, tok_kwargs, info, t0)
 
@@ -364,13 +364,13 @@ def _offloaded_model(cfg, source, dev, dtype, cache, offload_dir, tok_kwargs, in
                           "use engine.device=cuda to prune each block on the GPU")
     dtype = dtype if isinstance(dtype, torch.dtype) else torch.float32
     if source in ("hub", "local"):
-        where, revision = (cfg.get("hub_id"), cfg.get("revision")) if source == "hub" else (cfg.get("path"), None)
+        where, revision = (cfg.hub_id, cfg.revision) if source == "hub" else (cfg.path, None)
     elif source == "random":
         where, revision = None, None
     else:
         gguf = _gguf_file(cfg, source, cache, info)
         tok_kwargs["use_fast"] = True
-        where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.get("cache", True) else None), None
+        where, revision = (str(_gguf_to_cache(gguf, cache)) if cfg.cache else None), None
     model, tokenizer, adapter, store = _load_offloaded(cfg, source, where, revision, dtype, offload_dir, tok_kwargs)
     model.config.use_cache = False
     model.eval()

@@ -65,7 +65,7 @@ def validate(cfg: DictConfig) -> JobSpec:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
     spec = replace(spec, profile=profile)
-    _preflight_inputs(spec, cfg.model, calibrates(spec))
+    _preflight_inputs(spec, calibrates(spec))
     return spec
 
 
@@ -77,7 +77,7 @@ def calibrates(spec: JobSpec) -> bool:
                                         or spec.allocation.get("name") == "owl")
 
 
-def _preflight_inputs(spec: JobSpec, model_cfg, calibrating: bool) -> None:
+def _preflight_inputs(spec: JobSpec, calibrating: bool) -> None:
     """Every file the job will read, before the model is loaded: the data (checksums, intact gzip), the
     model's files, and the eval/calibration window lengths against the model's context where its config
     is readable without the weights."""
@@ -90,7 +90,7 @@ def _preflight_inputs(spec: JobSpec, model_cfg, calibrating: bool) -> None:
         preflight(spec.calibration.dataset, spec.calibration.split, **kw)
     if spec.eval.zero_shot_on:
         check_task_data(list(spec.eval.zero_shot.tasks), data)
-    check_context(model_preflight(model_cfg), spec, calibrating=calibrating)
+    check_context(model_preflight(spec.model), spec, calibrating=calibrating)
 
 
 def _check_device(device: str | None) -> None:
@@ -291,7 +291,7 @@ class _Job:
         logger_cfg = dict(self.spec.logger)
         if logger_cfg.get("job_type") is None:
             logger_cfg["job_type"] = self.method
-        name = f"{self.spec.model['name']}:{self.method}" + (
+        name = f"{self.spec.model.name}:{self.method}" + (
             "" if self.method in EVAL_ONLY else f":{self.target}:{self.spec.calibration.dataset}")
         tracker = make_tracker(logger_cfg, self.config, self.out_dir, name=name)
         self.record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
@@ -324,10 +324,10 @@ class _Job:
         if runtime.offload:
             self.offload_dir = Path(runtime.offload_dir or self.out_dir / "offload")
             self.temporary_store = not runtime.offload_dir
-        self.loaded = load_model(OmegaConf.create(dict(self.spec.model)), offload_dir=self.offload_dir)
+        self.loaded = load_model(self.spec.model, offload_dir=self.offload_dir)
         record["model"] = self.loaded.info
         if self.method == "none" and self.loaded.info.get("source") == "local":
-            record["model"]["saved_sparsity"] = read_sidecar(self.spec.model["path"])  # who pruned it, if we did
+            record["model"]["saved_sparsity"] = read_sidecar(self.spec.model.path)  # who pruned it, if we did
         record["timings"]["load_s"] = self.loaded.info["load_seconds"]
         check_context(self.loaded.info, self.spec, calibrating=self.method not in EVAL_ONLY)
 

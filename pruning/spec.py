@@ -7,9 +7,8 @@ nodes with ``.get(key, default)``. Every section's defaults are the dataclass de
 wrong type or out of range is a :class:`~pruning.errors.ConfigError` naming the key, the value and
 what is allowed.
 
-``model``, ``allocation`` and ``logger`` stay read-only mappings here: their keys depend on the model
-source, the allocation and the tracking backend, and their own modules check them
-(:func:`pruning.models.model_preflight`, :func:`pruning.allocation.check_config`,
+``allocation`` and ``logger`` stay read-only mappings here: their keys depend on the allocation and the
+tracking backend, and their own modules check them (:func:`pruning.allocation.check_config`,
 :func:`pruning.tracking.make_tracker`).
 """
 
@@ -31,6 +30,31 @@ from pruning.sparsity import Sparsity, parse_sparsity
 
 def _least(low):
     return {"min": low}
+
+
+MODEL_SOURCES = ("hub", "local", "gguf", "packaged_gguf", "assembled_gguf", "random")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``model``: what to load and how (conf/model/*.yaml). ``source`` decides which location keys count:
+    ``hub_id``/``revision`` (hub), ``path`` (local directory or GGUF file), ``package``/``gguf_file``
+    (a GGUF inside a pip package), ``arch``/``seed`` (a random test model)."""
+    name: str
+    source: str = field(metadata={"choices": MODEL_SOURCES})
+    hub_id: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    package: str | None = None
+    gguf_file: str | None = None
+    cache: bool = True  # convert a GGUF once to a safetensors cache
+    cache_dir: str | None = None  # None: paths.cache, else $PRUNING_CACHE_DIR, else ~/.cache/llm-pruning
+    dtype: str | None = "auto"  # auto: float32 on CPU, the checkpoint's dtype on CUDA
+    device: str | None = "auto"  # auto: cuda when available
+    tokenizer: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    trust_remote_code: bool = False
+    seed: int = field(default=0, metadata=_least(0))
+    arch: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +179,7 @@ class MethodSpec:
 
 @dataclass(frozen=True)
 class JobSpec:
-    model: Mapping[str, Any]
+    model: ModelSpec
     method: MethodSpec
     sparsity: Sparsity
     calibration: CalibrationSpec
@@ -299,7 +323,7 @@ def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense
         raise ConfigError(f"unknown key(s) of eval {unknown} (a typo?); allowed: perplexity, zero_shot")
     zero_shot = ev.get("zero_shot")
     return JobSpec(
-        model=MappingProxyType(model), method=method,
+        model=build(ModelSpec, model, "model"), method=method,
         sparsity=target, calibration=build(CalibrationSpec, config["calibration"], "calibration"),
         allocation=MappingProxyType(config.get("allocation") or {"name": "uniform"}),
         eval=EvalSpec(build(PerplexitySpec, ev.get("perplexity"), "eval.perplexity"),

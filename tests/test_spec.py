@@ -25,7 +25,7 @@ def test_paths_move_the_data_root_the_cache_and_the_lock_dir_but_not_the_hash(tm
     moved = compose_cfg([f"paths.data_root={tmp_path / 'data'}", f"paths.cache={tmp_path / 'cache'}",
                          f"paths.outputs={tmp_path / 'out'}"])
     spec = parse_job(moved)
-    assert spec.data.root == str(tmp_path / "data") and spec.model["cache_dir"] == str(tmp_path / "cache")
+    assert spec.data.root == str(tmp_path / "data") and spec.model.cache_dir == str(tmp_path / "cache")
     assert spec.runtime.gpu_lock_dir == str(tmp_path / "out" / ".gpu-locks")
     plain = OmegaConf.to_container
     assert config_hash(plain(moved, resolve=True)) == config_hash(plain(compose_cfg([]), resolve=True))
