@@ -73,6 +73,8 @@ def flatten(record: dict, path: Path) -> dict:
         "method": record["method"]["name"],
         "label": method_label(record["method"]) + ("" if allocation == "uniform" else f"+{allocation}"),
         "allocation": allocation,
+        "allocation_params": ",".join(f"{k}={v}" for k, v in sorted((cfg.get("allocation") or {}).items())
+                                      if k != "name") if allocation != "uniform" else "",
         "sparsity": target.get("spec") if target["kind"] != "dense" else "dense",
         "sparsity_kind": target["kind"], "sparsity_ratio": target["ratio"],
         "sparsity_n": target.get("n"), "sparsity_m": target.get("m"),

@@ -351,6 +351,13 @@ def _frontier(frame, fmt, o):
             "csv": lambda: frontier_long(frame).to_csv(index=False)}[fmt]()
 
 
+def _allocation(frame, fmt, o):
+    from analysis.allocation import allocation_latex, allocation_long, allocation_markdown
+    return {"md": lambda: allocation_markdown(frame, explode=o["explode"]),
+            "latex": lambda: allocation_latex(frame, explode=o["explode"]),
+            "csv": lambda: allocation_long(frame).to_csv(index=False)}[fmt]()
+
+
 # The registry of tables: add one here (docs/development.md, "Adding a table").
 TABLES: dict[str, TableKind] = {
     "ppl": TableKind(("md", "latex", "csv"), lambda f, fmt, o: ppl_table(
@@ -363,6 +370,7 @@ TABLES: dict[str, TableKind] = {
     "calibration": TableKind(("md", "csv"), lambda f, fmt, o: calibration_markdown(f, o["explode"])
                              if fmt == "md" else calibration_long(f).to_csv(index=False), "the calibration study"),
     "frontier": TableKind(("md", "latex", "csv"), _frontier, "mean +- std over calibration seeds, ratios to SparseGPT"),
+    "allocation": TableKind(("md", "latex", "csv"), _allocation, "uniform vs OWL / profile per method, ratios to uniform"),
 }
 
 

@@ -80,3 +80,34 @@ def test_cli_and_figure(frontier, tmp_path, capsys):
     assert out.startswith("model,sparsity,label,n_seeds,seeds,ppl_wikitext2") and "apt-refit" in out
     fig = frontier_figure(collect(frontier).frame)
     assert len(fig.axes) == 2  # one panel per model
+
+
+def test_the_allocation_table_pairs_each_solver_with_its_uniform_record(tmp_path):
+    from analysis.allocation import allocation_long, allocation_markdown
+
+    root = tmp_path / "owl"
+    cells = {("sparsegpt", "uniform", 0): (300.0, 400.0), ("sparsegpt", "owl", 0): (330.0, 380.0),
+             ("sparsegpt", "uniform", 1): (310.0, 410.0), ("sparsegpt", "owl", 1): (310.0, 369.0),
+             ("wanda", "uniform", 0): (1200.0, 1800.0), ("wanda", "owl", 0): (900.0, 1170.0)}
+    for (label, alloc, seed), (ppl, c4) in cells.items():
+        rec = frontier_record(label, 0.7, seed, ppl, c4, 10.0)
+        rec["config_hash"] += f"-{alloc}"
+        if alloc != "uniform":
+            rec["allocation"] = {"name": alloc, "M": 5, "lambda": 0.08}
+        write(root, f"{label}_{alloc}_{seed}", rec)
+    write(root, "sgpt_50", frontier_record("sparsegpt", 0.5, 0, 44.0, 70.0, 10.0))  # no OWL at 50%: left out
+    grid = frontier_record("wanda", 0.7, 0, 1000.0, 1500.0, 10.0)  # a grid point: other knobs, its own row
+    grid["config_hash"] += "-grid"
+    grid["allocation"] = grid["config"]["allocation"] = {"name": "owl", "M": 7, "lambda": 0.04}
+    write(root, "wanda_grid", grid)
+    long = allocation_long(collect(root).frame)
+    assert set(long.sparsity) == {"0.7"} and len(long) == 5
+    assert long[long.knobs == "M=7,lambda=0.04"].iloc[0].ratio_wikitext2 == pytest.approx(1000 / 1200)
+    owl = long[(long.method == "sparsegpt") & (long.allocation == "owl")].iloc[0]
+    assert owl.seeds == "0,1" and owl.ratio_wikitext2 == pytest.approx((330 / 300 + 310 / 310) / 2)
+    assert owl.ratio_c4 == pytest.approx((380 / 400 + 369 / 410) / 2)
+    wanda = long[(long.method == "wanda") & (long.allocation == "owl")].iloc[0]
+    assert wanda.ratio_wikitext2 == pytest.approx(0.75)
+    text = allocation_markdown(collect(root).frame)
+    assert "| smollm2-135m | 70% | SparseGPT | owl | 0,1 |" in text and "÷ uniform" in text
+    assert tables_main([str(root), "--table", "allocation", "--format", "latex"]) in (None, 0)
