@@ -96,6 +96,8 @@ def flatten(record: dict, path: Path) -> dict:
         row[f"ppl_{name}_windows"] = r.get("nwindows")
         row[f"ppl_{name}_seqlen"] = r.get("seqlen")  # rows evaluated with other windows must not be mixed
     zero_shot = record["metrics"].get("zero_shot") or {}
+    if zero_shot:
+        row["zeroshot_limit"] = (zero_shot.get("config") or {}).get("limit")  # None: the full task sets
     for task, metrics in (zero_shot.get("tasks") or {}).items():  # acc, acc_stderr, acc_norm, acc_norm_stderr
         row.update({f"zs_{task}_{k}": _number(v) for k, v in metrics.items()})
     row.update({k: record.get("timings", {}).get(k) for k in TIMING_KEYS})

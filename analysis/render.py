@@ -28,6 +28,7 @@ class Table:
     explode: float | None = None
     present: pd.DataFrame | None = None  # bool: the cell has a record (else it reads "–")
     deltas: pd.DataFrame | None = None  # optional per-cell differences, printed as " (+d)"
+    marks: pd.DataFrame | None = None  # optional per-cell suffixes (e.g. significance marks, intervals)
     reference_rows: tuple = ()  # never bold (dense)
     signed_rows: tuple = ()  # difference rows: signed, never bold
     notes: list[str] = field(default_factory=list)
@@ -68,6 +69,9 @@ class Table:
         if self.deltas is not None and r in self.deltas.index and c in self.deltas.columns \
                 and pd.notna(self.deltas.at[r, c]) and r not in self.reference_rows:
             out += f" ({self.deltas.at[r, c]:+.{self.digits}f})"
+        if self.marks is not None and r in self.marks.index and c in self.marks.columns \
+                and isinstance(self.marks.at[r, c], str):
+            out += self.marks.at[r, c]
         return out
 
     def _footer(self) -> list[str]:

@@ -275,10 +275,13 @@ def ppl_table(frame: pd.DataFrame, dataset: str = "wikitext2", *, columns: str =
 
 
 def zeroshot_table(frame: pd.DataFrame, preset: str = "wanda", *, tasks: list[str] | None = None,
-                   compare: tuple[str, str] | None = None) -> Table:
+                   compare: tuple[str, str] | None = None, significance: str | None = "sparsegpt") -> Table:
     """Zero-shot accuracy (%) per task and their mean; the metric of each task comes from an
     explicit map (``preset``: ``wanda`` = acc everywhere, ``llm-pruner`` = acc_norm for HellaSwag,
-    ARC, OpenBookQA, PIQA), printed in the caption."""
+    ARC, OpenBookQA, PIQA), printed in the caption. Where the jobs kept their per-document results,
+    each pruned row is tested against ``significance`` (the baseline method of the same model and
+    sparsity) on the same documents: cells whose difference is not significant are marked, and the
+    mean carries its bootstrap interval (:mod:`analysis.significance`)."""
     if preset not in METRIC_PRESETS:
         raise ValueError(f"metric preset {preset!r}; allowed: {', '.join(METRIC_PRESETS)}")
     metric_map = METRIC_PRESETS[preset]
@@ -316,12 +319,55 @@ def zeroshot_table(frame: pd.DataFrame, preset: str = "wanda", *, tasks: list[st
             values.at[ri, "Mean"] = sum(scores) / len(scores)
             present.at[ri, "Mean"] = True
     signed = _add_compare_rows(values, present, compare, multi_sparsity, frame) if compare else []
+    marks, notes = (_significance_marks(frame, tasks, metric_map, significance, row_of, values.index, cols)
+                    if significance else (None, []))
     used = ", ".join(f"{TASK_NAMES[t]} {metric_map[t]}" for t in tasks)
     setting = _setting(frame[frame["sparsity"] != "dense"])
+    limits = sorted({str(v) for v in frame["zeroshot_limit"].dropna()}) if "zeroshot_limit" in frame else []
+    subset = (f"; the first {'/'.join(limits)} documents of each task (the same for every row): not comparable "
+              "with full-set numbers" if limits else "")
     caption = (f"Zero-shot accuracy (%), higher is better, best per column in bold; metrics ({preset} preset): "
-               f"{used}" + (f"; {setting}" if setting else ""))
+               f"{used}" + (f"; {setting}" if setting else "") + subset)
     return Table(values, caption, better="higher", present=present, reference_rows=("Dense",),
-                 signed_rows=tuple(signed))
+                 signed_rows=tuple(signed), marks=marks, notes=notes)
+
+
+NOT_SIGNIFICANT = "°"
+
+
+def _significance_marks(frame, tasks, metric_map, baseline, row_of, index, cols):
+    """Marks for :func:`zeroshot_table`: ° on cells not significantly different (p ≥ 0.05) from the
+    baseline row of the same model and sparsity, and the mean's 95% bootstrap interval."""
+    from analysis.significance import ALPHA, bootstrap_ci, load_samples, paired_bootstrap, paired_task_test
+
+    marks = pd.DataFrame(None, index=index, columns=cols, dtype=object)
+    samples = {}
+    for _, r in frame.iterrows():
+        s = load_samples(r["path"])
+        if s is not None and all(t in s for t in tasks):
+            samples[(r["model"], r["sparsity"], r["label"])] = (row_of(r), s)
+    if not samples:
+        return None, []
+    chosen = {t: metric_map[t] for t in tasks}
+    tested = False
+    for (model, sparsity, label), (row, s) in samples.items():
+        lo, hi = bootstrap_ci(s, chosen)
+        marks.at[row, "Mean"] = f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+        base = samples.get((model, sparsity, baseline))
+        if base is None or label == baseline or sparsity == "dense":
+            continue
+        tested = True
+        for t in tasks:
+            if paired_task_test(s[t], base[1][t], chosen[t])["p"] >= ALPHA:
+                marks.at[row, TASK_NAMES[t]] = NOT_SIGNIFICANT
+        if paired_bootstrap(s, base[1], chosen)["p"] >= ALPHA:
+            marks.at[row, "Mean"] = NOT_SIGNIFICANT + marks.at[row, "Mean"]
+    base_name = METHOD_NAMES.get(baseline, baseline)
+    notes = ["Mean: [95% bootstrap interval over documents]"]
+    if tested:
+        notes.append(f"{NOT_SIGNIFICANT} not significantly different from {base_name} of the same model and "
+                     f"sparsity on the same documents (p ≥ {ALPHA}; tasks: exact McNemar, mean: paired bootstrap)")
+    return marks, notes
 
 
 def write_benchmark(sweep_dir: str | Path, dataset: str = "wikitext2") -> list[Path]:

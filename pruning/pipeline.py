@@ -182,6 +182,7 @@ def _check_numerics(record: dict, layers: list[dict], max_share: float) -> None:
                            f"not the method's. Check method.percdamp and the calibration data")
 
 
+ZERO_SHOT_SAMPLES = "zero_shot_samples.json"  # per task: doc_id, doc_hash, target, pred, acc, acc_norm
 NONE_TARGET = {"kind": "none", "ratio": None, "n": None, "m": None, "spec": "none"}  # method=none: as loaded
 
 
@@ -386,6 +387,9 @@ class _Job:
         if spec.eval.zero_shot_on:
             t_zs = time.perf_counter()
             zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, spec.eval.zero_shot, spec.data)
+            # per-document correctness beside the record (paired tests between methods; analysis.significance)
+            write_json_atomic(self.out_dir / ZERO_SHOT_SAMPLES, zs.pop("samples"))
+            zs["samples_file"] = ZERO_SHOT_SAMPLES
             record["metrics"]["zero_shot"] = zs
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
             self.tracker.log_table("zero_shot", [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}

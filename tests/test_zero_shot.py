@@ -249,6 +249,13 @@ def test_tiny_model_runs_the_whole_zero_shot_path(tiny_data_root, tmp_path, monk
     assert zs["lm_eval_version"] == record["versions"]["lm_eval"] and record["timings"]["eval_zeroshot_s"] > 0
     on_disk = json.loads((tmp_path / "job" / "results.json").read_text())
     assert on_disk["metrics"]["zero_shot"]["tasks"]["piqa"] == zs["tasks"]["piqa"]
+    samples = json.loads((tmp_path / "job" / zs["samples_file"]).read_text())  # per document, beside the record
+    for name in ("piqa", "boolq", "hellaswag"):
+        docs = samples[name]
+        assert docs["doc_id"] == list(range(4)) and len(set(docs["doc_hash"])) == 4
+        assert sum(docs["acc"]) / 4 == zs["tasks"][name]["acc"]
+        assert all(p is not None for p in docs["pred"])
+        assert [int(p == t) for p, t in zip(docs["pred"], docs["target"])] == docs["acc"]
 
     frame = collect(tmp_path).frame
     assert frame.loc[0, "zs_piqa_acc"] == zs["tasks"]["piqa"]["acc"]

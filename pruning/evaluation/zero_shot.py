@@ -112,6 +112,25 @@ def _chance(task) -> float | None:
     return sum(1.0 / len(task.doc_to_choice(d)) for d in docs) / len(docs) if docs else None
 
 
+def per_document(samples: list[dict]) -> dict[str, list]:
+    """lm-eval's logged samples of one task as columns, in document order: ``doc_id``, ``doc_hash`` (so
+    two runs can be checked to have scored the same documents), ``target``, ``pred`` (the choice with the
+    highest log-likelihood) and the per-document metrics (``acc``, ``acc_norm``: 0 or 1)."""
+    samples = sorted(samples, key=lambda s: s["doc_id"])
+    out = {"doc_id": [s["doc_id"] for s in samples], "doc_hash": [s.get("doc_hash") for s in samples],
+           "target": [s.get("target") if isinstance(s.get("target"), (int, str)) else None for s in samples]}
+    preds = []
+    for s in samples:
+        lls = [r[0] if isinstance(r, (list, tuple)) else r for r in (s.get("filtered_resps") or [])]
+        preds.append(max(range(len(lls)), key=lambda i: lls[i]) if lls and all(isinstance(v, (int, float))
+                                                                                 for v in lls) else None)
+    out["pred"] = preds
+    for metric in METRICS:
+        if any(metric in s for s in samples):
+            out[metric] = [_number(s.get(metric)) for s in samples]
+    return out
+
+
 def _lm(model, tokenizer, zs: ZeroShotSpec):
     from lm_eval.models.huggingface import HFLM
 
@@ -156,7 +175,7 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
     seed = zs.seed
     seeds = {} if seed is None else {k: int(seed) for k in
                                       ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")}
-    out = {"tasks": {}, "task_info": {}, "lm_eval_version": metadata.version("lm_eval"),
+    out = {"tasks": {}, "task_info": {}, "samples": {}, "lm_eval_version": metadata.version("lm_eval"),
            "config": {"tasks": list(zs.tasks), **{k: getattr(zs, k) for k in (
                "num_fewshot", "limit", "batch_size", "add_bos_token", "seed", "bootstrap_iters")}, "max_length": max_length}}
     was_training = model.training
@@ -172,7 +191,7 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
             with _no_forked_bootstrap():
                 result = lm_eval.simple_evaluate(
                     model=lm, tasks=names, num_fewshot=zs.num_fewshot, limit=zs.limit,
-                    task_manager=manager, log_samples=False, bootstrap_iters=zs.bootstrap_iters,
+                    task_manager=manager, log_samples=True, bootstrap_iters=zs.bootstrap_iters,
                     **seeds)
             tasks = get_task_dict(names, manager)
             for name in names:
@@ -190,6 +209,7 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
                             n_shot=(result.get("n-shot") or {}).get(name), n_docs_total=n.get("original"),
                             chance=_chance(tasks[name]))
                 out["tasks"][name], out["task_info"][name] = row, info
+                out["samples"][name] = per_document(result["samples"][name])
     finally:
         model.train(was_training)
     accs = [r["acc"] for r in out["tasks"].values() if isinstance(r.get("acc"), float)]
