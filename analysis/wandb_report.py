@@ -53,10 +53,15 @@ def report(*dirs, project: str = "llm-pruning", group: str | None = None, name: 
                 break
             except ValueError:
                 continue
+    bars = []
     if any(c.startswith("zs_") for c in frame.columns):
         logged["zeroshot"] = _rows(zeroshot_table(frame).values, "method")
+        bars = [r for r in logged["zeroshot"] if r.get("Mean") == r.get("Mean")]  # not NaN
     for key, rows in logged.items():
         tracker.log_table(key, rows)
+    if bars:
+        tracker.log_bar("zeroshot/mean_bar", bars, "method", "Mean", "zero-shot mean accuracy (%) per method")
+        logged["zeroshot/mean_bar"] = bars
     summary = {"report/n_records": len(frame), "report/n_left_out": len(col.skipped),
                "report/n_duplicates": len(col.duplicates)}
     tracker.log_summary(summary)

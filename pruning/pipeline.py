@@ -294,6 +294,7 @@ class _Job:
             logger_cfg["job_type"] = self.method
         name = f"{self.spec.model.name}:{self.method}" + (
             "" if self.method in EVAL_ONLY else f":{self.target}:{self.spec.calibration.dataset}")
+        self.tracker_name = name
         tracker = make_tracker(logger_cfg, self.config, self.out_dir, name=name)
         self.record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
                                    "run_dir": tracker.run_dir}
@@ -392,8 +393,10 @@ class _Job:
             zs["samples_file"] = ZERO_SHOT_SAMPLES
             record["metrics"]["zero_shot"] = zs
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
-            self.tracker.log_table("zero_shot", [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}
-                                                 for task, scores in zs["tasks"].items()])
+            rows = [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}
+                    for task, scores in zs["tasks"].items()]
+            self.tracker.log_table("zero_shot", rows)
+            self.tracker.log_bar("zero_shot_acc", rows, "task", "acc", f"zero-shot accuracy: {self.tracker_name}")
         self.record["sparsity"].update(  # actual, zeros, total, n_linears
             measure_stored_sparsity(loaded.model, loaded.adapter, loaded.store))
 

@@ -26,6 +26,9 @@ class NullTracker:
     def log_table(self, key: str, rows: list[dict]) -> None:
         pass
 
+    def log_bar(self, key: str, rows: list[dict], label: str, value: str, title: str) -> None:
+        pass
+
     def finish(self, exit_code: int = 0) -> None:
         pass
 
@@ -71,6 +74,14 @@ class WandbTracker(NullTracker):
         columns = list(rows[0])
         table = self._wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
         self.run.log({key: table})
+
+    def log_bar(self, key: str, rows: list[dict], label: str, value: str, title: str) -> None:
+        """A bar chart (a W&B plot over a table of ``label`` and ``value``), e.g. accuracy per task."""
+        rows = [r for r in rows if isinstance(r.get(value), (int, float))]
+        if not rows:
+            return
+        table = self._wandb.Table(columns=[label, value], data=[[r[label], r[value]] for r in rows])
+        self.run.log({key: self._wandb.plot.bar(table, label, value, title=title)})
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)

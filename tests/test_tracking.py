@@ -76,3 +76,25 @@ def test_online_run_without_network_falls_back_to_offline_in_bounded_time(tmp_pa
     assert result["enabled"] and result["elapsed"] < 60
     assert "logging to an offline run" in out.stderr
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_a_zero_shot_job_logs_a_per_task_bar_chart(tiny_data_root, tmp_path, monkeypatch):
+    from wandb.plot.custom_chart import CustomChart
+
+    from pruning.tracking import WandbTracker
+    logged = []
+    original = WandbTracker.log_bar
+
+    def log_bar(self, key, rows, label, value, title):
+        calls = []
+        monkeypatch.setattr(self.run, "log", lambda d, **k: calls.append(d))
+        original(self, key, rows, label, value, title)
+        logged.append((key, [r[label] for r in rows], calls))
+    monkeypatch.setattr(WandbTracker, "log_bar", log_bar)
+    overrides = [o for o in tiny_overrides("tiny-llama", tiny_data_root, "eval=zeroshot",
+                                           "eval.zero_shot.tasks=[piqa,boolq]") if o != "logger=none"]
+    rec = run_job(compose_cfg(overrides + ["logger=wandb"]), tmp_path)
+    assert rec["metrics"]["zero_shot"]["tasks"]["piqa"]["acc"] is not None
+    (key, tasks, calls), = logged
+    assert key == "zero_shot_acc" and tasks == ["piqa", "boolq"]
+    assert isinstance(calls[0][key], CustomChart)  # a W&B plot, not only a table
