@@ -97,12 +97,15 @@ SLOW_SOLVE = ["method=alps", "method.max_iter=100000000", "method.update_iter=10
 
 
 def test_a_job_past_its_time_limit_is_failed_and_not_requeued_by_default(cluster, tiny_data_root, tmp_path):
-    # timeout_min=1: submitit's USR2 (asked for 120 s before the limit, so sent at SLURM's first check)
-    # finds max_num_timeout=0 and ends the job, or SLURM's SIGTERM at the limit does; either way the
-    # job's record is failed and it runs once. (With max_num_timeout=1 the local cluster requeued it once,
+    # timeout_min=2 with submitit's USR2 asked for 30 s before the limit: SLURM sends it at a periodic
+    # check (up to 60 s early, so from t = 30 s: the job has started and is solving by then); with
+    # max_num_timeout=0 it ends the job, or SLURM's SIGTERM at the limit does; either way the job's
+    # record is failed and it runs once. A signal before the job starts (a limit shorter than the
+    # start-up) leaves no record at all. (With max_num_timeout=1 the local cluster requeued it once,
     # about 150 s later, and failed the second run the same way: docs/running.md, "SLURM in detail".)
     sweep = tmp_path / "sweep"
-    out = _sweep(sweep, tiny_data_root, *SLOW_SOLVE, "hydra.launcher.timeout_min=1")
+    out = _sweep(sweep, tiny_data_root, *SLOW_SOLVE, "hydra.launcher.timeout_min=2",
+                 "hydra.launcher.signal_delay_s=30")
     assert out.returncode != 0, out.stdout[-3000:]
     record = _records(sweep)["alps_s0.5_c4"]
     assert record["status"] == "failed", record

@@ -50,7 +50,11 @@ def test_launcher_configs_compose_without_a_cluster(launcher, target):
 def test_zeroshot_table_preset_turns_zero_shot_on():
     cfg = compose_cfg(["+experiment=zeroshot_table"], return_hydra_config=True)
     assert cfg.eval.zero_shot.enabled and cfg.sweep_name == "zeroshot-table"
-    assert dict(cfg.hydra.sweeper.params) == {"method": "dense,magnitude,wanda,sparsegpt,apt", "sparsity": "0.5,2:4"}
+    assert cfg.eval.zero_shot.limit == 400  # eval=zeroshot_quick: the CPU protocol; eval=zeroshot for full sets
+    assert dict(cfg.hydra.sweeper.params) == {"method": "dense,magnitude,wanda,sparsegpt,apt,apt-refit",
+                                              "sparsity": "0.5,2:4"}
+    full = compose_cfg(["+experiment=zeroshot_table", "eval=zeroshot"])
+    assert full.eval.zero_shot.limit is None
 
 
 def test_joblib_multirun_of_tiny_jobs_completes(tiny_data_root, tmp_path):
