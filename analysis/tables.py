@@ -8,7 +8,7 @@
 sparsities of one model, or the models). ``zeroshot``: accuracy per task and the mean, with the
 metric of each task from a named preset printed in the caption. Best values are bold; exploded
 perplexities (NaN or above ``--explode``) are marked, never printed as ordinary numbers.
-``benchmark`` is the solver benchmark of the APT issue: WikiText-2 perplexity per method and
+``benchmark`` is the APT solver benchmark (the ``apt_benchmark`` preset): WikiText-2 perplexity per method and
 sparsity (with APT's difference to SparseGPT), then per (sparsity, method) the mean relative layer
 error, solver-only seconds and end-to-end seconds. Perplexities above ``explode`` (default 1e4) or
 NaN are marked, never printed as ordinary numbers. ``calibration`` is the calibration study: per

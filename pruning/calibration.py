@@ -1,6 +1,6 @@
 """The SparseGPT / Wanda calibration sampler (docs/protocols.md, "Calibration sampler").
 
-Two forms, as in IST-DASLab/sparsegpt's ``datautils.py``:
+Two forms, as the SparseGPT reference code draws them:
 
 * **documents** (C4): repeat ``i = randint(0, len(docs) - 1)`` and tokenize document ``i`` whole
   until it has *more than* ``seqlen`` tokens (accept rule ``len > seqlen``), then draw
