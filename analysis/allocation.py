@@ -15,7 +15,7 @@ import math
 
 import pandas as pd
 
-from analysis.frontier import _datasets, _pm
+from analysis.frontier import evaluated_datasets, latex_table, plus_minus
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "base", "calib_seed"]
@@ -34,7 +34,7 @@ def allocation_long(frame: pd.DataFrame) -> pd.DataFrame:
     if not cells:
         raise ValueError("no records with a non-uniform allocation (allocation=owl or profile)")
     f = f[[(m, s) in cells for m, s in zip(f["model"], f["sparsity"])]]
-    datasets = _datasets(f)
+    datasets = evaluated_datasets(f)
     uniform = f[f.allocation == "uniform"].set_index(KEYS)
     if uniform.index.has_duplicates:
         raise ValueError("several uniform records for one (model, sparsity, method, calibration seed): "
@@ -72,7 +72,7 @@ def allocation_display(frame: pd.DataFrame, explode: float = 1e4) -> pd.DataFram
            "seeds": long["seeds"]}
     for ds in datasets:
         name = DATASET_NAMES.get(ds, ds)
-        out[f"{name} ppl"] = [_pm(m, s, lambda v: fmt_ppl(v, explode)) for m, s in
+        out[f"{name} ppl"] = [plus_minus(m, s, lambda v: fmt_ppl(v, explode)) for m, s in
                               zip(long[f"ppl_{ds}"], long[f"ppl_{ds}_std"])]
         out[f"{name} ÷ uniform"] = [("–" if a == "uniform" or math.isnan(r) else f"{r:.2f}")
                                     for a, r in zip(long["allocation"], long[f"ratio_{ds}"])]
@@ -90,9 +90,4 @@ def allocation_markdown(frame: pd.DataFrame, explode: float = 1e4) -> str:
 
 
 def allocation_latex(frame: pd.DataFrame, explode: float = 1e4) -> str:
-    shown = allocation_display(frame, explode)
-    shown = shown.map(lambda v: str(v).replace("±", r"$\pm$").replace("÷", "/").replace("%", r"\%"))
-    shown.columns = [c.replace("÷", "/").replace("%", r"\%") for c in shown.columns]
-    caption = CAPTION.replace("±", r"$\pm$")
-    return ("\\begin{table}\n\\centering\\small\n" + shown.to_latex(index=False, escape=False)
-            + f"\\caption{{{caption}}}\n\\end{{table}}\n")
+    return latex_table(allocation_display(frame, explode), CAPTION)

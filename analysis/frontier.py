@@ -25,7 +25,7 @@ from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sp
 KEYS = ["model", "sparsity", "calib_seed"]
 
 
-def _datasets(frame: pd.DataFrame) -> list[str]:
+def evaluated_datasets(frame: pd.DataFrame) -> list[str]:
     order = list(DATASET_NAMES)
     found = ppl_datasets(frame, evaluated_only=True)
     return sorted(found, key=lambda d: (order.index(d) if d in order else len(order), d))
@@ -38,7 +38,7 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
     f = frame[frame.sparsity != "dense"].copy()
     if f.empty:
         raise ValueError("no pruned records")
-    datasets = _datasets(f)
+    datasets = evaluated_datasets(f)
     base = f[f.label == baseline].set_index(KEYS)
     if base.index.has_duplicates:
         raise ValueError(f"several {baseline} records for one (model, sparsity, calibration seed): "
@@ -72,7 +72,7 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
     return long.sort_values("_k").drop(columns="_k").reset_index(drop=True)
 
 
-def _pm(mean, std, fmt=lambda v: f"{v:.2f}") -> str:
+def plus_minus(mean, std, fmt=lambda v: f"{v:.2f}") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
     return fmt(mean) if std is None or math.isnan(std) else f"{fmt(mean)} ± {std:.2f}"
@@ -87,9 +87,9 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
     base = METHOD_NAMES.get(baseline, baseline)
     for ds in datasets:
         name = DATASET_NAMES.get(ds, ds)
-        out[f"{name} ppl"] = [_pm(m, s, lambda v: fmt_ppl(v, explode)) for m, s in zip(long[f"ppl_{ds}"], long[f"ppl_{ds}_std"])]
+        out[f"{name} ppl"] = [plus_minus(m, s, lambda v: fmt_ppl(v, explode)) for m, s in zip(long[f"ppl_{ds}"], long[f"ppl_{ds}_std"])]
         out[f"{name} ÷ {base}"] = long[f"ratio_{ds}"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
-        out[f"{name} Δ {base}"] = [("–" if lab == baseline or math.isnan(m) else _pm(m, s, lambda v: f"{v:+.2f}"))
+        out[f"{name} Δ {base}"] = [("–" if lab == baseline or math.isnan(m) else plus_minus(m, s, lambda v: f"{v:+.2f}"))
                                    for lab, m, s in zip(long["label"], long[f"diff_{ds}"], long[f"diff_{ds}_std"])]
         out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
     out["layer error"] = long["mean_rel_error"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4f}")
@@ -109,14 +109,19 @@ def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode:
     return CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)) + "\n\n" + to_markdown(shown)
 
 
-def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
-    shown = frontier_display(frame, baseline, explode)
+def latex_table(shown: pd.DataFrame, caption: str) -> str:
+    """A display table (strings with ±, ÷, Δ, %, ×) as a LaTeX table with its caption."""
     shown = shown.map(lambda v: str(v).replace("±", r"$\pm$").replace("÷", r"/").replace("Δ", r"$\Delta$")
                       .replace("%", r"\%").replace("×", r"$\times$"))
     shown.columns = [c.replace("÷", "/").replace("Δ", r"$\Delta$").replace("%", r"\%") for c in shown.columns]
     body = shown.to_latex(index=False, escape=False)
-    caption = CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)).replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+    caption = caption.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
     return "\\begin{table}\n\\centering\\small\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n"
+
+
+def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
+    return latex_table(frontier_display(frame, baseline, explode),
+                       CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)))
 
 
 def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2"):

@@ -103,6 +103,36 @@ def read_sidecar(model_dir: str | os.PathLike) -> dict | None:
         return None
 
 
+class Comparison:
+    """A pruned model against its reloaded copy, tensor by tensor (both verifications feed it): how many
+    differ and by how much, whether the zero pattern of the prunable weights is the same, and the
+    groups of the reloaded weights that break an N:M target."""
+
+    def __init__(self, target: Sparsity | None):
+        self.nm = target if target is not None and target.kind == "nm" else None
+        self.tensors, self.differing, self.max_abs_diff = 0, [], 0.0
+        self.pattern_equal, self.nm_violations = True, 0
+
+    def add(self, name: str, mine: torch.Tensor, theirs: torch.Tensor, prunable: bool) -> None:
+        self.tensors += 1
+        if not torch.equal(mine, theirs):
+            self.differing.append(name)
+            self.max_abs_diff = max(self.max_abs_diff, float((mine.float() - theirs.float()).abs().max()))
+        if prunable:
+            self.pattern_equal &= torch.equal(mine == 0, theirs == 0)
+            if self.nm is not None:
+                self.nm_violations += nm_violations(theirs, self.nm.n, self.nm.m)
+
+    def figures(self) -> dict:
+        return {"parameters": self.tensors, "identical_parameters": self.tensors - len(self.differing),
+                "max_abs_diff": self.max_abs_diff, "zero_pattern_equal": self.pattern_equal,
+                "nm_violations": self.nm_violations if self.nm is not None else None}
+
+    @property
+    def first_differing(self) -> str | None:
+        return self.differing[0] if self.differing else None
+
+
 def window_loss(model, ids: torch.Tensor) -> float:
     with torch.no_grad():
         return float(model(ids.to(next(model.parameters()).device), labels=ids).loss)
@@ -127,31 +157,26 @@ def verify_saved(model_dir: str | os.PathLike, model, ids: torch.Tensor, target:
     if set(mine) != set(theirs):
         missing = sorted(set(mine) ^ set(theirs))[:5]
         raise ArtifactError(f"the saved model at {model_dir} has other parameters than the pruned one: {missing}")
-    differing = [n for n in mine if not torch.equal(mine[n], theirs[n])]
-    max_diff = max((float((mine[n].float() - theirs[n].float()).abs().max()) for n in differing), default=0.0)
-    linears = prunable_linears(reloaded, adapter_for(reloaded))
-    pruned = prunable_linears(model, adapter_for(model))
-    pattern_equal = all(torch.equal(pruned[n].weight == 0, m.weight == 0) for n, m in linears.items())
-    nm_bad = None
-    if target is not None and target.kind == "nm":
-        nm_bad = sum(nm_violations(m.weight, target.n, target.m) for m in linears.values())
+    weights = {f"{name}.weight" for name in prunable_linears(model, adapter_for(model))}
+    comparison = Comparison(target)
+    for name in mine:
+        comparison.add(name, mine[name], theirs[name], name in weights)
     model_was_cache = model.config.use_cache
     model.config.use_cache = False
     try:
         loss, loss_reloaded = window_loss(model, ids), window_loss(reloaded, ids)
     finally:
         model.config.use_cache = model_was_cache
-    rel = abs(loss - loss_reloaded) / max(abs(loss), 1e-12)
-    out = {"dir": str(model_dir.resolve()), "parameters": len(mine), "identical_parameters": len(mine) - len(differing),
-           "max_abs_diff": max_diff, "zero_pattern_equal": pattern_equal, "nm_violations": nm_bad,
-           "window_tokens": int(ids.shape[-1]), "loss": loss, "loss_reloaded": loss_reloaded, "loss_rel_diff": rel}
+    out = {"dir": str(model_dir.resolve()), **comparison.figures(), "window_tokens": int(ids.shape[-1]),
+           "loss": loss, "loss_reloaded": loss_reloaded}
     del reloaded
-    return verdict(model_dir, out, differing[0] if differing else None, target)
+    return verdict(model_dir, out, comparison.first_differing, target)
 
 
 def verdict(model_dir: Path, out: dict, first_differing: str | None, target: Sparsity | None) -> dict:
-    """``out`` (the figures of a reload check) with ``passed``; raises :class:`ArtifactError` naming every
-    difference found."""
+    """``out`` (the figures of a reload check) with the losses' relative difference and ``passed``; raises
+    :class:`ArtifactError` naming every difference found."""
+    out["loss_rel_diff"] = abs(out["loss"] - out["loss_reloaded"]) / max(abs(out["loss"]), 1e-12)
     problems = []
     if first_differing is not None:
         problems.append(f"{out['parameters'] - out['identical_parameters']} parameter(s) differ "

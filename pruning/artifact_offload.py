@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from pruning.artifact import ArtifactError, plain_config, publish, staging_dir, verdict, window_loss, write_sidecar
-from pruning.sparsity import Sparsity, nm_violations
+from pruning.artifact import (ArtifactError, Comparison, plain_config, publish, staging_dir, verdict, window_loss,
+                              write_sidecar)
+from pruning.sparsity import Sparsity
 
 INDEX = "model.safetensors.index.json"
 
@@ -110,23 +111,11 @@ def verify_offloaded(model_dir: str | os.PathLike, model, adapter, store, ids: t
         fresh.config.use_cache = False
         fresh_store.attach(fresh)
         prefix = adapter.blocks_path + "."
-        nm = target is not None and target.kind == "nm"
-        tally = {"tensors": 0, "differing": [], "max_abs_diff": 0.0, "pattern_equal": True, "nm_violations": 0}
-
-        def compare(name: str, a: torch.Tensor, b: torch.Tensor, prunable: bool) -> None:
-            tally["tensors"] += 1
-            if not torch.equal(a, b):
-                tally["differing"].append(name)
-                tally["max_abs_diff"] = max(tally["max_abs_diff"], float((a.float() - b.float()).abs().max()))
-            if prunable:
-                tally["pattern_equal"] &= torch.equal(a == 0, b == 0)
-                if nm:
-                    tally["nm_violations"] += nm_violations(b, target.n, target.m)
-
+        comparison = Comparison(target)
         fresh_params = dict(fresh.named_parameters())
         for name, t in model.named_parameters():
             if not name.startswith(prefix):
-                compare(name, t.detach(), fresh_params[name].detach(), False)
+                comparison.add(name, t.detach(), fresh_params[name].detach(), False)
         for i, block in enumerate(adapter.blocks(model)):  # two blocks in memory at a time
             mine, theirs = load_file(str(store.path(i))), load_file(str(fresh_store.path(i)))
             if set(mine) != set(theirs):
@@ -134,15 +123,11 @@ def verify_offloaded(model_dir: str | os.PathLike, model, adapter, store, ids: t
                                     f"one: {sorted(set(mine) ^ set(theirs))[:5]}")
             weights = {f"{name}.weight" for name in adapter.prunable(block)}
             for k in mine:
-                compare(f"{prefix}{i}.{k}", mine[k], theirs[k], k in weights)
+                comparison.add(f"{prefix}{i}.{k}", mine[k], theirs[k], k in weights)
             del mine, theirs
         loss, loss_reloaded = window_loss(model, ids), window_loss(fresh, ids)
-        rel = abs(loss - loss_reloaded) / max(abs(loss), 1e-12)
-        differing = tally["differing"]
-        out = {"dir": str(model_dir.resolve()), "streamed": True, "parameters": tally["tensors"],
-               "identical_parameters": tally["tensors"] - len(differing), "max_abs_diff": tally["max_abs_diff"],
-               "zero_pattern_equal": tally["pattern_equal"], "nm_violations": tally["nm_violations"] if nm else None,
-               "window_tokens": int(ids.shape[-1]), "loss": loss, "loss_reloaded": loss_reloaded, "loss_rel_diff": rel}
-        return verdict(model_dir, out, differing[0] if differing else None, target)
+        out = {"dir": str(model_dir.resolve()), "streamed": True, **comparison.figures(),
+               "window_tokens": int(ids.shape[-1]), "loss": loss, "loss_reloaded": loss_reloaded}
+        return verdict(model_dir, out, comparison.first_differing, target)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -28,9 +28,9 @@ import logging
 import os
 import shutil
 import time
-from typing import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import torch
 

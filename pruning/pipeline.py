@@ -294,7 +294,6 @@ class _Job:
             logger_cfg["job_type"] = self.method
         name = f"{self.spec.model.name}:{self.method}" + (
             "" if self.method in EVAL_ONLY else f":{self.target}:{self.spec.calibration.dataset}")
-        self.tracker_name = name
         tracker = make_tracker(logger_cfg, self.config, self.out_dir, name=name)
         self.record["tracking"] = {"backend": logger_cfg.get("backend", "none"), "enabled": tracker.enabled,
                                    "run_dir": tracker.run_dir}
@@ -396,7 +395,7 @@ class _Job:
             rows = [{"task": task, **scores, "chance": zs["task_info"][task].get("chance")}
                     for task, scores in zs["tasks"].items()]
             self.tracker.log_table("zero_shot", rows)
-            self.tracker.log_bar("zero_shot_acc", rows, "task", "acc", f"zero-shot accuracy: {self.tracker_name}")
+            self.tracker.log_bar("zero_shot_acc", rows, "task", "acc", "zero-shot accuracy per task")
         self.record["sparsity"].update(  # actual, zeros, total, n_linears
             measure_stored_sparsity(loaded.model, loaded.adapter, loaded.store))
 

@@ -338,7 +338,7 @@ def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense
 
 def as_data(data: DataSpec | Mapping | None) -> DataSpec:
     """A :class:`DataSpec` from a spec, a ``data`` mapping or None (the defaults)."""
-    return data if isinstance(data, DataSpec) else build(DataSpec, _plain(data), "data")
+    return as_spec(DataSpec, data, "data")
 
 
 def as_spec(cls, node, path: str):
