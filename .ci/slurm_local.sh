@@ -54,6 +54,7 @@ SlurmctldPidFile=$state/slurmctld.pid
 SlurmdPidFile=$state/slurmd.pid
 SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
+FirstJobId=$first_job_id
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 KillWait=5
@@ -92,10 +93,33 @@ SHIM
   chmod 755 /usr/local/bin/sacct
 }
 
+fresh_state() {
+  # An earlier cluster's state can hold jobs whose nodes died with it (a machine that ran the tests before, or
+  # daemons killed mid-job): recovered, they keep the node `allocated` for ever. So every start begins with
+  # empty state. Job ids still never repeat across starts (a sweep directory or log may hold an earlier id):
+  # the first id is the larger of the next id saved by `stop` and the minutes since 2025-01-01.
+  local saved=0 minutes
+  [ -s "$state/next_job_id" ] && saved=$(tr -dc 0-9 < "$state/next_job_id")
+  minutes=$(( ($(date +%s) - 1735689600) / 60 ))
+  first_job_id=$(( ${saved:-0} > minutes ? saved : minutes ))
+  rm -rf "$state/ctld" "$state/d"
+}
+
+kill_leftovers() {
+  # slurmstepd and the job processes of a cluster whose daemons are gone outlive them: stop them too, or an
+  # orphaned job from an earlier run keeps using the cores. Job processes carry SLURM_CLUSTER_NAME=local.
+  pkill -x slurmstepd 2>/dev/null || true
+  local pid self=$$
+  for pid in $(grep -l -a -s -x -z "SLURM_CLUSTER_NAME=local" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); do
+    [ "$pid" = "$self" ] || [ "$pid" = "$PPID" ] || kill "$pid" 2>/dev/null || true
+  done
+}
+
 start() {
   need_root
   install
   stop quiet
+  fresh_state
   configure
   shim_sacct
   pgrep -x munged >/dev/null || munged --force
@@ -103,10 +127,7 @@ start() {
   slurmd
   for _ in $(seq 1 60); do
     s=$(sinfo -h -o %T 2>/dev/null | head -1 || true)
-    if [ "$s" = idle ]; then
-      # jobs left from an earlier start (its state is kept, so job ids never repeat) are not ours to run
-      scancel --quiet --state=PENDING,RUNNING,REQUEUED 2>/dev/null || true
-      echo "[slurm_local] node $host idle (partition cpu)"; return 0; fi
+    if [ "$s" = idle ]; then echo "[slurm_local] node $host idle (partition cpu, first job id $first_job_id)"; return 0; fi
     sleep 1
   done
   echo "slurm_local: the node did not become idle (state: ${s:-none}); logs in /var/log/slurm" >&2
@@ -115,9 +136,19 @@ start() {
 }
 
 stop() {
+  mkdir -p "$state"
+  if pgrep -x slurmctld >/dev/null; then
+    # remember where job ids got to (see fresh_state), and end the jobs still queued or running
+    timeout 20 scontrol show config 2>/dev/null | awk -F= '/^NEXT_JOB_ID/ {gsub(/ /, "", $2); print $2}' \
+      > "$state/next_job_id.new" && [ -s "$state/next_job_id.new" ] && mv "$state/next_job_id.new" "$state/next_job_id"
+    rm -f "$state/next_job_id.new"
+    timeout 20 scancel --quiet --full --partition=cpu 2>/dev/null || true
+    for _ in $(seq 1 20); do [ -z "$(timeout 5 squeue -h -o %i 2>/dev/null)" ] && break; sleep 0.5; done
+  fi
   pkill -x slurmd 2>/dev/null || true
   pkill -x slurmctld 2>/dev/null || true
   for _ in $(seq 1 20); do { pgrep -x slurmd || pgrep -x slurmctld; } >/dev/null || break; sleep 0.5; done
+  kill_leftovers
   [ "${1:-}" = quiet ] || echo "[slurm_local] stopped"
 }
 
