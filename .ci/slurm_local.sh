@@ -97,11 +97,16 @@ fresh_state() {
   # An earlier cluster's state can hold jobs whose nodes died with it (a machine that ran the tests before, or
   # daemons killed mid-job): recovered, they keep the node `allocated` for ever. So every start begins with
   # empty state. Job ids still never repeat across starts (a sweep directory or log may hold an earlier id):
-  # the first id is the larger of the next id saved by `stop` and the minutes since 2025-01-01.
-  local saved=0 minutes
+  # the first id is above the next id saved by `stop`, above every job the old state still holds (jobs
+  # of a cluster that died without `stop`), and at least the minutes since 2025-01-01.
+  local saved=0 minutes id
   [ -s "$state/next_job_id" ] && saved=$(tr -dc 0-9 < "$state/next_job_id")
+  saved=${saved:-0}
+  for id in $(ls -d "$state"/ctld/hash.*/job.* "$state"/d/job* 2>/dev/null | sed 's/.*job\.\{0,1\}0*//'); do
+    [[ "$id" =~ ^[0-9]+$ ]] && [ "$id" -ge "$saved" ] && saved=$(( id + 1 ))
+  done
   minutes=$(( ($(date +%s) - 1735689600) / 60 ))
-  first_job_id=$(( ${saved:-0} > minutes ? saved : minutes ))
+  first_job_id=$(( saved > minutes ? saved : minutes ))
   rm -rf "$state/ctld" "$state/d"
 }
 

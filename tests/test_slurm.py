@@ -136,3 +136,29 @@ def test_the_readme_slurm_example_runs_on_the_local_cluster_with_only_the_partit
     script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
     for flag in ("--partition=cpu", "--gpus-per-node=1", "--cpus-per-task=8", "--mem=64GB", "--time=360"):
         assert flag in script, script
+
+
+def test_a_cluster_killed_mid_job_restarts_idle_without_its_leftovers(cluster):
+    # The daemons of a cluster die while a job runs (a machine reused after an aborted test run): the next
+    # start must not recover that job (its node would stay `allocated` and every test wait for ever), must
+    # end its orphaned processes, and must not hand out its job id again. Runs last: it restarts the cluster.
+    marker = f"slurm-local-leftover-{os.getpid()}"
+    sub = subprocess.run(["sbatch", "-p", "cpu", "--parsable", "--wrap", f"bash -c 'exec -a {marker} sleep 600'"],
+                         capture_output=True, text=True, check=True)
+    old_id = int(sub.stdout.strip().split(";")[0])
+    for _ in range(120):
+        if subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the job never started")
+    subprocess.run(["pkill", "-9", "-x", "slurmctld"])
+    subprocess.run(["pkill", "-9", "-x", "slurmd"])
+    out = subprocess.run(["bash", str(REPO / ".ci" / "slurm_local.sh"), "start"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode != 0  # the orphan is gone
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
+    new = subprocess.run(["sbatch", "-p", "cpu", "--parsable", "--wrap", "true"], capture_output=True, text=True,
+                         check=True)
+    assert int(new.stdout.strip().split(";")[0]) > old_id
