@@ -32,6 +32,10 @@ def _least(low):
     return {"min": low}
 
 
+def _above(low):
+    return {"above": low}
+
+
 MODEL_SOURCES = ("hub", "local", "gguf", "packaged_gguf", "assembled_gguf", "random")
 
 
@@ -148,6 +152,7 @@ class RuntimeSpec:
     offload: str | None = field(default=None, metadata={"choices": (None, "disk")})
     offload_dir: str | None = None
     max_fallback_share: float = 0.1
+    zero_shot_logits_gb: float | None = field(default=4.0, metadata=_above(0))
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,10 @@ def build(cls, node, path: str):
         low = f.metadata.get("min")
         if low is not None and value is not None and value < low:
             raise ConfigError(f"{key}={value!r}: need an integer >= {low}" + (
+                " or null" if type(None) in typing.get_args(hints[f.name]) else ""))
+        above = f.metadata.get("above")
+        if above is not None and value is not None and not value > above:
+            raise ConfigError(f"{key}={value!r}: need a number > {above}" + (
                 " or null" if type(None) in typing.get_args(hints[f.name]) else ""))
         choices = f.metadata.get("choices")
         if choices is not None and value not in choices:

@@ -40,6 +40,7 @@ BAD_CONFIGS = [
     ("+save.where=x", "unknown key(s) of save ['where']"),
     ("runtime.threads=0", "runtime.threads=0: need an integer >= 1 or null"),
     ("runtime.offload=ram", "runtime.offload='ram'; allowed: null, disk"),
+    ("runtime.zero_shot_logits_gb=0", "runtime.zero_shot_logits_gb=0.0: need a number > 0 or null"),
     ("engine.report_error=maybe", "engine.report_error='maybe': need true or false"),
     ("calibration.seqlen=1.5", "calibration.seqlen=1.5: need an integer"),
 ]

@@ -316,3 +316,43 @@ def test_acc_and_acc_norm_are_scored_exactly_on_a_model_with_known_likelihoods(t
             acc_norm += int(gold == 0)
         assert zs["tasks"][name]["acc"] == acc / len(docs), name
         assert zs["tasks"][name]["acc_norm"] == acc_norm / len(docs), name
+
+
+def test_logits_batch_size_fits_the_budget():
+    from pruning.evaluation.zero_shot import LOGIT_COPIES, logits_batch_size
+
+    gemma = 262_144
+    assert logits_batch_size(600, gemma, 4, 32) == 2  # 600 x 262k x 4 B x 3 copies = 1.76 GiB per sequence
+    assert logits_batch_size(100, gemma, 4, 32) == 13
+    assert logits_batch_size(100, 49_152, 4, 32) == 32  # SmolLM2's vocabulary: the configured batch
+    assert logits_batch_size(2048, gemma, 1, 32) == 1  # never below one
+    size = logits_batch_size(300, 1000, 0.01, 64)
+    assert size * 300 * 1000 * 4 * LOGIT_COPIES <= 0.01 * 2**30 < (size + 1) * 300 * 1000 * 4 * LOGIT_COPIES
+
+
+def test_a_logits_budget_sizes_each_batch_by_its_longest_request_and_scores_the_same(tiny_data_root):
+    from pruning.evaluation.zero_shot import LOGIT_COPIES, evaluate_zero_shot
+    from pruning.models import load_model
+
+    lm = load_model(compose_cfg(["model=tiny-llama"]).model)
+    vocab = lm.model.get_output_embeddings().weight.shape[0]
+    zs = {"tasks": ["hellaswag", "piqa"], "num_fewshot": 0, "limit": 6, "batch_size": 8}
+    data = {"root": str(tiny_data_root), "verify_checksums": False}
+    fixed = evaluate_zero_shot(lm.model, lm.tokenizer, zs, data)
+    budget = 3 * 200 * vocab * 4 * LOGIT_COPIES / 2**30  # three sequences of 200 tokens
+    shapes = []
+    hook = lm.model.register_forward_pre_hook(lambda mod, args, kwargs: shapes.append(
+        tuple((args[0] if args else kwargs["input_ids"]).shape)), with_kwargs=True)
+    try:
+        sized = evaluate_zero_shot(lm.model, lm.tokenizer, zs, data, logits_gb=budget)
+    finally:
+        hook.remove()
+    used = sized["config"]["batch_sizes_used"]
+    assert sized["config"]["logits_gb"] == budget and len(used) > 1 and min(used) >= 1 and max(used) <= 8
+    assert len({b for b, _ in shapes}) > 1  # batches of several sizes, each within the budget (or a single sequence)
+    assert all(b == 1 or b * t * vocab * 4 * LOGIT_COPIES <= budget * 2**30 for b, t in shapes), shapes
+    for name in zs["tasks"]:
+        assert sized["samples"][name]["acc"] == fixed["samples"][name]["acc"], name
+        assert sized["tasks"][name]["acc"] == fixed["tasks"][name]["acc"], name
+    with pytest.raises(ConfigError, match="zero_shot_logits_gb=0"):
+        evaluate_zero_shot(lm.model, lm.tokenizer, zs, data, logits_gb=0)

@@ -131,7 +131,30 @@ def per_document(samples: list[dict]) -> dict[str, list]:
     return out
 
 
-def _lm(model, tokenizer, zs: ZeroShotSpec):
+LOGIT_COPIES = 3  # float32 [batch, length, vocab] tensors alive at once: the logits, a softcap/upcast temporary,
+                  # lm-eval's log_softmax (measured: Gemma-3-270M, batch 32, peak RSS 20.5 GB on short requests)
+
+
+def logits_batch_size(length: int, vocab: int, budget_gb: float, most: int) -> int:
+    """The largest batch (1 … ``most``) whose logits for ``length`` positions over ``vocab`` tokens fit
+    ``budget_gb``: lm-eval materialises every position's full-vocabulary log-probabilities, so a
+    262k-token vocabulary (Gemma) at batch 32 and a few hundred tokens needs tens of GB."""
+    per_sequence = max(1, length) * vocab * 4 * LOGIT_COPIES
+    return max(1, min(most, int(budget_gb * 2**30 // per_sequence)))
+
+
+def _vocab(model) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
+    """lm-eval's ``HFLM`` around the in-memory model. With ``logits_gb`` every batch is sized by its
+    longest request (``logits_batch_size``, at most ``zs.batch_size``) instead of being fixed: lm-eval's
+    own ``batch_size=auto`` probes by running out of memory, which on a CPU host means the kernel's OOM
+    killer, not an exception."""
     from lm_eval.models.huggingface import HFLM
 
     device = next(model.parameters()).device
@@ -140,8 +163,37 @@ def _lm(model, tokenizer, zs: ZeroShotSpec):
     if context and max_length > int(context):
         log.warning("eval.zero_shot.max_length=%d exceeds the model's context %d; using %d", max_length, context, context)
         max_length = int(context)
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.batch_size, max_length=max_length,
-                device=str(device), add_bos_token=zs.add_bos_token), max_length
+    if logits_gb is None:
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.batch_size, max_length=max_length,
+                    device=str(device), add_bos_token=zs.add_bos_token), max_length
+    vocab = _vocab(model)
+
+    class BudgetedHFLM(HFLM):
+        """Batches sized by their first (longest: lm-eval orders requests longest first) request."""
+
+        def _detect_batch_size(self, requests=None, pos: int = 0):
+            length = self.max_length
+            if requests:
+                _, context_enc, continuation_enc = requests[pos]
+                length = len((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
+            size = logits_batch_size(length, vocab, logits_gb, zs.batch_size)
+            self.used.append(size)
+            return size
+
+        def _batch_scheduler(self, pos, requests):
+            # lm-eval asks at every request how long the current batch is; a batch that starts at
+            # `pos` is sized by that request and keeps its size (lm-eval's scheduler re-derives it at
+            # a few fixed points only, from whichever request is there, and divides by zero for fewer
+            # requests than its schedule)
+            if pos == 0 or pos >= self.batch_end:
+                self.batch_now = self._detect_batch_size(requests, pos)
+                self.batch_end = pos + self.batch_now
+            return self.batch_now
+
+    lm = BudgetedHFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=zs.batch_size,
+                      max_length=max_length, device=str(device), add_bos_token=zs.add_bos_token)
+    lm.used, lm.batch_now, lm.batch_end = [], zs.batch_size, 0
+    return lm, max_length
 
 
 @contextlib.contextmanager
@@ -163,15 +215,21 @@ def _no_forked_bootstrap():
             os.environ["DISABLE_MULTIPROC"] = before
 
 
-def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataSpec | Mapping | None = None) -> dict:
-    """Score ``zs.tasks`` with lm-eval; returns the ``metrics.zero_shot`` block of the record."""
+def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataSpec | Mapping | None = None,
+                       logits_gb: float | None = None) -> dict:
+    """Score ``zs.tasks`` with lm-eval; returns the ``metrics.zero_shot`` block of the record.
+
+    ``logits_gb``: memory for one batch's logits (``runtime.zero_shot_logits_gb``); the batch then
+    shrinks for long requests and large vocabularies, ``zs.batch_size`` being the most (``_lm``)."""
     import lm_eval
     from lm_eval.tasks import get_task_dict
 
     zs, data = validate_zero_shot(zs), as_data(data)
     sources = task_sources(list(zs.tasks), data)
     t0 = time.perf_counter()
-    lm, max_length = _lm(model, tokenizer, zs)
+    if logits_gb is not None and not logits_gb > 0:
+        raise ConfigError(f"runtime.zero_shot_logits_gb={logits_gb!r}: need a number > 0, or null for a fixed batch size")
+    lm, max_length = _lm(model, tokenizer, zs, logits_gb)
     seed = zs.seed
     seeds = {} if seed is None else {k: int(seed) for k in
                                       ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")}
@@ -215,6 +273,9 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
     accs = [r["acc"] for r in out["tasks"].values() if isinstance(r.get("acc"), float)]
     out["mean_acc"] = sum(accs) / len(accs) if len(accs) == len(out["tasks"]) else None
     out["seconds"] = round(time.perf_counter() - t0, 3)
+    if logits_gb is not None:
+        out["config"]["logits_gb"] = logits_gb
+        out["config"]["batch_sizes_used"] = sorted(set(getattr(lm, "used", [])))
     for name, row in out["tasks"].items():
         log.info("zero-shot %s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in row.items()
                                                       if isinstance(v, float) and not k.endswith("stderr")))
