@@ -350,9 +350,11 @@ def test_a_logits_budget_sizes_each_batch_by_its_longest_request_and_scores_the_
     used = sized["config"]["batch_sizes_used"]
     assert sized["config"]["logits_gb"] == budget and len(used) > 1 and min(used) >= 1 and max(used) <= 8
     assert len({b for b, _ in shapes}) > 1  # batches of several sizes, each within the budget (or a single sequence)
+    assert 0 < sized["config"]["logit_positions_share"] < 1  # logits only where continuations are
     assert all(b == 1 or b * t * vocab * 4 * LOGIT_COPIES <= budget * 2**30 for b, t in shapes), shapes
     for name in zs["tasks"]:
-        assert sized["samples"][name]["acc"] == fixed["samples"][name]["acc"], name
+        for key in ("acc", "acc_norm", "pred"):
+            assert sized["samples"][name][key] == fixed["samples"][name][key], (name, key)
         assert sized["tasks"][name]["acc"] == fixed["tasks"][name]["acc"], name
     with pytest.raises(ConfigError, match="zero_shot_logits_gb=0"):
         evaluate_zero_shot(lm.model, lm.tokenizer, zs, data, logits_gb=0)

@@ -154,7 +154,9 @@ def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
     """lm-eval's ``HFLM`` around the in-memory model. With ``logits_gb`` every batch is sized by its
     longest request (``logits_batch_size``, at most ``zs.batch_size``) instead of being fixed: lm-eval's
     own ``batch_size=auto`` probes by running out of memory, which on a CPU host means the kernel's OOM
-    killer, not an exception."""
+    killer, not an exception. Batches formed that way also get logits only for the trailing positions
+    that hold their continuations (``_positions_to_keep``): the LM head and lm-eval's log-softmax over a
+    large vocabulary dominate a small model's scoring time."""
     from lm_eval.models.huggingface import HFLM
 
     device = next(model.parameters()).device
@@ -188,11 +190,46 @@ def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
             if pos == 0 or pos >= self.batch_end:
                 self.batch_now = self._detect_batch_size(requests, pos)
                 self.batch_end = pos + self.batch_now
+                self.batch_requests = requests[pos:self.batch_end]
             return self.batch_now
 
+        def _model_call(self, inps, attn_mask=None, labels=None):
+            keep = self._positions_to_keep(inps) if attn_mask is None and labels is None else None
+            self.positions[1] += inps.numel()
+            if keep is None:
+                self.positions[0] += inps.numel()
+                return super()._model_call(inps, attn_mask, labels)
+            self.positions[0] += inps.shape[0] * keep
+            with torch.no_grad():
+                return self.model(inps, logits_to_keep=keep).logits
+
+        def _positions_to_keep(self, inps):
+            """How many trailing positions hold every continuation of this batch, or None (all of them).
+
+            lm-eval slices each request's continuation from the logits at ``inplen + (positions
+            returned − padded length)``, so logits of the last ``K`` positions score the same when
+            ``K ≥ padded length − inplen + contlen`` for every request. Only when this batch is the one
+            the scheduler formed (same tokens) and the model takes ``logits_to_keep``."""
+            batch = self.batch_requests
+            if not trims or self.mixed_precision_dtype is not None or not batch or len(batch) != inps.shape[0]:
+                return None
+            padded = inps.shape[1]
+            need = 0
+            for row, (_, context_enc, continuation_enc) in zip(inps, batch):
+                inp = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]
+                if len(inp) > padded or row[:len(inp)].tolist() != inp:
+                    return None
+                need = max(need, padded - len(inp) + len(continuation_enc))
+            return need if 0 < need < padded else None
+
+    import inspect
+
+    import torch
+
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     lm = BudgetedHFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=zs.batch_size,
                       max_length=max_length, device=str(device), add_bos_token=zs.add_bos_token)
-    lm.used, lm.batch_now, lm.batch_end = [], zs.batch_size, 0
+    lm.used, lm.batch_now, lm.batch_end, lm.batch_requests, lm.positions = [], zs.batch_size, 0, None, [0, 0]
     return lm, max_length
 
 
@@ -276,6 +313,8 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
     if logits_gb is not None:
         out["config"]["logits_gb"] = logits_gb
         out["config"]["batch_sizes_used"] = sorted(set(getattr(lm, "used", [])))
+        kept, total = getattr(lm, "positions", (0, 0))
+        out["config"]["logit_positions_share"] = round(kept / total, 4) if total else None
     for name, row in out["tasks"].items():
         log.info("zero-shot %s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in row.items()
                                                       if isinstance(v, float) and not k.endswith("stderr")))
