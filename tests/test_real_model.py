@@ -96,11 +96,13 @@ def test_quick_zero_shot_on_smollm2(smollm2):
     tasks = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa",
              "lambada_openai"]
     zs = evaluate_zero_shot(smollm2.model, smollm2.tokenizer,
-                            {"tasks": tasks, "num_fewshot": 0, "limit": 10, "batch_size": 16}, {})
+                            {"tasks": tasks, "num_fewshot": 0, "limit": 10, "batch_size": 16}, {},
+                            logits_gb=4.0)  # the pipeline's default (runtime.zero_shot_logits_gb)
     assert set(zs["tasks"]) == set(tasks)
     for name, row in zs["tasks"].items():
         assert row["n_docs"] == 10 and 0.0 <= row["acc"] <= 1.0, name
         assert zs["task_info"][name]["source"] == "local" and zs["task_info"][name]["checksum_verified"]
+    assert 0 < zs["config"]["logit_positions_share"] < 1  # Llama's logits_to_keep path
     # a trained model, not noise: LAMBADA perplexity of a random 49k-vocabulary model is in the tens of thousands
     assert zs["tasks"]["lambada_openai"]["perplexity"] < 300
 
