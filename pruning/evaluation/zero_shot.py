@@ -19,6 +19,7 @@ its source and its chance level (mean of 1/#choices over all its documents), plu
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -26,6 +27,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 from typing import Mapping
+
+import torch
 
 from pruning.data import resolve_data_root, verify_file
 from pruning.errors import ConfigError, DataError
@@ -169,9 +172,16 @@ def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
         return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.batch_size, max_length=max_length,
                     device=str(device), add_bos_token=zs.add_bos_token), max_length
     vocab = _vocab(model)
+    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     class BudgetedHFLM(HFLM):
         """Batches sized by their first (longest: lm-eval orders requests longest first) request."""
+
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.used: list[int] = []  # batch sizes chosen
+            self.batch_now, self.batch_end, self.batch_requests = zs.batch_size, 0, None
+            self.positions = [0, 0]  # logit positions computed, positions given
 
         def _detect_batch_size(self, requests=None, pos: int = 0):
             length = self.max_length
@@ -222,14 +232,8 @@ def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
                 need = max(need, padded - len(inp) + len(continuation_enc))
             return need if 0 < need < padded else None
 
-    import inspect
-
-    import torch
-
-    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
     lm = BudgetedHFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=zs.batch_size,
                       max_length=max_length, device=str(device), add_bos_token=zs.add_bos_token)
-    lm.used, lm.batch_now, lm.batch_end, lm.batch_requests, lm.positions = [], zs.batch_size, 0, None, [0, 0]
     return lm, max_length
 
 
