@@ -55,6 +55,9 @@ def test_zeroshot_table_preset_turns_zero_shot_on():
                                               "sparsity": "0.5,2:4"}
     full = compose_cfg(["+experiment=zeroshot_table", "eval=zeroshot"])
     assert full.eval.zero_shot.limit is None
+    gemma = compose_cfg(["+experiment=zeroshot_table_gemma"], return_hydra_config=True)
+    assert gemma.model.name == "gemma3-270m" and gemma.eval.zero_shot.enabled and gemma.eval.zero_shot.limit == 200
+    assert gemma.hydra.sweeper.params == cfg.hydra.sweeper.params and gemma.sweep_name == "zeroshot-table"
 
 
 def test_joblib_multirun_of_tiny_jobs_completes(tiny_data_root, tmp_path):
