@@ -319,7 +319,7 @@ def test_acc_and_acc_norm_are_scored_exactly_on_a_model_with_known_likelihoods(t
 
 
 def test_logits_batch_size_fits_the_budget():
-    from pruning.evaluation.zero_shot import LOGIT_COPIES, logits_batch_size
+    from pruning.evaluation.budgeted_lm import LOGIT_COPIES, logits_batch_size
 
     gemma = 262_144
     assert logits_batch_size(600, gemma, 4, 32) == 2  # 600 x 262k x 4 B x 3 copies = 1.76 GiB per sequence
@@ -331,7 +331,8 @@ def test_logits_batch_size_fits_the_budget():
 
 
 def test_a_logits_budget_sizes_each_batch_by_its_longest_request_and_scores_the_same(tiny_data_root):
-    from pruning.evaluation.zero_shot import LOGIT_COPIES, evaluate_zero_shot
+    from pruning.evaluation.budgeted_lm import LOGIT_COPIES
+    from pruning.evaluation.zero_shot import evaluate_zero_shot
     from pruning.models import load_model
 
     lm = load_model(compose_cfg(["model=tiny-llama"]).model)

@@ -19,7 +19,6 @@ its source and its chance level (mean of 1/#choices over all its documents), plu
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import os
@@ -28,9 +27,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Mapping
 
-import torch
-
 from pruning.data import resolve_data_root, verify_file
+from pruning.evaluation.budgeted_lm import budgeted_hflm_class
 from pruning.errors import ConfigError, DataError
 from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS, task_files, task_info
 from pruning.spec import DataSpec, ZeroShotSpec, as_data, as_spec
@@ -134,107 +132,24 @@ def per_document(samples: list[dict]) -> dict[str, list]:
     return out
 
 
-LOGIT_COPIES = 3  # float32 [batch, length, vocab] tensors alive at once: the logits, a softcap/upcast temporary,
-                  # lm-eval's log_softmax (measured: Gemma-3-270M, batch 32, peak RSS 20.5 GB on short requests)
-
-
-def logits_batch_size(length: int, vocab: int, budget_gb: float, most: int) -> int:
-    """The largest batch (1 … ``most``) whose logits for ``length`` positions over ``vocab`` tokens fit
-    ``budget_gb``: lm-eval materialises every position's full-vocabulary log-probabilities, so a
-    262k-token vocabulary (Gemma) at batch 32 and a few hundred tokens needs tens of GB."""
-    per_sequence = max(1, length) * vocab * 4 * LOGIT_COPIES
-    return max(1, min(most, int(budget_gb * 2**30 // per_sequence)))
-
-
-def _vocab(model) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
-    return int(model.config.vocab_size)
-
-
 def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
-    """lm-eval's ``HFLM`` around the in-memory model. With ``logits_gb`` every batch is sized by its
-    longest request (``logits_batch_size``, at most ``zs.batch_size``) instead of being fixed: lm-eval's
-    own ``batch_size=auto`` probes by running out of memory, which on a CPU host means the kernel's OOM
-    killer, not an exception. Batches formed that way also get logits only for the trailing positions
-    that hold their continuations (``_positions_to_keep``): the LM head and lm-eval's log-softmax over a
-    large vocabulary dominate a small model's scoring time."""
-    from lm_eval.models.huggingface import HFLM
-
+    """lm-eval's ``HFLM`` around the in-memory model: batches of ``zs.batch_size``, or with ``logits_gb``
+    sized to that memory for their logits (``pruning/evaluation/budgeted_lm.py``)."""
+    if logits_gb is not None and not logits_gb > 0:
+        raise ConfigError(f"runtime.zero_shot_logits_gb={logits_gb!r}: need a number > 0, or null for a fixed batch size")
     device = next(model.parameters()).device
     max_length = zs.max_length
     context = getattr(model.config, "max_position_embeddings", None)
     if context and max_length > int(context):
         log.warning("eval.zero_shot.max_length=%d exceeds the model's context %d; using %d", max_length, context, context)
         max_length = int(context)
+    common = dict(pretrained=model, tokenizer=tokenizer, max_length=max_length, device=str(device),
+                  add_bos_token=zs.add_bos_token)
     if logits_gb is None:
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=zs.batch_size, max_length=max_length,
-                    device=str(device), add_bos_token=zs.add_bos_token), max_length
-    vocab = _vocab(model)
-    trims = "logits_to_keep" in inspect.signature(model.forward).parameters
+        from lm_eval.models.huggingface import HFLM
 
-    class BudgetedHFLM(HFLM):
-        """Batches sized by their first (longest: lm-eval orders requests longest first) request."""
-
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            self.used: list[int] = []  # batch sizes chosen
-            self.batch_now, self.batch_end, self.batch_requests = zs.batch_size, 0, None
-            self.positions = [0, 0]  # logit positions computed, positions given
-
-        def _detect_batch_size(self, requests=None, pos: int = 0):
-            length = self.max_length
-            if requests:
-                _, context_enc, continuation_enc = requests[pos]
-                length = len((context_enc + continuation_enc)[-(self.max_length + 1):][:-1])
-            size = logits_batch_size(length, vocab, logits_gb, zs.batch_size)
-            self.used.append(size)
-            return size
-
-        def _batch_scheduler(self, pos, requests):
-            # lm-eval asks at every request how long the current batch is; a batch that starts at
-            # `pos` is sized by that request and keeps its size (lm-eval's scheduler re-derives it at
-            # a few fixed points only, from whichever request is there, and divides by zero for fewer
-            # requests than its schedule)
-            if pos == 0 or pos >= self.batch_end:
-                self.batch_now = self._detect_batch_size(requests, pos)
-                self.batch_end = pos + self.batch_now
-                self.batch_requests = requests[pos:self.batch_end]
-            return self.batch_now
-
-        def _model_call(self, inps, attn_mask=None, labels=None):
-            keep = self._positions_to_keep(inps) if attn_mask is None and labels is None else None
-            self.positions[1] += inps.numel()
-            if keep is None:
-                self.positions[0] += inps.numel()
-                return super()._model_call(inps, attn_mask, labels)
-            self.positions[0] += inps.shape[0] * keep
-            with torch.no_grad():
-                return self.model(inps, logits_to_keep=keep).logits
-
-        def _positions_to_keep(self, inps):
-            """How many trailing positions hold every continuation of this batch, or None (all of them).
-
-            lm-eval slices each request's continuation from the logits at ``inplen + (positions
-            returned − padded length)``, so logits of the last ``K`` positions score the same when
-            ``K ≥ padded length − inplen + contlen`` for every request. Only when this batch is the one
-            the scheduler formed (same tokens) and the model takes ``logits_to_keep``."""
-            batch = self.batch_requests
-            if not trims or self.mixed_precision_dtype is not None or not batch or len(batch) != inps.shape[0]:
-                return None
-            padded = inps.shape[1]
-            need = 0
-            for row, (_, context_enc, continuation_enc) in zip(inps, batch):
-                inp = (context_enc + continuation_enc)[-(self.max_length + 1):][:-1]
-                if len(inp) > padded or row[:len(inp)].tolist() != inp:
-                    return None
-                need = max(need, padded - len(inp) + len(continuation_enc))
-            return need if 0 < need < padded else None
-
-    lm = BudgetedHFLM(pretrained=model, tokenizer=tokenizer, batch_size="auto", max_batch_size=zs.batch_size,
-                      max_length=max_length, device=str(device), add_bos_token=zs.add_bos_token)
-    return lm, max_length
+        return HFLM(batch_size=zs.batch_size, **common), max_length
+    return budgeted_hflm_class()(logits_gb=logits_gb, max_batch_size=zs.batch_size, **common), max_length
 
 
 @contextlib.contextmanager
@@ -268,8 +183,6 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
     zs, data = validate_zero_shot(zs), as_data(data)
     sources = task_sources(list(zs.tasks), data)
     t0 = time.perf_counter()
-    if logits_gb is not None and not logits_gb > 0:
-        raise ConfigError(f"runtime.zero_shot_logits_gb={logits_gb!r}: need a number > 0, or null for a fixed batch size")
     lm, max_length = _lm(model, tokenizer, zs, logits_gb)
     seed = zs.seed
     seeds = {} if seed is None else {k: int(seed) for k in
@@ -315,10 +228,7 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
     out["mean_acc"] = sum(accs) / len(accs) if len(accs) == len(out["tasks"]) else None
     out["seconds"] = round(time.perf_counter() - t0, 3)
     if logits_gb is not None:
-        out["config"]["logits_gb"] = logits_gb
-        out["config"]["batch_sizes_used"] = sorted(set(getattr(lm, "used", [])))
-        kept, total = getattr(lm, "positions", (0, 0))
-        out["config"]["logit_positions_share"] = round(kept / total, 4) if total else None
+        out["config"].update(lm.batching_info())
     for name, row in out["tasks"].items():
         log.info("zero-shot %s: %s", name, ", ".join(f"{k}={v:.4f}" for k, v in row.items()
                                                       if isinstance(v, float) and not k.endswith("stderr")))
