@@ -34,7 +34,8 @@ MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-ex
 def _one_model(frame: pd.DataFrame) -> str:
     models = frame["model"].unique()
     if len(models) != 1:
-        raise ValueError(f"plots are per model; these records hold {', '.join(map(str, models)) or 'none'}")
+        raise ValueError(f"plots are per model; these records hold {', '.join(map(str, models)) or 'none'}: "
+                         "pick one with --model")
     return str(models[0])
 
 
@@ -186,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--dataset", default="wikitext2")
     p.add_argument("--layer-sparsity", default="0.5", help="sparsity of the per-layer error plot (e.g. 0.5, 2:4)")
     p.add_argument("--formats", default="png", help="comma-separated: png, pdf, svg")
+    p.add_argument("--model", default=None, help="plot this model's records only (plots are per model); the file "
+                   "names then end in _<model>")
     p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration, frontier, "
                    "blocks (per-block sparsity, target vs actual, at --layer-sparsity)")
     args = p.parse_args(argv)
@@ -195,24 +198,32 @@ def main(argv=None) -> int:
         p.error(f"--figures: unknown {sorted(unknown)}; allowed: ppl, layers, calibration, frontier, blocks")
     plt.switch_backend("Agg")  # files only: no display needed
     col = collect(*args.dirs, layers=True)
+    suffix = ""
+    if args.model is not None:
+        held = sorted(map(str, col.frame["model"].unique())) if not col.frame.empty else []
+        if args.model not in held:
+            p.error(f"--model {args.model!r}: no complete records of it; these records hold {', '.join(held) or 'none'}")
+        col.frame = col.frame[col.frame["model"] == args.model].reset_index(drop=True)
+        col.layers = col.layers[col.layers["model"] == args.model].reset_index(drop=True)
+        suffix = f"_{args.model}"
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     written = []
     try:
         if "ppl" in figures:
             written += save(ppl_vs_sparsity(col.frame, args.dataset), args.out_dir,
-                            f"ppl_vs_sparsity_{args.dataset}", formats)
+                            f"ppl_vs_sparsity_{args.dataset}{suffix}", formats)
         if "layers" in figures:
             tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
             written += save(layer_error_by_depth(col.layers, args.layer_sparsity), args.out_dir,
-                            f"layer_error_by_depth_{tag}", formats)
+                            f"layer_error_by_depth_{tag}{suffix}", formats)
         if "calibration" in figures:
-            written += save(calibration_effect(col.frame), args.out_dir, "calibration_study", formats)
+            written += save(calibration_effect(col.frame), args.out_dir, f"calibration_study{suffix}", formats)
         if "blocks" in figures:
             tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
-            written += save(block_sparsity(col.layers, args.layer_sparsity), args.out_dir, f"block_sparsity_{tag}", formats)
+            written += save(block_sparsity(col.layers, args.layer_sparsity), args.out_dir, f"block_sparsity_{tag}{suffix}", formats)
         if "frontier" in figures:
             from analysis.frontier import frontier_figure
-            written += save(frontier_figure(col.frame, args.dataset), args.out_dir, f"frontier_{args.dataset}", formats)
+            written += save(frontier_figure(col.frame, args.dataset), args.out_dir, f"frontier_{args.dataset}{suffix}", formats)
     except ValueError as e:
         p.error(str(e))
     for path in written:

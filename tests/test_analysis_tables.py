@@ -144,6 +144,17 @@ def test_plots_are_written(results, tmp_path):
     assert all((tmp_path / "fig" / n).stat().st_size > 5000 for n in names)
 
 
+def test_plots_of_a_two_model_sweep_need_a_model(results, tmp_path):
+    from analysis.plots import main as plots_main
+    both = [str(results[0]), str(results[1])]
+    with pytest.raises(SystemExit):
+        plots_main([*both, "--figures", "ppl", "--out-dir", str(tmp_path / "fig")])  # "pick one with --model"
+    with pytest.raises(SystemExit):
+        plots_main([*both, "--figures", "ppl", "--model", "nope", "--out-dir", str(tmp_path / "fig")])
+    assert plots_main([*both, "--figures", "ppl", "--model", "smollm2-135m", "--out-dir", str(tmp_path / "fig")]) == 0
+    assert [p.name for p in (tmp_path / "fig").iterdir()] == ["ppl_vs_sparsity_wikitext2_smollm2-135m.png"]
+
+
 def test_notebook_executes(results, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     from nbclient import NotebookClient
