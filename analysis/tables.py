@@ -13,7 +13,9 @@ sparsity (with APT's difference to SparseGPT), then per (sparsity, method) the m
 error, solver-only seconds and end-to-end seconds. Perplexities above ``explode`` (default 1e4) or
 NaN are marked, never printed as ordinary numbers. ``calibration`` is the calibration study: per
 method, calibration set and windows × length, the perplexity on every evaluated dataset and the
-mean layer error. ``--label-params`` tells ablation rows of one method apart.
+mean layer error. ``--label-params`` tells ablation rows of one method apart; ``--where
+COLUMN=V1[,V2…]`` (repeatable) keeps only the records whose column has one of the values, e.g.
+``--where allocation=uniform --where model=smollm2-135m``.
 """
 
 from __future__ import annotations
@@ -447,9 +449,35 @@ def label_by_params(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for label, rows in frame.groupby("label"):
         varying = [k for k in keys if rows[f"param_{k}"].astype(str).nunique() > 1]
         if varying:
-            suffixes = [", ".join(f"{k}={r['param_' + k]}" for k in varying) for _, r in rows.iterrows()]
+            suffixes = [", ".join(f"{k}={_param_text(r['param_' + k])}" for k in varying) for _, r in rows.iterrows()]
             frame.loc[rows.index, "label"] = [f"{label} ({s})" for s in suffixes]
     return frame
+
+
+def select_rows(frame: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
+    """The records matching every ``COLUMN=V1[,V2…]`` condition (values compared as the config wrote
+    them: ``calib_seed=0`` matches ``0.0``; the dense record's sparsity is ``dense``)."""
+    for cond in conditions:
+        column, sep, values = cond.partition("=")
+        column = column.strip()
+        wanted = {v.strip() for v in values.split(",") if v.strip()}
+        if not sep or not column or not wanted:
+            raise ValueError(f"--where {cond!r}: give COLUMN=VALUE[,VALUE...], e.g. allocation=uniform")
+        if column not in frame.columns:
+            known = ", ".join(c for c in frame.columns if not c.startswith(("ppl_", "zs_", "v_")))
+            raise ValueError(f"--where {cond!r}: no column {column!r} in these records; known: {known}")
+        frame = frame[frame[column].map(_param_text).isin(wanted)]
+        if frame.empty:
+            raise ValueError(f"--where {cond!r}: no record left (values of {column!r} are compared as text)")
+    return frame
+
+
+def _param_text(value) -> str:
+    """A parameter as the config wrote it: pandas turns an integer column with gaps (methods that lack
+    the parameter) into floats, so ``3.0`` is shown as ``3``."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _pair(text: str) -> tuple[str, str]:
@@ -475,10 +503,14 @@ def main(argv=None) -> int:
     p.add_argument("--explode", type=float, default=1e4, help="perplexities above this are marked, not printed")
     p.add_argument("--label-params", help="comma-separated method parameters that tell rows of one method "
                    "apart (ablations), e.g. nm_update,blocksize")
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=V1[,V2]",
+                   help="keep only records whose column has one of the values (repeatable), "
+                   "e.g. allocation=uniform or model=gemma3-270m")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
     frame = collect(*args.dirs).frame
     try:
+        frame = select_rows(frame, args.where)
         if args.label_params:
             frame = label_by_params(frame, [k.strip() for k in args.label_params.split(",") if k.strip()])
         text = build(frame, args.table, args.format, dataset=args.dataset, columns=args.columns,

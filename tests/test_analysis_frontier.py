@@ -111,3 +111,23 @@ def test_the_allocation_table_pairs_each_solver_with_its_uniform_record(tmp_path
     text = allocation_markdown(collect(root).frame)
     assert "| smollm2-135m | 70% | SparseGPT | owl | 0,1 |" in text and "÷ uniform" in text
     assert tables_main([str(root), "--table", "allocation", "--format", "latex"]) in (None, 0)
+
+
+def test_where_keeps_the_uniform_rows_of_one_model(frontier, capsys):
+    """``--where`` filters records before any table is built: OWL rows leave the frontier table, a
+    model can be picked, and a bad condition is a clear error naming it."""
+    owl = frontier_record("sparsegpt", 0.5, 0, 43.0, 69.0, 10.0)
+    owl["config_hash"] += "-owl"
+    owl["allocation"] = {"name": "owl", "M": 5, "lambda": 0.08}
+    write(frontier, "sgpt_owl", owl)
+    assert tables_main([str(frontier), "--table", "frontier", "--where", "allocation=uniform",
+                        "--where", "model=smollm2-135m"]) == 0
+    out = capsys.readouterr().out
+    assert "+owl" not in out and "gemma3-270m" not in out and "| smollm2-135m | 50% | APT-refit | 0,1,2 |" in out
+    assert tables_main([str(frontier), "--table", "frontier", "--where", "calib_seed=0"]) == 0
+    assert "| smollm2-135m | 50% | APT-refit | 0 |" in capsys.readouterr().out
+    for bad, message in (("alloc=uniform", "no column 'alloc'"), ("allocation", "give COLUMN=VALUE"),
+                         ("model=llama", "no record left")):
+        with pytest.raises(SystemExit):
+            tables_main([str(frontier), "--table", "frontier", "--where", bad])
+        assert message in capsys.readouterr().err

@@ -238,6 +238,22 @@ def test_label_params_separate_ablation_rows(tmp_path, capsys):
     assert "no such method parameter in these records; known: blocksize, nm_update, variant" in capsys.readouterr().err
 
 
+def test_label_params_show_integers_as_written(tmp_path, capsys):
+    """An integer parameter that other methods lack (a column with gaps, which pandas stores as
+    floats) is labelled as the config wrote it: ``refine_iters=3``, not ``refine_iters=3.0``."""
+    root = tmp_path / "ablation"
+    for iters, ppl in ((3, 77.5), (6, 82.3)):
+        rec = record("apt", "2:4", ppl, 0.025, chash=f"apt-{iters}")
+        rec["method"]["params"].update(refine_iters=iters)
+        write(root, f"apt{iters}", rec)
+    sgpt = record("sparsegpt", "2:4", 92.8, 0.030)
+    sgpt["method"]["params"] = {"blocksize": 128}
+    write(root, "sgpt", sgpt)
+    assert tables_main([str(root), "--table", "benchmark", "--label-params", "refine_iters"]) == 0
+    out = capsys.readouterr().out
+    assert "apt (refine_iters=3) |" in out and "apt (refine_iters=6) |" in out and ".0)" not in out
+
+
 def test_calibration_table_and_no_silent_cell_collisions(study, capsys):
     """The study as a table (one row per method × set × windows, sorted by tokens); the ppl table
     refuses to put two configs in one cell instead of keeping one of them."""
