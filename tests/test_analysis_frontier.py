@@ -131,3 +131,25 @@ def test_where_keeps_the_uniform_rows_of_one_model(frontier, capsys):
         with pytest.raises(SystemExit):
             tables_main([str(frontier), "--table", "frontier", "--where", bad])
         assert message in capsys.readouterr().err
+
+
+def test_plots_where_leaves_the_owl_lines_out(frontier, tmp_path, capsys, monkeypatch):
+    """The frontier figure through the CLI with ``--where``: only the model asked for, no ``+owl``
+    line; a bad filter is a clear error."""
+    import analysis.frontier
+    from analysis import plots
+
+    owl = frontier_record("sparsegpt", 0.5, 0, 43.0, 69.0, 10.0)
+    owl["config_hash"] += "-owl"
+    owl["allocation"] = {"name": "owl", "M": 5, "lambda": 0.08}
+    write(frontier, "sgpt_owl", owl)
+    seen = []
+    real = analysis.frontier.frontier_figure
+    monkeypatch.setattr(analysis.frontier, "frontier_figure", lambda frame, *a: seen.append(frame) or real(frame, *a))
+    assert plots.main([str(frontier), "--figures", "frontier", "--out-dir", str(tmp_path / "fig"),
+                       "--where", "allocation=uniform", "--where", "model=smollm2-135m"]) == 0
+    assert set(seen[0]["label"]) == {"sparsegpt", "apt-refit", "alps"} and set(seen[0]["model"]) == {"smollm2-135m"}
+    assert [p.name for p in (tmp_path / "fig").iterdir()] == ["frontier_wikitext2.png"]
+    with pytest.raises(SystemExit):
+        plots.main([str(frontier), "--figures", "frontier", "--where", "allocation=owl,profile", "--where", "model=x"])
+    assert "no record left" in capsys.readouterr().err
