@@ -23,6 +23,7 @@ from analysis.collect import ppl_datasets
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
+RATIO_TOP = 1.3  # the ratio panel's upper limit when a method is far worse; those points are labelled
 
 
 def evaluated_datasets(frame: pd.DataFrame) -> list[str]:
@@ -59,7 +60,8 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
         for ds in datasets:
             v, r, d = g[f"ppl_{ds}"], g[f"ratio_{ds}"], g[f"diff_{ds}"]
             row.update({f"ppl_{ds}": v.mean(), f"ppl_{ds}_std": v.std(ddof=1) if len(v) > 1 else math.nan,
-                        f"ratio_{ds}": r.mean(), f"diff_{ds}": d.mean(),
+                        f"ratio_{ds}": r.mean(), f"ratio_{ds}_std": r.std(ddof=1) if r.notna().sum() > 1 else math.nan,
+                        f"diff_{ds}": d.mean(),
                         f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
             row[f"beyond_noise_{ds}"] = (None if label == baseline or d.notna().sum() < 2
                                          else bool(abs(d.mean()) > d.std(ddof=1)))
@@ -124,39 +126,54 @@ def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: fl
                        CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)))
 
 
-def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2"):
-    """Perplexity against unstructured sparsity with mean ± std error bars over calibration seeds,
-    one panel per model, N:M patterns as points at their ratio; log y."""
-    long = frontier_long(frame)
+def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: str = "sparsegpt"):
+    """Per model (one column of panels): perplexity against unstructured sparsity (top, log y) and its
+    ratio to the baseline on the same calibration windows (bottom), each with mean ± std error bars
+    over calibration seeds; N:M patterns are points beside 50%."""
+    long = frontier_long(frame, baseline)
     col = f"ppl_{dataset}"
     if col not in long:
         raise ValueError(f"no records with {dataset} perplexity")
     models = list(dict.fromkeys(long["model"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.2), squeeze=False)
+    fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 7.4), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [3, 2]})
     from analysis.plots import MARKERS  # plots imports this module's figure; avoid a cycle at import time
     dense = frame[frame.sparsity == "dense"]
-    for ax, model in zip(axes[0], models):
+    name = DATASET_NAMES.get(dataset, dataset)
+    for j, model in enumerate(models):
+        top, bottom = axes[0, j], axes[1, j]
         sub = long[long.model == model]
         for label in sorted(sub["label"].unique(), key=method_key):
             rows = sub[sub.label == label].copy()
             rows["x"] = rows["sparsity"].map(lambda s: 100 * sparsity_order(s)[1])
-            unstructured = rows[~rows.sparsity.str.contains(":")].sort_values("x")
-            nm = rows[rows.sparsity.str.contains(":")]
-            line = ax.errorbar(unstructured["x"], unstructured[col], yerr=unstructured[f"{col}_std"].fillna(0),
-                               marker=MARKERS.get(label, "o"), capsize=3, label=METHOD_NAMES.get(label, label))
-            for _, r in nm.iterrows():
-                ax.errorbar([r["x"] + (1.5 if r["sparsity"] == "4:8" else -1.5)], [r[col]],
-                            yerr=[0 if math.isnan(r[f"{col}_std"]) else r[f"{col}_std"]], capsize=3,
-                            marker=MARKERS.get(label, "o"), linestyle="none", color=line[0].get_color(), alpha=0.6)
+            rows["x"] += rows["sparsity"].map(lambda s: 0.0 if ":" not in s else 1.5 if s == "4:8" else -1.5)
+            nm = rows["sparsity"].str.contains(":")
+            style = {"marker": MARKERS.get(label, "o"), "capsize": 3}
+            for ax, y in ((top, col), (bottom, f"ratio_{dataset}")):
+                lines = rows[~nm].sort_values("x")
+                line = ax.errorbar(lines["x"], lines[y], yerr=lines[f"{y}_std"].fillna(0), label=METHOD_NAMES.get(label, label),
+                                   **style)
+                ax.errorbar(rows[nm]["x"], rows[nm][y], yerr=rows[nm][f"{y}_std"].fillna(0), linestyle="none", alpha=0.6,
+                            color=line[0].get_color(), **style)
         d = dense[(dense.model == model) & dense[col].notna()][col] if col in dense else []
         if len(d):
-            ax.axhline(float(d.iloc[-1]), color="grey", linestyle="--", linewidth=1, label="Dense")
-        ax.set_yscale("log")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"{model}: {DATASET_NAMES.get(dataset, dataset)} (N:M at 50% ± 1.5: 2:4 left, 4:8 right)",
-                     fontsize=9)
-        ax.set_xlabel("sparsity (%)")
-        ax.set_ylabel("perplexity (mean ± std over calibration seeds)")
-        ax.legend(fontsize=8)
+            top.axhline(float(d.iloc[-1]), color="grey", linestyle="--", linewidth=1, label="Dense")
+        top.set_yscale("log")
+        top.set_title(f"{model}: {name} (N:M beside 50%: 2:4 left, 4:8 right)", fontsize=9)
+        top.set_ylabel("perplexity (mean ± std over seeds)")
+        top.legend(fontsize=8)
+        bottom.axhline(1.0, color="grey", linewidth=1)
+        ratios = sub[f"ratio_{dataset}"].dropna()
+        if len(ratios) and ratios.max() > RATIO_TOP:  # e.g. Wanda's 20x must not flatten the band where solvers differ
+            bottom.set_ylim(min(0.95 * ratios.min(), 0.95), RATIO_TOP)
+            for _, r in sub[sub[f"ratio_{dataset}"] > RATIO_TOP].iterrows():
+                x = 100 * sparsity_order(r["sparsity"])[1] + (0 if ":" not in r["sparsity"] else 1.5 if r["sparsity"] == "4:8" else -1.5)
+                bottom.annotate(f"{METHOD_NAMES.get(r['label'], r['label'])} {r[f'ratio_{dataset}']:.1f}×", (x, RATIO_TOP),
+                                xytext=(0, -10), textcoords="offset points", fontsize=7,
+                                ha="right" if x >= max(100 * sparsity_order(v)[1] for v in sub["sparsity"]) else "center")
+        bottom.set_ylabel(f"÷ {METHOD_NAMES.get(baseline, baseline)} (same windows)")
+        bottom.set_xlabel("sparsity (%)")
+        for ax in (top, bottom):
+            ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     return fig

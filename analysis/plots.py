@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.collect import collect
-from analysis.tables import METHOD_NAMES, method_key, select_rows, sparsity_name, sparsity_order
+from analysis.tables import METHOD_NAMES, label_by_params, method_key, select_rows, sparsity_name, sparsity_order
 
 MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X"}
 
@@ -191,6 +191,8 @@ def main(argv=None) -> int:
                    "names then end in _<model>")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=V1[,V2]",
                    help="keep only records whose column has one of the values (repeatable), as in analysis.tables")
+    p.add_argument("--label-params", help="comma-separated method parameters that tell lines of one method apart "
+                   "(ablations), as in analysis.tables")
     p.add_argument("--figures", default="ppl,layers", help="comma-separated: ppl, layers, calibration, frontier, "
                    "blocks (per-block sparsity, target vs actual, at --layer-sparsity)")
     args = p.parse_args(argv)
@@ -208,13 +210,15 @@ def main(argv=None) -> int:
         col.frame = col.frame[col.frame["model"] == args.model].reset_index(drop=True)
         col.layers = col.layers[col.layers["model"] == args.model].reset_index(drop=True)
         suffix = f"_{args.model}"
-    if args.where:
-        try:
-            col.frame = select_rows(col.frame, args.where).reset_index(drop=True)
-        except ValueError as e:
-            p.error(str(e))
-        if "path" in col.layers:
-            col.layers = col.layers[col.layers["path"].isin(set(col.frame["path"]))].reset_index(drop=True)
+    try:
+        col.frame = select_rows(col.frame, args.where).reset_index(drop=True)
+        if args.label_params:
+            col.frame = label_by_params(col.frame, [k.strip() for k in args.label_params.split(",") if k.strip()])
+    except ValueError as e:
+        p.error(str(e))
+    if "path" in col.layers:  # the per-layer rows follow their records: filtered out, or relabelled
+        col.layers = col.layers[col.layers["path"].isin(set(col.frame["path"]))].reset_index(drop=True)
+        col.layers["label"] = col.layers["path"].map(dict(zip(col.frame["path"], col.frame["label"])))
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     written = []
     try:

@@ -79,7 +79,7 @@ def test_cli_and_figure(frontier, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("model,sparsity,label,n_seeds,seeds,ppl_wikitext2") and "apt-refit" in out
     fig = frontier_figure(collect(frontier).frame)
-    assert len(fig.axes) == 2  # one panel per model
+    assert len(fig.axes) == 4  # per model: perplexity and the ratio to SparseGPT
 
 
 def test_the_allocation_table_pairs_each_solver_with_its_uniform_record(tmp_path):
