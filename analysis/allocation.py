@@ -6,7 +6,8 @@ Every record with a non-uniform allocation is paired with the uniform record of 
 sparsity, method (label) and calibration seed, so the ratio compares allocations on the *same*
 calibration windows. Per (model, sparsity, method, allocation) the table gives the seeds, perplexity
 mean ± std over seeds on each evaluated dataset, the mean of the per-seed ratios to uniform, and the
-solver seconds. Only (model, sparsity) cells where some record used a non-uniform allocation appear.
+solver seconds. Only (model, sparsity, method) cells where some record used a non-uniform allocation
+appear (a method never run with OWL at that sparsity has nothing to compare).
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def allocation_long(frame: pd.DataFrame) -> pd.DataFrame:
         f["allocation_params"] = ""
     f["base"] = [lab[: -len(alloc) - 1] if alloc != "uniform" and lab.endswith(f"+{alloc}") else lab
                  for lab, alloc in zip(f["label"], f["allocation"])]
-    cells = set(zip(f.loc[f.allocation != "uniform", "model"], f.loc[f.allocation != "uniform", "sparsity"]))
+    other = f[f.allocation != "uniform"]
+    cells = set(zip(other["model"], other["sparsity"], other["base"]))
     if not cells:
         raise ValueError("no records with a non-uniform allocation (allocation=owl or profile)")
-    f = f[[(m, s) in cells for m, s in zip(f["model"], f["sparsity"])]]
+    f = f[[cell in cells for cell in zip(f["model"], f["sparsity"], f["base"])]]
     datasets = evaluated_datasets(f)
     uniform = f[f.allocation == "uniform"].set_index(KEYS)
     if uniform.index.has_duplicates:

@@ -140,6 +140,8 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
     from analysis.plots import MARKERS  # plots imports this module's figure; avoid a cycle at import time
     dense = frame[frame.sparsity == "dense"]
     name = DATASET_NAMES.get(dataset, dataset)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = {lab: cycle[i % len(cycle)] for i, lab in enumerate(sorted(long["label"].unique(), key=method_key))}
     for j, model in enumerate(models):
         top, bottom = axes[0, j], axes[1, j]
         sub = long[long.model == model]
@@ -148,13 +150,13 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
             rows["x"] = rows["sparsity"].map(lambda s: 100 * sparsity_order(s)[1])
             rows["x"] += rows["sparsity"].map(lambda s: 0.0 if ":" not in s else 1.5 if s == "4:8" else -1.5)
             nm = rows["sparsity"].str.contains(":")
-            style = {"marker": MARKERS.get(label, "o"), "capsize": 3}
+            style = {"marker": MARKERS.get(label, "o"), "capsize": 3, "color": colors[label]}  # one colour per method in every panel
             for ax, y in ((top, col), (bottom, f"ratio_{dataset}")):
                 lines = rows[~nm].sort_values("x")
-                line = ax.errorbar(lines["x"], lines[y], yerr=lines[f"{y}_std"].fillna(0), label=METHOD_NAMES.get(label, label),
-                                   **style)
+                ax.errorbar(lines["x"], lines[y], yerr=lines[f"{y}_std"].fillna(0), label=METHOD_NAMES.get(label, label),
+                            **style)
                 ax.errorbar(rows[nm]["x"], rows[nm][y], yerr=rows[nm][f"{y}_std"].fillna(0), linestyle="none", alpha=0.6,
-                            color=line[0].get_color(), **style)
+                            **style)
         d = dense[(dense.model == model) & dense[col].notna()][col] if col in dense else []
         if len(d):
             top.axhline(float(d.iloc[-1]), color="grey", linestyle="--", linewidth=1, label="Dense")

@@ -80,6 +80,8 @@ def test_cli_and_figure(frontier, tmp_path, capsys):
     assert out.startswith("model,sparsity,label,n_seeds,seeds,ppl_wikitext2") and "apt-refit" in out
     fig = frontier_figure(collect(frontier).frame)
     assert len(fig.axes) == 4  # per model: perplexity and the ratio to SparseGPT
+    colours = [{lab: h[0].get_color() for h, lab in zip(*ax.get_legend_handles_labels())} for ax in fig.axes[:2]]
+    assert colours[0]["APT-refit"] == colours[1]["APT-refit"] != colours[0]["SparseGPT"]  # one colour per method
 
 
 def test_the_allocation_table_pairs_each_solver_with_its_uniform_record(tmp_path):
@@ -96,12 +98,17 @@ def test_the_allocation_table_pairs_each_solver_with_its_uniform_record(tmp_path
             rec["allocation"] = {"name": alloc, "M": 5, "lambda": 0.08}
         write(root, f"{label}_{alloc}_{seed}", rec)
     write(root, "sgpt_50", frontier_record("sparsegpt", 0.5, 0, 44.0, 70.0, 10.0))  # no OWL at 50%: left out
+    for i, iters in enumerate((3, 6)):  # a method never run with OWL (here in two settings): left out, no clash
+        swap = frontier_record("apt-swap", 0.7, 0, 280.0 + i, 300.0, 20.0)
+        swap["config_hash"] += f"-{iters}"
+        swap["method"]["params"]["refine_iters"] = iters
+        write(root, f"swap_{iters}", swap)
     grid = frontier_record("wanda", 0.7, 0, 1000.0, 1500.0, 10.0)  # a grid point: other knobs, its own row
     grid["config_hash"] += "-grid"
     grid["allocation"] = grid["config"]["allocation"] = {"name": "owl", "M": 7, "lambda": 0.04}
     write(root, "wanda_grid", grid)
     long = allocation_long(collect(root).frame)
-    assert set(long.sparsity) == {"0.7"} and len(long) == 5
+    assert set(long.sparsity) == {"0.7"} and len(long) == 5 and "apt-swap" not in set(long.method)
     assert long[long.knobs == "M=7,lambda=0.04"].iloc[0].ratio_wikitext2 == pytest.approx(1000 / 1200)
     owl = long[(long.method == "sparsegpt") & (long.allocation == "owl")].iloc[0]
     assert owl.seeds == "0,1" and owl.ratio_wikitext2 == pytest.approx((330 / 300 + 310 / 310) / 2)
