@@ -45,7 +45,7 @@ TASKS = tuple(OFFLINE_TASKS)
 TASK_NAMES = {"boolq": "BoolQ", "rte": "RTE", "hellaswag": "HellaSwag", "winogrande": "WinoGrande",
               "arc_easy": "ARC-e", "arc_challenge": "ARC-c", "openbookqa": "OBQA", "piqa": "PIQA",
               "lambada_openai": "LAMBADA"}
-# Which metric each paper's table reports per task (docs/evaluation-protocols.md, "Zero-shot evaluation in detail"). Wanda's repository does not
+# Which metric each paper's table reports per task (docs/evaluation.md, "Zero-shot evaluation in detail"). Wanda's repository does not
 # say; acc everywhere is assumed. LLM-Pruner's dense numbers are on the acc_norm scale for
 # HellaSwag, ARC, OpenBookQA and PIQA.
 METRIC_PRESETS = {

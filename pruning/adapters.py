@@ -4,7 +4,7 @@ Everything family-specific lives here, so the engine and evaluation stay generic
 set is *every* ``nn.Linear`` inside a block (the reference scope of SparseGPT and Wanda; the LM
 head and embeddings are outside the blocks and stay dense); ``expected`` names the linears a
 block of the family must have, so a changed module layout in a new transformers release is an
-error instead of a silently unpruned layer (docs/evaluation-protocols.md, "Lessons from the reference repositories").
+error instead of a silently unpruned layer (docs/evaluation.md, "Lessons from the reference repositories").
 """
 
 from __future__ import annotations

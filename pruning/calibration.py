@@ -1,4 +1,4 @@
-"""The SparseGPT / Wanda calibration sampler (docs/evaluation-protocols.md, "Calibration sampler").
+"""The SparseGPT / Wanda calibration sampler (docs/evaluation.md, "Calibration sampler").
 
 Two forms, as the SparseGPT reference code draws them:
 

@@ -8,7 +8,7 @@ Where the data comes from (first match wins):
    (``data.source=hub`` forces this; ``data.source=local`` forbids it).
 
 Local files are checked byte for byte against the sha256 values published with them
-(the provenance of the offline copies: docs/evaluation-protocols.md, "Data: where it comes from"); a mismatch is
+(the provenance of the offline copies: docs/evaluation.md, "Data: where it comes from"); a mismatch is
 an error, never a silent fallback.
 
 Every loader returns the texts *and* a provenance dict (source, split, file, sha256, whether the
@@ -185,7 +185,7 @@ def verify_file(path: Path, expected: str | None) -> str:
     if expected is not None and actual != expected:
         raise DataError(
             f"checksum mismatch for {path}: sha256 {actual} but the published value is {expected}. "
-            "The file is corrupt or not the one the protocol expects; restore it from its source (docs/evaluation-protocols.md: "
+            "The file is corrupt or not the one the protocol expects; restore it from its source (docs/evaluation.md: "
             "'Data: where it comes from') or point PRUNING_DATA_ROOT / data.root elsewhere"
         )
     return actual

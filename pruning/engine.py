@@ -2,7 +2,7 @@
 
 1. Capture the inputs of the first block once, with a forward pre-hook that keeps *every* keyword
    argument the model passes (attention mask, position ids, position embeddings, cache position …),
-   so a new transformers release cannot silently drop one (docs/evaluation-protocols.md, "Lessons from the reference repositories").
+   so a new transformers release cannot silently drop one (docs/evaluation.md, "Lessons from the reference repositories").
 2. For each block in turn: move it to the compute device; hook its prunable linears to accumulate
    statistics (:class:`pruning.stats.LayerStats`); run the calibration windows through it; call the
    solver on every linear; remove the hooks; re-run the block with the pruned weights to produce the

@@ -6,7 +6,7 @@ consecutive weights along the *input* dimension of a row, N are zero (``"2:4"`` 
 the NVIDIA convention; the SparseGPT and Wanda code call the same thing ``prune_n:prune_m``).
 
 Hydra reads ``sparsity=0.5,2:4`` as a float and a string, so the value stays a plain config entry
-and is parsed here (docs/evaluation-protocols.md, "Hydra").
+and is parsed here (docs/evaluation.md, "Hydra").
 """
 
 from __future__ import annotations

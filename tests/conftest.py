@@ -47,7 +47,7 @@ def tiny_data_root(tmp_path_factory) -> Path:
 
 
 def write_tiny_tasks(root: Path, rng: random.Random, n: int = 6) -> None:
-    """Synthetic zero-shot task files in the offline formats of ``../shared/data`` (docs/evaluation-protocols.md)."""
+    """Synthetic zero-shot task files in the offline formats of ``../shared/data`` (docs/evaluation.md)."""
     import bz2
 
     def jsonl(rel: str, rows: list[dict]) -> None:

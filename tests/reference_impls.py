@@ -2,7 +2,7 @@
 
 magnitude: locuslab/wanda ``prune_magnitude``; wanda: ``prune_wanda`` (+ ``WrappedGPT.add_batch``);
 sparsegpt: IST-DASLab/sparsegpt ``SparseGPT.add_batch`` / ``fasterprune``. Written from the
-algorithms as docs/evaluation-protocols.md describes them, keeping the reference's operation order.
+algorithms as docs/evaluation.md describes them, keeping the reference's operation order.
 """
 
 import math

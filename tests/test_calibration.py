@@ -1,4 +1,4 @@
-"""The sampler must reproduce the reference draw order exactly (docs/evaluation-protocols.md, "Calibration sampler")."""
+"""The sampler must reproduce the reference draw order exactly (docs/evaluation.md, "Calibration sampler")."""
 
 import random
 

@@ -1,5 +1,5 @@
 """lm-eval's ``HFLM`` with batches sized to a memory budget for their logits, and logits computed only
-where lm-eval scores them (``runtime.zero_shot_logits_gb``; docs/evaluation-protocols.md "Zero-shot evaluation in
+where lm-eval scores them (``runtime.zero_shot_logits_gb``; docs/evaluation.md "Zero-shot evaluation in
 detail").
 
 lm-eval keeps the full-vocabulary log-probabilities of every position of a batch. With a 262k-token

@@ -1,4 +1,4 @@
-"""Perplexity under the SparseGPT / Wanda protocol (docs/evaluation-protocols.md, "Perplexity").
+"""Perplexity under the SparseGPT / Wanda protocol (docs/evaluation.md, "Perplexity").
 
 The dataset's rows are joined with its join rule and tokenized *once* (so at most one BOS, at
 the very start); the token sequence is cut into non-overlapping windows of ``seqlen`` tokens and

@@ -5,7 +5,7 @@ Face dataset lm-eval's stock task reads* wherever our copy allows it, so the tas
 ``lm_eval_tasks/`` can keep the stock prompts, targets and metrics unchanged. Where the copy
 forces a difference it is listed in :data:`TASKS` (``deviations``) and recorded in every result.
 
-Provenance, checksums and caveats of the files: ``docs/evaluation-protocols.md`` (zero-shot evaluation in detail). The functions here are pure file parsing (no lm-eval, no torch), so
+Provenance, checksums and caveats of the files: ``docs/evaluation.md`` (zero-shot evaluation in detail). The functions here are pure file parsing (no lm-eval, no torch), so
 tests can check documents and gold labels directly.
 """
 

@@ -1,4 +1,4 @@
-"""Magnitude pruning, as in Wanda's ``prune_magnitude`` (docs/evaluation-protocols.md, "Method details that change numbers").
+"""Magnitude pruning, as in Wanda's ``prune_magnitude`` (docs/evaluation.md, "Method details that change numbers").
 
 Unstructured: one threshold per weight matrix, ``thresh = sort(|W|)[int(numel · s)]``, and every
 weight with ``|W| <= thresh`` is zeroed; this prunes one weight more than ``int(numel · s)`` (plus

@@ -1,4 +1,4 @@
-"""Wanda (Sun et al., arXiv 2306.11695), as in locuslab/wanda ``prune_wanda`` (docs/evaluation-protocols.md, "Method details that change numbers").
+"""Wanda (Sun et al., arXiv 2306.11695), as in locuslab/wanda ``prune_wanda`` (docs/evaluation.md, "Method details that change numbers").
 
 Score ``|W| · sqrt(scaler_row)`` with ``scaler_row`` the running mean over calibration sequences of
 each input feature's squared L2 norm. Unstructured: per output row, a stable ascending sort and
