@@ -85,7 +85,9 @@ def flatten(record: dict, path: Path) -> dict:
         "calib_seqlen": calib.get("seqlen") if calib.get("used") else None,
         "seed": cfg.get("seed"),
         "calib_seed": calib.get("seed") if calib.get("used") else None,
+        "calib_heldout": (calib.get("heldout") or {}).get("nsamples", 0) if calib.get("used") else None,
         "mean_rel_error": record["metrics"].get("mean_rel_error"),
+        "mean_heldout_rel_error": record["metrics"].get("mean_heldout_rel_error"),  # calibration.heldout_nsamples > 0
     }
     row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})
     for name, r in record["metrics"].get("perplexity", {}).items():

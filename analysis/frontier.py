@@ -65,7 +65,9 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
                         f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
             row[f"beyond_noise_{ds}"] = (None if label == baseline or d.notna().sum() < 2
                                          else bool(abs(d.mean()) > d.std(ddof=1)))
+        held = pd.to_numeric(g["mean_heldout_rel_error"], errors="coerce") if "mean_heldout_rel_error" in g else None
         row.update(mean_rel_error=g["mean_rel_error"].mean(), solver_s=g["solver_s"].mean(),
+                   mean_heldout_rel_error=held.mean() if held is not None and held.notna().all() else math.nan,
                    solver_x=g["solver_x"].mean())
         rows.append(row)
     long = pd.DataFrame(rows)
@@ -95,6 +97,8 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
                                    for lab, m, s in zip(long["label"], long[f"diff_{ds}"], long[f"diff_{ds}_std"])]
         out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
     out["layer error"] = long["mean_rel_error"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4f}")
+    if long["mean_heldout_rel_error"].notna().any():  # records with calibration.heldout_nsamples > 0
+        out["held-out layer error"] = long["mean_heldout_rel_error"].map(lambda v: "–" if math.isnan(v) else f"{v:.4f}")
     out["solver s"] = long["solver_s"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.1f}")
     out[f"solver ÷ {base}"] = long["solver_x"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.2f}×")
     return pd.DataFrame(out)
@@ -104,11 +108,18 @@ CAPTION = ("Perplexity mean ± std over calibration seeds (seeds listed); ratios
            "the same model, sparsity and calibration windows (mean of per-seed values); \"gain > std\": |mean Δ| "
            "exceeds the std of the per-seed Δ (needs ≥ 2 seeds); layer error ‖(W−W')X‖²/‖WX‖² averaged over all "
            "pruned linears; solver seconds exclude forward passes.")
+HELDOUT_CAPTION = (" Held-out layer error: the same ratio on calibration-distribution windows disjoint from the "
+                   "calibration windows (calibration.heldout_nsamples), which the solver never fitted.")
+
+
+def _caption(shown: pd.DataFrame, baseline: str) -> str:
+    return (CAPTION.format(base=METHOD_NAMES.get(baseline, baseline))
+            + (HELDOUT_CAPTION if "held-out layer error" in shown.columns else ""))
 
 
 def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
     shown = frontier_display(frame, baseline, explode)
-    return CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)) + "\n\n" + to_markdown(shown)
+    return _caption(shown, baseline) + "\n\n" + to_markdown(shown)
 
 
 def latex_table(shown: pd.DataFrame, caption: str) -> str:
@@ -122,8 +133,8 @@ def latex_table(shown: pd.DataFrame, caption: str) -> str:
 
 
 def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
-    return latex_table(frontier_display(frame, baseline, explode),
-                       CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)))
+    shown = frontier_display(frame, baseline, explode)
+    return latex_table(shown, _caption(shown, baseline))
 
 
 def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: str = "sparsegpt"):

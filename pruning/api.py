@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from pruning.adapters import adapter_for, prunable_linears
 from pruning.allocation import allocate, check_config as check_allocation
-from pruning.calibration import build_calibration, sample_documents
+from pruning.calibration import HELDOUT_SEED_OFFSET, build_calibration, draw_documents
 from pruning.engine import EngineReport, prune_model
 from pruning.errors import ConfigError
 from pruning.solvers import SOLVERS
@@ -93,14 +93,20 @@ class PruneReport:
 
     @property
     def mean_rel_error(self) -> float | None:
-        errors = [r["rel_error"] for r in self.layers if r.get("rel_error") is not None]
-        return sum(errors) / len(errors) if errors else None
+        return mean_layer_value(self.layers, "rel_error")
+
+    @property
+    def mean_heldout_rel_error(self) -> float | None:
+        """The mean layer error on the held-out windows (``heldout_nsamples`` > 0), else None."""
+        return mean_layer_value(self.layers, "heldout_rel_error")
 
     def summary(self) -> str:
-        err = self.mean_rel_error
+        err, held = self.mean_rel_error, self.mean_heldout_rel_error
         return (f"{self.label} at {self.sparsity}: {len(self.layers)} layers, actual sparsity "
                 f"{self.actual.get('actual', float('nan')):.4f}, mean layer error "
-                f"{'n/a' if err is None else f'{err:.4g}'}, {self.timings.get('prune_total_s', 0):.1f} s")
+                f"{'n/a' if err is None else f'{err:.4g}'}"
+                + ("" if held is None else f" (held out {held:.4g})")
+                + f", {self.timings.get('prune_total_s', 0):.1f} s")
 
     def to_frame(self):
         import pandas as pd
@@ -108,43 +114,64 @@ class PruneReport:
         return pd.DataFrame(self.layers)
 
 
+def mean_layer_value(layers: list[dict], key: str) -> float | None:
+    """The mean of ``key`` over the layer rows that have it (None when none has)."""
+    values = [r[key] for r in layers if r.get(key) is not None]
+    return sum(values) / len(values) if values else None
+
+
 def prune_loaded(model, adapter, windows, method: str, target: Sparsity, params: dict, allocation: dict,
                  profile: dict | None = None, *, device=None, batch_size: int = 1, true_sequential: bool = False,
-                 report_error: bool = True, store=None):
+                 report_error: bool = True, store=None, heldout=None):
     """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`.
-    Returns ``(EngineReport, Allocation)``."""
+    ``heldout``: windows on which every layer's error is measured too. Returns ``(EngineReport, Allocation)``."""
     alloc = allocate(allocation, profile, target, model, adapter, windows, device=device, batch_size=batch_size,
                      store=store)
     report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method], target, params, device=device,
                                        true_sequential=true_sequential, report_error=report_error,
                                        batch_size=batch_size, store=store,
-                                       targets=None if alloc.name == "uniform" else alloc.target)
+                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout)
     return report, alloc
 
 
 def calibration_windows(tokenizer, calibration, *, nsamples: int, seqlen: int, seed: int, data_root=None,
-                        source: str = "auto", verify: bool = True) -> tuple[torch.Tensor, dict]:
-    """Calibration windows ``[nsamples, seqlen]`` and their provenance, from a dataset name, texts or ids."""
+                        source: str = "auto", verify: bool = True,
+                        heldout_nsamples: int = 0) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+    """Calibration windows ``[nsamples, seqlen]``, their provenance and (``heldout_nsamples`` > 0) the
+    held-out windows, from a dataset name, texts or ids."""
+    if heldout_nsamples < 0:
+        raise ConfigError(f"heldout_nsamples={heldout_nsamples}: need >= 0")
     if isinstance(calibration, torch.Tensor):
         if calibration.dim() != 2 or calibration.dtype not in (torch.int32, torch.int64):
             raise ConfigError(f"calibration tensor of shape {tuple(calibration.shape)} and dtype {calibration.dtype}: "
                               "need [nsamples, seqlen] integer token ids")
+        if heldout_nsamples:
+            raise ConfigError(f"heldout_nsamples={heldout_nsamples} with a calibration tensor: held-out windows are "
+                              "drawn from a dataset name or a list of texts; pass one of those")
         return calibration.long(), {"source": "tensor", "nsamples": calibration.shape[0],
-                                    "seqlen": calibration.shape[1]}
+                                    "seqlen": calibration.shape[1]}, None
     if tokenizer is None:
         raise ConfigError("calibration from text needs the tokenizer: prune(model, tokenizer, ...)")
     if isinstance(calibration, str):  # the split the calibration config uses (offline: WikiText-2/PTB validation)
         known = (CONF_DIR / "calibration" / f"{calibration}.yaml").is_file()
         split = conf_node("calibration", calibration).get("split", "train") if known else "train"
         calib = build_calibration(build(CalibrationSpec, {"dataset": calibration, "split": split, "nsamples": nsamples,
-                                                          "seqlen": seqlen, "seed": seed}, "calibration"),
+                                                          "seqlen": seqlen, "seed": seed,
+                                                          "heldout_nsamples": heldout_nsamples}, "calibration"),
                                   tokenizer, build(DataSpec, {"root": data_root, "source": source,
                                                               "verify_checksums": verify}, "data"))
-        return calib.windows, calib.info
+        return calib.windows, calib.info, calib.heldout
     if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, str) for t in calibration):
-        windows = sample_documents(list(calibration), tokenizer, nsamples, seqlen, seed)
-        return windows, {"source": "texts", "documents": len(calibration), "nsamples": nsamples, "seqlen": seqlen,
-                         "seed": seed, "sampler": "documents"}
+        windows, used = draw_documents(list(calibration), tokenizer, nsamples, seqlen, seed)
+        info = {"source": "texts", "documents": len(calibration), "nsamples": nsamples, "seqlen": seqlen,
+                "seed": seed, "sampler": "documents"}
+        heldout = None
+        if heldout_nsamples:
+            heldout, _ = draw_documents(list(calibration), tokenizer, heldout_nsamples, seqlen,
+                                        seed + HELDOUT_SEED_OFFSET, exclude=frozenset(used))
+            info["heldout"] = {"nsamples": heldout_nsamples, "seqlen": seqlen, "seed": seed + HELDOUT_SEED_OFFSET,
+                               "disjoint": f"none of the {len(set(used))} calibration documents"}
+        return windows, info, heldout
     raise ConfigError(f"calibration={type(calibration).__name__}: need a dataset name (c4, wikitext2, ptb), a "
                       "non-empty list of texts, or a [nsamples, seqlen] tensor of token ids")
 
@@ -153,14 +180,15 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit", sparsity: float |
           calibration="c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
           allocation: str | dict = "uniform", data_root=None, data_source: str = "auto",
           verify_checksums: bool = True, device=None, batch_size: int = 1, true_sequential: bool = False,
-          report_error: bool = True, **params) -> PruneReport:
+          report_error: bool = True, heldout_nsamples: int = 0, **params) -> PruneReport:
     """Prune ``model`` in place and return the per-layer :class:`PruneReport`.
 
     ``method``: a method config (``apt-refit`` default, ``apt``, ``apt-swap``, ``alps``, ``sparsegpt``,
     ``wanda``, ``magnitude`` ...); ``**params`` override its knobs (e.g. ``blocksize=64``).
     ``sparsity``: a ratio (``0.5``, ``"50%"``) or an N:M pattern (``"2:4"``). ``allocation``: ``uniform``,
     ``owl`` or a dict such as ``{"name": "owl", "M": 5, "lambda": 0.08}``. ``device``: where each block
-    is pruned (default: where the model is).
+    is pruned (default: where the model is). ``heldout_nsamples``: that many more windows, disjoint from
+    the calibration windows, on which every layer's error is measured as well (``heldout_rel_error``).
     """
     name, label, knobs = method_config(method, params)
     target = parse_sparsity(sparsity)
@@ -170,11 +198,13 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit", sparsity: float |
         {"name": allocation} if isinstance(allocation, str) else dict(allocation))
     profile = check_allocation(alloc_cfg, target)
     adapter = adapter_for(model)
-    windows, calib_info = None, {"used": False}
-    if SOLVERS[name].needs_data(report_error) or alloc_cfg.get("name") == "owl":
-        windows, calib_info = calibration_windows(tokenizer, calibration, nsamples=nsamples, seqlen=seqlen, seed=seed,
-                                                  data_root=data_root, source=data_source, verify=verify_checksums)
+    windows, heldout, calib_info = None, None, {"used": False}
+    if SOLVERS[name].needs_data(report_error) or alloc_cfg.get("name") == "owl" or heldout_nsamples:
+        windows, calib_info, heldout = calibration_windows(
+            tokenizer, calibration, nsamples=nsamples, seqlen=seqlen, seed=seed, data_root=data_root,
+            source=data_source, verify=verify_checksums, heldout_nsamples=heldout_nsamples)
         windows = windows.to(next(model.parameters()).device)
+        heldout = heldout.to(windows.device) if heldout is not None else None
     was_training, use_cache = model.training, getattr(model.config, "use_cache", None)
     model.eval()
     model.config.use_cache = False
@@ -182,7 +212,7 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit", sparsity: float |
         with torch.no_grad():
             report, alloc = prune_loaded(model, adapter, windows, name, target, knobs, alloc_cfg, profile,
                                          device=device, batch_size=batch_size, true_sequential=true_sequential,
-                                         report_error=report_error)
+                                         report_error=report_error, heldout=heldout)
     finally:
         model.train(was_training)
         if use_cache is not None:

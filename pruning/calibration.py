@@ -11,10 +11,16 @@ Two forms, as the SparseGPT reference code draws them:
 
 Only Python's ``random`` is used. A private ``random.Random(seed)`` produces the same numbers as the
 reference's ``random.seed(seed)`` followed by module-level calls, without touching global state.
+
+**Held-out windows** (``calibration.heldout_nsamples``, not in the references): a second set drawn by
+the same sampler with seed ``seed + HELDOUT_SEED_OFFSET`` from what the calibration windows did not
+touch: other documents (documents), or windows that share no token position with a calibration window
+(stream). The engine measures every layer's error on them as well (data the solver never fitted).
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import random
 from dataclasses import dataclass
@@ -35,6 +41,7 @@ ACCEPT_RULE = "len > seqlen"
 class Calibration:
     windows: torch.Tensor  # [nsamples, seqlen] int64 token ids
     info: dict
+    heldout: torch.Tensor | None = None  # [heldout_nsamples, seqlen], disjoint from ``windows``
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -42,60 +49,111 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text).input_ids
 
 
+HELDOUT_SEED_OFFSET = 1
+
+
 def sample_documents(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int,
                      max_draws: int | None = None) -> torch.Tensor:
     """Document sampler (C4): per sample, draw documents until one has more than ``seqlen`` tokens."""
+    return draw_documents(docs, tokenizer, nsamples, seqlen, seed, max_draws)[0]
+
+
+def draw_documents(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int,
+                   max_draws: int | None = None, exclude: frozenset[int] = frozenset()) -> tuple[torch.Tensor, list[int]]:
+    """:func:`sample_documents` that also returns the index of each window's document and never takes a
+    document in ``exclude`` (drawn and passed over, so without exclusions the draws are the reference's)."""
     if not docs:
         raise DataError("calibration: no documents to sample from")
+    if len(exclude) >= len(docs):
+        raise DataError(f"calibration: all {len(docs)} documents are taken by the calibration windows; "
+                        "none is left for held-out windows")
     rng = random.Random(seed)
     max_draws = max_draws if max_draws is not None else max(10_000, 20 * len(docs))
     cache: dict[int, list[int]] = {}
-    out = []
+    out, used = [], []
     draws = 0
     for _ in range(nsamples):
         while True:
             i = rng.randint(0, len(docs) - 1)
             draws += 1
-            if i not in cache:
-                cache[i] = _encode(tokenizer, docs[i])
-            ids = cache[i]
-            if len(ids) > seqlen:
-                break
+            if i not in exclude:
+                if i not in cache:
+                    cache[i] = _encode(tokenizer, docs[i])
+                ids = cache[i]
+                if len(ids) > seqlen:
+                    break
             if draws >= max_draws:
-                longest = max(len(v) for v in cache.values())
+                longest = max((len(v) for v in cache.values()), default=0)
                 raise DataError(
                     f"calibration: {draws} document draws found none with more than seqlen={seqlen} tokens "
-                    f"(longest seen: {longest}); lower calibration.seqlen or use a dataset with longer documents"
+                    f"(longest seen: {longest}"
+                    + (f"; {len(exclude)} documents excluded as calibration documents" if exclude else "")
+                    + "); lower calibration.seqlen or use a dataset with longer documents"
                 )
         start = rng.randint(0, len(ids) - seqlen - 1)
         out.append(ids[start:start + seqlen])
-    return torch.tensor(out, dtype=torch.long)
+        used.append(i)
+    return torch.tensor(out, dtype=torch.long), used
 
 
 def sample_stream(ids: list[int], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """Stream sampler (WikiText-2, PTB): random windows of one long token sequence."""
+    return draw_stream(ids, nsamples, seqlen, seed)[0]
+
+
+def draw_stream(ids: list[int], nsamples: int, seqlen: int, seed: int, avoid: list[int] = (),
+                max_draws: int = 100_000) -> tuple[torch.Tensor, list[int]]:
+    """:func:`sample_stream` that also returns the start of each window and redraws any window that
+    shares a token position with a window of length ``seqlen`` starting at one of ``avoid``."""
     if len(ids) <= seqlen:
         raise DataError(f"calibration: the text has {len(ids)} tokens, not more than seqlen={seqlen}")
     rng = random.Random(seed)
-    out = []
+    taken = sorted(avoid)
+    out, starts = [], []
+    draws = 0
     for _ in range(nsamples):
-        i = rng.randint(0, len(ids) - seqlen - 1)
+        while True:
+            i = rng.randint(0, len(ids) - seqlen - 1)
+            draws += 1
+            k = bisect.bisect_right(taken, i)  # overlap: some start s with |s - i| < seqlen
+            if not ((k and i - taken[k - 1] < seqlen) or (k < len(taken) and taken[k] - i < seqlen)):
+                break
+            if draws >= max_draws:
+                raise DataError(
+                    f"calibration: {draws} draws found no {seqlen}-token window of the {len(ids)}-token text "
+                    f"clear of the {len(taken)} calibration windows; lower calibration.heldout_nsamples or "
+                    "calibration.nsamples")
         out.append(ids[i:i + seqlen])
-    return torch.tensor(out, dtype=torch.long)
+        starts.append(i)
+    return torch.tensor(out, dtype=torch.long), starts
 
 
 def build_calibration(cfg: CalibrationSpec | Mapping, tokenizer, data: DataSpec | Mapping | None = None) -> Calibration:
-    """Calibration windows from a ``calibration`` spec (dataset, split, nsamples, seqlen, seed)."""
+    """Calibration windows from a ``calibration`` spec (dataset, split, nsamples, seqlen, seed), and the
+    held-out windows when ``heldout_nsamples`` > 0."""
     cfg, data = as_spec(CalibrationSpec, cfg, "calibration"), as_data(data)
     dataset, split, nsamples, seqlen, seed = cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed
     spec = dataset_spec(dataset)
     data = load_rows(dataset, split, root=data.root, source=data.source, verify=data.verify_checksums)
+    heldout, held_info = None, None
+    held_seed = seed + HELDOUT_SEED_OFFSET
     if spec.calib_kind == "documents":
-        windows = sample_documents(data.rows, tokenizer, nsamples, seqlen, seed)
+        windows, used = draw_documents(data.rows, tokenizer, nsamples, seqlen, seed)
+        if cfg.heldout_nsamples:
+            heldout, _ = draw_documents(data.rows, tokenizer, cfg.heldout_nsamples, seqlen, held_seed,
+                                        exclude=frozenset(used))
+            held_info = {"disjoint": f"none of the {len(set(used))} calibration documents"}
     else:
-        windows = sample_stream(_encode(tokenizer, spec.calib_join.join(data.rows)), nsamples, seqlen, seed)
+        ids = _encode(tokenizer, spec.calib_join.join(data.rows))
+        windows, starts = draw_stream(ids, nsamples, seqlen, seed)
+        if cfg.heldout_nsamples:
+            heldout, _ = draw_stream(ids, cfg.heldout_nsamples, seqlen, held_seed, avoid=starts)
+            held_info = {"disjoint": "no token position of a calibration window"}
     info = {"dataset": dataset, "split": split, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
             "sampler": spec.calib_kind, "accept_rule": ACCEPT_RULE if spec.calib_kind == "documents" else None,
             "join": None if spec.calib_kind == "documents" else spec.calib_join, "data": data.info}
-    log.info("calibration: %d x %d tokens from %s/%s (%s)", nsamples, seqlen, dataset, split, data.info["source"])
-    return Calibration(windows, info)
+    if heldout is not None:
+        info["heldout"] = {"nsamples": cfg.heldout_nsamples, "seqlen": seqlen, "seed": held_seed, **held_info}
+    log.info("calibration: %d x %d tokens from %s/%s (%s)%s", nsamples, seqlen, dataset, split, data.info["source"],
+             f", {cfg.heldout_nsamples} held-out windows" if heldout is not None else "")
+    return Calibration(windows, info, heldout)

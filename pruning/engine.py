@@ -11,6 +11,11 @@
 By default every sublayer of a block is calibrated from one pass through the still-dense block (the
 reference default); ``true_sequential=True`` re-runs the block per group of sublayers
 (``FamilyAdapter.sequential_groups``), so later groups see the already-pruned earlier ones.
+
+With ``heldout`` windows (not in the references) a second set of inputs travels through the same
+blocks beside the calibration inputs; their Hessians are accumulated at the same points but never
+reach the solver, and each layer's row gets ``heldout_rel_error`` = ``‖(W − W')X_h‖² / ‖WX_h‖²`` on
+them: how much of a solver's layer-error gain is fitted to its own calibration windows.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from tqdm.auto import tqdm
 from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
 from pruning.solvers import Solver, SolverResult
+from pruning.solvers.common import relative_error
 from pruning.sparsity import Sparsity
 from pruning.stats import LayerStats
 
@@ -192,13 +198,16 @@ def block_wanda_scores(model, adapter: FamilyAdapter, windows: torch.Tensor, sco
 @torch.no_grad()
 def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, *, device=None, true_sequential: bool = False,
-                report_error: bool = True, batch_size: int = 1, store=None, targets=None) -> EngineReport:
+                report_error: bool = True, batch_size: int = 1, store=None, targets=None,
+                heldout: torch.Tensor | None = None) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings.
 
     ``store``: where the blocks live between their turns (:class:`pruning.offload.ResidentStore`, the
     default: in memory; :class:`pruning.offload.BlockStore`: on disk, each loaded, pruned, written back
     and released in turn, so one block is in memory at a time). ``targets(block, name)``
-    (:class:`pruning.allocation.Allocation`): per-layer targets instead of ``sparsity`` everywhere."""
+    (:class:`pruning.allocation.Allocation`): per-layer targets instead of ``sparsity`` everywhere.
+    ``heldout``: token windows, disjoint from ``windows``, on which every layer's error is measured too
+    (``heldout_rel_error``, ``timings.heldout_forward_s``); they never reach the solver."""
     params = dict(params or {})
     report = EngineReport()
     t_total = time.perf_counter()
@@ -207,15 +216,21 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
         sparsity.check_width(m.in_features, name)
 
-    if not solver.needs_data(report_error):
+    if not solver.needs_data(report_error) and heldout is None:
         return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
     if windows is None:
-        raise ValueError(f"{solver.fn.__name__} needs calibration windows")
+        raise ValueError(f"{solver.fn.__name__} needs calibration windows"
+                         + (" (held-out windows are measured beside them)" if heldout is not None else ""))
     t0 = time.perf_counter()
     inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
     inputs = [_to(x, device) for x in inputs]
     kwargs_list = [_to(k, device) for k in kwargs_list]
     forward_s = time.perf_counter() - t0
+    held = None
+    if heldout is not None:
+        t0 = time.perf_counter()
+        held = [[_to(o, device) for o in part] for part in capture_block_inputs(model, adapter, heldout, batch_size)]
+        heldout_s = time.perf_counter() - t0
     solver_s = 0.0
     want_h = solver.needs_hessian or report_error
 
@@ -232,21 +247,35 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         for group in groups:
             t0 = time.perf_counter()
             stats, _ = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h,
-                                         solver.needs_norms, device)
+                                         solver.needs_norms, device) if solver.needs_data(report_error) else ({}, None)
             forward_s += time.perf_counter() - t0
+            if held is not None:
+                t0 = time.perf_counter()
+                held_stats, _ = _block_statistics(block, bi, adapter, linears, group, *held, True, False, device)
+                heldout_s += time.perf_counter() - t0
             for n in group:
+                dense_w = linears[n].weight.data.clone() if held is not None else None
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
-                                       params, stats[n])
+                                       params, stats.get(n))
+                if held is not None:
+                    row["heldout_rel_error"] = relative_error(dense_w.float(), linears[n].weight.data.float(),
+                                                              held_stats.pop(n).H)
                 solver_s += dt
                 report.layers.append(row)
-                del stats[n]
+                stats.pop(n, None)
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]
         forward_s += time.perf_counter() - t0
         for x in inputs:
             _check_finite(x, f"block {bi}: the pruned block's outputs are not finite (its inputs were "
                              f"{'finite' if bi else 'the embeddings'}); the model or its calibration windows overflow")
+        if held is not None:
+            t0 = time.perf_counter()
+            held[0] = [_first_output(block(x, **kw)) for x, kw in zip(*held)]
+            heldout_s += time.perf_counter() - t0
         store.put_back(bi, block)
     report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),
                       "prune_total_s": round(time.perf_counter() - t_total, 3)}
+    if held is not None:
+        report.timings["heldout_forward_s"] = round(heldout_s, 3)
     return report

@@ -27,7 +27,7 @@ from pruning.calibration import build_calibration
 from pruning.artifact import read_sidecar
 from pruning.data import dataset_spec, perplexity_text, preflight
 from pruning.allocation import check_config as check_allocation
-from pruning.api import prune_loaded
+from pruning.api import mean_layer_value, prune_loaded
 from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
@@ -71,10 +71,10 @@ def validate(cfg: DictConfig) -> JobSpec:
 
 def calibrates(spec: JobSpec) -> bool:
     """Whether the job runs calibration forward passes (a solver that needs statistics, the error report,
-    or OWL's outlier scores)."""
+    OWL's outlier scores or held-out layer errors)."""
     method = spec.method.name
     return method not in EVAL_ONLY and (SOLVERS[method].needs_data(spec.engine.report_error)
-                                        or spec.allocation.get("name") == "owl")
+                                        or spec.allocation.get("name") == "owl" or spec.calibration.heldout_nsamples > 0)
 
 
 def _preflight_inputs(spec: JobSpec, calibrating: bool) -> None:
@@ -126,8 +126,9 @@ def _summary(record: dict) -> dict:
         out.update({f"zeroshot/{task}/{k}": v for k, v in scores.items() if v is not None})
     if zero_shot.get("mean_acc") is not None:
         out["zeroshot/mean_acc"] = zero_shot["mean_acc"]
-    if record["metrics"].get("mean_rel_error") is not None:
-        out["layers/mean_rel_error"] = record["metrics"]["mean_rel_error"]
+    for key in ("mean_rel_error", "mean_heldout_rel_error"):
+        if record["metrics"].get(key) is not None:
+            out[f"layers/{key}"] = record["metrics"][key]
     out["sparsity/target"] = record["sparsity"]["target"]["ratio"]
     out["sparsity/actual"] = record["sparsity"]["actual"]
     out.update({f"time/{k}": v for k, v in record["timings"].items()})
@@ -273,6 +274,7 @@ class _Job:
         self.method, self.target = spec.method.name, spec.sparsity
         self.path = out_dir / RESULTS_FILE
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
+        self.heldout = None
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
         self.record = {
@@ -344,7 +346,7 @@ class _Job:
             calib = build_calibration(spec.calibration, self.loaded.tokenizer, spec.data)
             record["protocol"]["calibration"] = {"used": True, **calib.info}
             record["timings"]["calib_data_s"] = round(time.perf_counter() - t0, 3)
-            self.windows = calib.windows
+            self.windows, self.heldout = calib.windows, calib.heldout
         else:
             record["protocol"]["calibration"] = {
                 "used": False, "reason": f"{method} reads only the weights, engine.report_error=false and "
@@ -360,7 +362,7 @@ class _Job:
         report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, self.method, self.target,
                                      dict(spec.method.params), dict(spec.allocation), spec.profile, device=eng.device,
                                      batch_size=eng.batch_size, true_sequential=eng.true_sequential,
-                                     report_error=eng.report_error, store=loaded.store)
+                                     report_error=eng.report_error, store=loaded.store, heldout=self.heldout)
         record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
         record["allocation"] = alloc.info
         record["layers"] = report.layers
@@ -368,8 +370,9 @@ class _Job:
         record["memory"]["peak_rss_after_prune_bytes"] = peak_memory()["peak_rss_bytes"]
         record["timings"].update(report.timings)
         record["timings"]["prune_s"] = report.timings["prune_total_s"]
-        errors = [r["rel_error"] for r in report.layers if r["rel_error"] is not None]
-        record["metrics"]["mean_rel_error"] = sum(errors) / len(errors) if errors else None
+        record["metrics"]["mean_rel_error"] = mean_layer_value(report.layers, "rel_error")
+        if self.heldout is not None:
+            record["metrics"]["mean_heldout_rel_error"] = mean_layer_value(report.layers, "heldout_rel_error")
         self.tracker.log_table("layers", report.layers)
 
     def evaluate(self) -> None:

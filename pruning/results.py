@@ -65,11 +65,14 @@ DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine", "allocation")
 
 def config_hash(config: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
-    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform,
-    so those hashes equal the ones of records written before the allocation group existed)."""
+    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform
+    and ``calibration.heldout_nsamples`` when it is 0, so those hashes equal the ones of records written before
+    these keys existed)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
     if (cfg.get("allocation") or {}).get("name") == "uniform":  # = records from before the allocation group
         cfg.pop("allocation")
+    if (cfg.get("calibration") or {}).get("heldout_nsamples") == 0:  # = records from before held-out windows
+        cfg["calibration"].pop("heldout_nsamples")
     dense = (cfg.get("method") or {}).get("name") in ("dense", "none")
     for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)

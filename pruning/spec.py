@@ -71,12 +71,14 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """The calibration windows (``calibration``): ``nsamples`` windows of ``seqlen`` tokens."""
+    """The calibration windows (``calibration``): ``nsamples`` windows of ``seqlen`` tokens, and
+    ``heldout_nsamples`` held-out windows (disjoint from them) on which the engine measures layer errors."""
     dataset: str
     split: str
     nsamples: int = field(metadata=_least(1))
     seqlen: int = field(metadata=_least(2))
     seed: int = field(default=0, metadata=_least(0))
+    heldout_nsamples: int = field(default=0, metadata=_least(0))  # > 0: measure layer errors on held-out windows
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,20 @@ def test_markdown_and_latex(frontier):
     assert "| SparseGPT | 0 | 90.00 | 1.000 | – | – |" in md
     tex = frontier_latex(frame)
     assert "\\begin{tabular}" in tex and "41.17 $\\pm$ 1.04" in tex and "\\caption{" in tex
+    assert "held-out" not in md.lower() and "held-out" not in tex.lower()  # no record measured it
+
+
+def test_heldout_layer_error_column_when_recorded(tmp_path):
+    root = tmp_path / "held"
+    for label, fit, held in (("sparsegpt", 0.020, 0.024), ("apt-refit", 0.015, 0.021)):
+        rec = frontier_record(label, 0.5, 0, 40.0, 60.0, 10.0)
+        rec["metrics"]["mean_rel_error"], rec["metrics"]["mean_heldout_rel_error"] = fit, held
+        rec["protocol"]["calibration"]["heldout"] = {"nsamples": 8, "seqlen": 512, "seed": 1}
+        write(root, label, rec)
+    frame = collect(root).frame
+    assert sorted(frame["calib_heldout"]) == [8, 8]
+    md = frontier_markdown(frame)
+    assert "held-out layer error |" in md and "| 0.0150 | 0.0210 |" in md and "which the solver never fitted" in md
 
 
 def test_duplicate_seed_of_one_label_is_an_error(frontier):

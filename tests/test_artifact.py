@@ -161,6 +161,12 @@ def test_api_calibrates_on_texts_or_token_ids_without_a_data_root():
     ids = torch.randint(0, 256, (4, 64))
     report2 = prune(model2, method="wanda", sparsity=0.5, calibration=ids)
     assert report2.calibration == {"source": "tensor", "nsamples": 4, "seqlen": 64}
+    model3, _ = _tiny()
+    report3 = prune(model3, tok, method="sparsegpt", sparsity=0.5, calibration=texts, nsamples=4, seqlen=64,
+                    heldout_nsamples=3)
+    assert report3.calibration["heldout"]["nsamples"] == 3 and report3.mean_heldout_rel_error > 0
+    assert report3.mean_rel_error == pytest.approx(report.mean_rel_error)  # the held-out set changes no weight
+    assert "held out" in report3.summary() and report.mean_heldout_rel_error is None
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -171,6 +177,8 @@ def test_api_calibrates_on_texts_or_token_ids_without_a_data_root():
     ({"calibration": 42}, "calibration=int: need a dataset name"),
     ({"calibration": torch.zeros(3)}, r"calibration tensor of shape \(3,\)"),
     ({"allocation": "owl", "sparsity": "2:4"}, "N:M patterns are uniform"),
+    ({"calibration": torch.zeros(2, 8, dtype=torch.long), "heldout_nsamples": 2}, "held-out windows are drawn from"),
+    ({"heldout_nsamples": -1}, "heldout_nsamples=-1: need >= 0"),
 ])
 def test_api_rejects_bad_arguments_before_pruning(kwargs, match):
     from pruning import prune

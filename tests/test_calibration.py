@@ -97,3 +97,38 @@ def test_build_calibration_from_data_root(tiny_data_root, dataset, split, sample
     assert cal.windows.shape == (4, 32)
     assert cal.info["sampler"] == sampler and cal.info["data"]["source"] == "local"
     assert torch.equal(cal.windows, build_calibration(cfg, byte_tokenizer(), data_cfg).windows)
+
+
+def test_heldout_documents_are_disjoint_and_leave_the_calibration_windows_alone(docs):
+    from pruning.calibration import draw_documents
+    tok = byte_tokenizer()
+    windows, used = draw_documents(docs, tok, 16, 48, seed=0)
+    assert torch.equal(windows, sample_documents(docs, tok, 16, 48, seed=0))
+    held, held_used = draw_documents(docs, tok, 8, 48, seed=1, exclude=frozenset(used))
+    assert held.shape == (8, 48) and not set(held_used) & set(used)
+    with pytest.raises(DataError, match="all 3 documents are taken"):
+        draw_documents(docs[:3], tok, 1, 4, seed=1, exclude=frozenset({0, 1, 2}))
+
+
+def test_heldout_stream_windows_share_no_token_position(docs):
+    from pruning.calibration import draw_stream
+    ids = byte_tokenizer()(" ".join(docs)).input_ids
+    windows, starts = draw_stream(ids, 12, 64, seed=0)
+    assert torch.equal(windows, sample_stream(ids, 12, 64, seed=0))
+    held, held_starts = draw_stream(ids, 12, 64, seed=1, avoid=starts)
+    assert all(abs(h - s) >= 64 for h in held_starts for s in starts)
+    assert any(abs(h - s) < 64 for h in draw_stream(ids, 12, 64, seed=1)[1] for s in starts)  # the check does work
+    with pytest.raises(DataError, match="clear of the 1 calibration windows"):
+        draw_stream(list(range(20)), 1, 10, seed=0, avoid=[5], max_draws=50)
+
+
+@pytest.mark.parametrize("dataset, split", [("c4", "train"), ("wikitext2", "validation")])
+def test_build_calibration_with_heldout_windows(tiny_data_root, dataset, split):
+    cfg = {"dataset": dataset, "split": split, "nsamples": 4, "seqlen": 32, "seed": 0}
+    data_cfg = {"root": str(tiny_data_root), "verify_checksums": False}
+    plain = build_calibration(cfg, byte_tokenizer(), data_cfg)
+    cal = build_calibration({**cfg, "heldout_nsamples": 3}, byte_tokenizer(), data_cfg)
+    assert plain.heldout is None and "heldout" not in plain.info
+    assert torch.equal(cal.windows, plain.windows) and cal.heldout.shape == (3, 32)
+    assert cal.info["heldout"]["nsamples"] == 3 and cal.info["heldout"]["seed"] == 1
+    assert not any(torch.equal(h, w) for h in cal.heldout for w in cal.windows)

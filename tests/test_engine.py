@@ -150,3 +150,41 @@ def test_reconstruction_job_end_to_end(tiny_data_root, tmp_path, method):
     if name == "apt":
         assert rec["method"]["params"]["variant"] == ("exact" if method == "apt-exact" else "block")
     assert 0 < rec["metrics"]["mean_rel_error"] < 1 and len(rec["layers"]) == 14
+
+
+def test_heldout_windows_measure_without_changing_the_solve():
+    """The held-out set never reaches the solver (same weights as without it); on the calibration windows
+    themselves the held-out error equals the fitted one, on other windows it differs."""
+    sp = parse_sparsity(0.5)
+    plain, same, other = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
+    r_plain = prune_model(plain.model, plain.adapter, windows(), SOLVERS["sparsegpt"], sp)
+    r_same = prune_model(same.model, same.adapter, windows(), SOLVERS["sparsegpt"], sp, heldout=windows())
+    r_other = prune_model(other.model, other.adapter, windows(), SOLVERS["sparsegpt"], sp, heldout=windows(3, seed=5))
+    for a, b in zip(plain.model.parameters(), other.model.parameters()):
+        assert torch.equal(a, b)
+    assert all("heldout_rel_error" not in r for r in r_plain.layers)
+    assert [r["rel_error"] for r in r_other.layers] == [r["rel_error"] for r in r_plain.layers]
+    for r in r_same.layers:
+        assert r["heldout_rel_error"] == pytest.approx(r["rel_error"], rel=1e-4)
+    assert any(r["heldout_rel_error"] != pytest.approx(r["rel_error"], rel=1e-2) for r in r_other.layers)
+    assert r_other.timings["heldout_forward_s"] > 0 and "heldout_forward_s" not in r_plain.timings
+
+
+def test_heldout_job_records_and_keeps_old_hashes(tiny_data_root, tmp_path):
+    from pruning.results import config_hash
+    over = tiny_overrides("tiny-llama", tiny_data_root, "method=magnitude", "engine.report_error=false",
+                          "calibration.nsamples=4", "calibration.seqlen=32")
+    cfg = compose_cfg([*over, "calibration.heldout_nsamples=2"])
+    rec = run_job(cfg, tmp_path)
+    assert rec["status"] == "complete" and rec["protocol"]["calibration"]["used"]
+    assert rec["protocol"]["calibration"]["heldout"]["nsamples"] == 2
+    assert all(r["rel_error"] is None and 0 < r["heldout_rel_error"] < 1 for r in rec["layers"])
+    assert rec["metrics"]["mean_heldout_rel_error"] == pytest.approx(
+        sum(r["heldout_rel_error"] for r in rec["layers"]) / len(rec["layers"]))
+    assert rec["timings"]["heldout_forward_s"] > 0
+    from omegaconf import OmegaConf
+    off = OmegaConf.to_container(compose_cfg(over), resolve=True)
+    assert off["calibration"]["heldout_nsamples"] == 0
+    without_key = {**off, "calibration": {k: v for k, v in off["calibration"].items() if k != "heldout_nsamples"}}
+    assert config_hash(off) == config_hash(without_key)
+    assert config_hash(OmegaConf.to_container(cfg, resolve=True)) != config_hash(off)
