@@ -137,6 +137,11 @@ def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: fl
     return latex_table(shown, _caption(shown, baseline))
 
 
+def _x_position(sparsity: str) -> float:
+    """Where a cell sits on the sparsity axis (%): N:M patterns beside their ratio, 2:4 left and 4:8 right."""
+    return 100 * sparsity_order(sparsity)[1] + (0.0 if ":" not in sparsity else 1.5 if sparsity == "4:8" else -1.5)
+
+
 def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: str = "sparsegpt"):
     """Per model (one column of panels): perplexity against unstructured sparsity (top, log y) and its
     ratio to the baseline on the same calibration windows (bottom), each with mean ± std error bars
@@ -158,8 +163,7 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
         sub = long[long.model == model]
         for label in sorted(sub["label"].unique(), key=method_key):
             rows = sub[sub.label == label].copy()
-            rows["x"] = rows["sparsity"].map(lambda s: 100 * sparsity_order(s)[1])
-            rows["x"] += rows["sparsity"].map(lambda s: 0.0 if ":" not in s else 1.5 if s == "4:8" else -1.5)
+            rows["x"] = rows["sparsity"].map(_x_position)
             nm = rows["sparsity"].str.contains(":")
             style = {"marker": MARKERS.get(label, "o"), "capsize": 3, "color": colors[label]}  # one colour per method in every panel
             for ax, y in ((top, col), (bottom, f"ratio_{dataset}")):
@@ -180,7 +184,7 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
         if len(ratios) and ratios.max() > RATIO_TOP:  # e.g. Wanda's 20x must not flatten the band where solvers differ
             bottom.set_ylim(min(0.95 * ratios.min(), 0.95), RATIO_TOP)
             for _, r in sub[sub[f"ratio_{dataset}"] > RATIO_TOP].iterrows():
-                x = 100 * sparsity_order(r["sparsity"])[1] + (0 if ":" not in r["sparsity"] else 1.5 if r["sparsity"] == "4:8" else -1.5)
+                x = _x_position(r["sparsity"])
                 bottom.annotate(f"{METHOD_NAMES.get(r['label'], r['label'])} {r[f'ratio_{dataset}']:.1f}×", (x, RATIO_TOP),
                                 xytext=(0, -10), textcoords="offset points", fontsize=7,
                                 ha="right" if x >= max(100 * sparsity_order(v)[1] for v in sub["sparsity"]) else "center")
