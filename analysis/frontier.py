@@ -48,8 +48,14 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
         ref = f.set_index(KEYS).index.map(base[f"ppl_{ds}"].to_dict().get)
         f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
         f[f"diff_{ds}"] = f[f"ppl_{ds}"].to_numpy() - pd.to_numeric(pd.Series(ref, index=f.index))
-    ref_t = f.set_index(KEYS).index.map(base["solver_s"].to_dict().get)
-    f["solver_x"] = f["solver_s"].to_numpy() / pd.to_numeric(pd.Series(ref_t, index=f.index))
+    def paired_ratio(col):
+        ref = f.set_index(KEYS).index.map(base[col].to_dict().get)
+        return pd.to_numeric(f[col], errors="coerce").to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
+
+    f["solver_x"] = paired_ratio("solver_s")
+    held = "mean_heldout_rel_error" in f and f["mean_heldout_rel_error"].notna().any()
+    if held:  # the layer errors paired with the baseline's, fitted and held out
+        f["error_x"], f["heldout_error_x"] = paired_ratio("mean_rel_error"), paired_ratio("mean_heldout_rel_error")
     rows = []
     for (model, sparsity, label), g in f.groupby(["model", "sparsity", "label"], sort=False):
         if g["calib_seed"].duplicated().any():
@@ -65,9 +71,10 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
                         f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
             row[f"beyond_noise_{ds}"] = (None if label == baseline or d.notna().sum() < 2
                                          else bool(abs(d.mean()) > d.std(ddof=1)))
-        held = pd.to_numeric(g["mean_heldout_rel_error"], errors="coerce") if "mean_heldout_rel_error" in g else None
+        if held:
+            row.update(mean_heldout_rel_error=pd.to_numeric(g["mean_heldout_rel_error"], errors="coerce").mean(),
+                       error_x=g["error_x"].mean(), heldout_error_x=g["heldout_error_x"].mean())
         row.update(mean_rel_error=g["mean_rel_error"].mean(), solver_s=g["solver_s"].mean(),
-                   mean_heldout_rel_error=held.mean() if held is not None and held.notna().all() else math.nan,
                    solver_x=g["solver_x"].mean())
         rows.append(row)
     long = pd.DataFrame(rows)
@@ -97,8 +104,10 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
                                    for lab, m, s in zip(long["label"], long[f"diff_{ds}"], long[f"diff_{ds}_std"])]
         out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
     out["layer error"] = long["mean_rel_error"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4f}")
-    if long["mean_heldout_rel_error"].notna().any():  # records with calibration.heldout_nsamples > 0
+    if "mean_heldout_rel_error" in long:  # records with calibration.heldout_nsamples > 0
         out["held-out layer error"] = long["mean_heldout_rel_error"].map(lambda v: "–" if math.isnan(v) else f"{v:.4f}")
+        out[f"layer error ÷ {base}"] = long["error_x"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
+        out[f"held-out ÷ {base}"] = long["heldout_error_x"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
     out["solver s"] = long["solver_s"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.1f}")
     out[f"solver ÷ {base}"] = long["solver_x"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.2f}×")
     return pd.DataFrame(out)
