@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from pruning.adapters import adapter_for, prunable_linears
 from pruning.allocation import allocate, check_config as check_allocation
-from pruning.calibration import HELDOUT_SEED_OFFSET, build_calibration, draw_documents
+from pruning.calibration import build_calibration, document_windows
 from pruning.engine import EngineReport, prune_model
 from pruning.errors import ConfigError
 from pruning.solvers import SOLVERS
@@ -162,15 +162,10 @@ def calibration_windows(tokenizer, calibration, *, nsamples: int, seqlen: int, s
                                                               "verify_checksums": verify}, "data"))
         return calib.windows, calib.info, calib.heldout
     if isinstance(calibration, (list, tuple)) and calibration and all(isinstance(t, str) for t in calibration):
-        windows, used = draw_documents(list(calibration), tokenizer, nsamples, seqlen, seed)
+        windows, heldout, held_info = document_windows(list(calibration), tokenizer, nsamples, seqlen, seed,
+                                                       heldout_nsamples)
         info = {"source": "texts", "documents": len(calibration), "nsamples": nsamples, "seqlen": seqlen,
-                "seed": seed, "sampler": "documents"}
-        heldout = None
-        if heldout_nsamples:
-            heldout, _ = draw_documents(list(calibration), tokenizer, heldout_nsamples, seqlen,
-                                        seed + HELDOUT_SEED_OFFSET, exclude=frozenset(used))
-            info["heldout"] = {"nsamples": heldout_nsamples, "seqlen": seqlen, "seed": seed + HELDOUT_SEED_OFFSET,
-                               "disjoint": f"none of the {len(set(used))} calibration documents"}
+                "seed": seed, "sampler": "documents", **({"heldout": held_info} if held_info else {})}
         return windows, info, heldout
     raise ConfigError(f"calibration={type(calibration).__name__}: need a dataset name (c4, wikitext2, ptb), a "
                       "non-empty list of texts, or a [nsamples, seqlen] tensor of token ids")

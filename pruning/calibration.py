@@ -96,6 +96,20 @@ def draw_documents(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed:
     return torch.tensor(out, dtype=torch.long), used
 
 
+def document_windows(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed: int,
+                     heldout_nsamples: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+    """Calibration windows by the document rule and (``heldout_nsamples`` > 0) held-out windows from
+    the other documents, drawn with seed ``seed + HELDOUT_SEED_OFFSET``; returns the held-out windows'
+    provenance too (None without them)."""
+    windows, used = draw_documents(docs, tokenizer, nsamples, seqlen, seed)
+    if not heldout_nsamples:
+        return windows, None, None
+    held_seed = seed + HELDOUT_SEED_OFFSET
+    heldout, _ = draw_documents(docs, tokenizer, heldout_nsamples, seqlen, held_seed, exclude=frozenset(used))
+    return windows, heldout, {"nsamples": heldout_nsamples, "seqlen": seqlen, "seed": held_seed,
+                              "disjoint": f"none of the {len(set(used))} calibration documents"}
+
+
 def sample_stream(ids: list[int], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """Stream sampler (WikiText-2, PTB): random windows of one long token sequence."""
     return draw_stream(ids, nsamples, seqlen, seed)[0]
@@ -135,25 +149,23 @@ def build_calibration(cfg: CalibrationSpec | Mapping, tokenizer, data: DataSpec 
     dataset, split, nsamples, seqlen, seed = cfg.dataset, cfg.split, cfg.nsamples, cfg.seqlen, cfg.seed
     spec = dataset_spec(dataset)
     data = load_rows(dataset, split, root=data.root, source=data.source, verify=data.verify_checksums)
-    heldout, held_info = None, None
-    held_seed = seed + HELDOUT_SEED_OFFSET
     if spec.calib_kind == "documents":
-        windows, used = draw_documents(data.rows, tokenizer, nsamples, seqlen, seed)
-        if cfg.heldout_nsamples:
-            heldout, _ = draw_documents(data.rows, tokenizer, cfg.heldout_nsamples, seqlen, held_seed,
-                                        exclude=frozenset(used))
-            held_info = {"disjoint": f"none of the {len(set(used))} calibration documents"}
+        windows, heldout, held_info = document_windows(data.rows, tokenizer, nsamples, seqlen, seed,
+                                                       cfg.heldout_nsamples)
     else:
         ids = _encode(tokenizer, spec.calib_join.join(data.rows))
         windows, starts = draw_stream(ids, nsamples, seqlen, seed)
+        heldout, held_info = None, None
         if cfg.heldout_nsamples:
+            held_seed = seed + HELDOUT_SEED_OFFSET
             heldout, _ = draw_stream(ids, cfg.heldout_nsamples, seqlen, held_seed, avoid=starts)
-            held_info = {"disjoint": "no token position of a calibration window"}
+            held_info = {"nsamples": cfg.heldout_nsamples, "seqlen": seqlen, "seed": held_seed,
+                         "disjoint": "no token position of a calibration window"}
     info = {"dataset": dataset, "split": split, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
             "sampler": spec.calib_kind, "accept_rule": ACCEPT_RULE if spec.calib_kind == "documents" else None,
             "join": None if spec.calib_kind == "documents" else spec.calib_join, "data": data.info}
-    if heldout is not None:
-        info["heldout"] = {"nsamples": cfg.heldout_nsamples, "seqlen": seqlen, "seed": held_seed, **held_info}
+    if held_info is not None:
+        info["heldout"] = held_info
     log.info("calibration: %d x %d tokens from %s/%s (%s)%s", nsamples, seqlen, dataset, split, data.info["source"],
              f", {cfg.heldout_nsamples} held-out windows" if heldout is not None else "")
     return Calibration(windows, info, heldout)

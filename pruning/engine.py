@@ -216,13 +216,13 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
         sparsity.check_width(m.in_features, name)
 
-    if not solver.needs_data(report_error) and heldout is None:
+    fit = solver.needs_data(report_error)  # False with held-out windows: only they travel through the blocks
+    if not fit and heldout is None:
         return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
-    if windows is None:
-        raise ValueError(f"{solver.fn.__name__} needs calibration windows"
-                         + (" (held-out windows are measured beside them)" if heldout is not None else ""))
+    if fit and windows is None:
+        raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
-    inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
+    inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size) if fit else ([], [])
     inputs = [_to(x, device) for x in inputs]
     kwargs_list = [_to(k, device) for k in kwargs_list]
     forward_s = time.perf_counter() - t0
@@ -247,7 +247,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         for group in groups:
             t0 = time.perf_counter()
             stats, _ = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h,
-                                         solver.needs_norms, device) if solver.needs_data(report_error) else ({}, None)
+                                         solver.needs_norms, device) if fit else ({}, None)
             forward_s += time.perf_counter() - t0
             if held is not None:
                 t0 = time.perf_counter()

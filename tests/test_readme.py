@@ -40,9 +40,12 @@ def test_no_file_in_the_repo_points_to_documents_outside_it():
     import subprocess
 
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    outside = ("apt-method.md", "shared/docs", "design.md", "environment.md", "SOURCES.md in the")
+    # The names of the input notes that live beside the repo, joined here so that this file does not
+    # name them itself (it is the one place that has to spell them, and a check reads every file).
+    outside = tuple("".join(parts) for parts in (("apt-", "method.md"), ("shared", "/docs"), ("design", ".md"),
+                                                 ("environment", ".md"), ("SOURCES", ".md in the")))
     hits = [f"{name}: {needle}" for name in files if name.endswith((".py", ".md", ".yaml", ".ipynb", ".cff", "setup", "run"))
-            and (REPO / name).is_file() and name != "tests/test_readme.py"
+            and (REPO / name).is_file()
             for needle in outside if needle in (REPO / name).read_text(errors="replace")]
     assert not hits, hits
 
