@@ -23,6 +23,9 @@ from analysis.collect import ppl_datasets
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
+PAIRED_RATIOS = [("solver_s", "solver_x"), ("mean_rel_error", "error_x"),
+                 ("mean_heldout_rel_error", "heldout_error_x")]  # (record column, its ratio to the baseline)
+OPTIONAL_COLUMNS = {"mean_heldout_rel_error"}  # shown only when some record has them
 RATIO_TOP = 1.3  # the ratio panel's upper limit when a method is far worse; those points are labelled
 
 
@@ -48,14 +51,13 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
         ref = f.set_index(KEYS).index.map(base[f"ppl_{ds}"].to_dict().get)
         f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
         f[f"diff_{ds}"] = f[f"ppl_{ds}"].to_numpy() - pd.to_numeric(pd.Series(ref, index=f.index))
-    def paired_ratio(col):
+    # per-record ratios to the baseline's record on the same windows: (column, its ratio column); an
+    # optional column (held-out error: only with calibration.heldout_nsamples > 0) only when recorded
+    paired = [(col, x) for col, x in PAIRED_RATIOS
+              if col not in OPTIONAL_COLUMNS or (col in f and pd.to_numeric(f[col], errors="coerce").notna().any())]
+    for col, x in paired:
         ref = f.set_index(KEYS).index.map(base[col].to_dict().get)
-        return pd.to_numeric(f[col], errors="coerce").to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
-
-    f["solver_x"] = paired_ratio("solver_s")
-    held = "mean_heldout_rel_error" in f and f["mean_heldout_rel_error"].notna().any()
-    if held:  # the layer errors paired with the baseline's, fitted and held out
-        f["error_x"], f["heldout_error_x"] = paired_ratio("mean_rel_error"), paired_ratio("mean_heldout_rel_error")
+        f[x] = pd.to_numeric(f[col], errors="coerce").to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
     rows = []
     for (model, sparsity, label), g in f.groupby(["model", "sparsity", "label"], sort=False):
         if g["calib_seed"].duplicated().any():
@@ -71,11 +73,8 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
                         f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
             row[f"beyond_noise_{ds}"] = (None if label == baseline or d.notna().sum() < 2
                                          else bool(abs(d.mean()) > d.std(ddof=1)))
-        if held:
-            row.update(mean_heldout_rel_error=pd.to_numeric(g["mean_heldout_rel_error"], errors="coerce").mean(),
-                       error_x=g["error_x"].mean(), heldout_error_x=g["heldout_error_x"].mean())
-        row.update(mean_rel_error=g["mean_rel_error"].mean(), solver_s=g["solver_s"].mean(),
-                   solver_x=g["solver_x"].mean())
+        for col, x in paired:
+            row.update({col: pd.to_numeric(g[col], errors="coerce").mean(), x: g[x].mean()})
         rows.append(row)
     long = pd.DataFrame(rows)
     long["_k"] = [(str(m), sparsity_order(s), method_key(lab)) for m, s, lab in
