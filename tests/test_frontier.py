@@ -206,6 +206,21 @@ def test_projection_keeps_the_largest():
     assert project(B, parse_sparsity("2:4"), keep=4).tolist() == [[False, True, False, True], [True, False, False, True]]
 
 
+def test_projection_matches_topk_and_breaks_ties_by_index():
+    """The linear-time projection selects what the reference's topk selects when there are no ties, and
+    keeps exactly ``keep`` entries when there are (the lower flat index is pruned first)."""
+    g = torch.Generator().manual_seed(3)
+    B = torch.randn(37, 24, generator=g)
+    for keep in (1, 100, 444, B.numel() - 1):
+        kept = torch.zeros(B.numel(), dtype=torch.bool)
+        kept[torch.topk(B.abs().flatten(), keep).indices] = True
+        assert torch.equal(~project(B, parse_sparsity(0.5), keep), kept.view_as(B))
+    T = torch.tensor([[1.0, 0.0, 0.0, 2.0], [0.0, -1.0, 0.0, 0.0]])  # five tied zeros, keep 4 of 8
+    mask = project(T, parse_sparsity(0.5), keep=4)
+    assert mask.tolist() == [[False, True, True, False], [True, False, True, False]]  # zero at index 7 kept
+    assert project(T, parse_sparsity(0.5), keep=8).sum() == 0 and project(T, parse_sparsity(0.5), keep=0).all()
+
+
 @pytest.mark.parametrize("kwargs, match", [({"rho": 0}, "method.rho=0"), ({"max_iter": 0}, "method.max_iter=0"),
                                            ({"init": "wanda"}, "method.init='wanda'"),
                                            ({"percdamp": 0.0}, "method.percdamp=0.0"), ({"dtype": "half"}, "method.dtype")])

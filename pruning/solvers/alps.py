@@ -42,7 +42,7 @@ import logging
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import SolverResult, check_pattern, relative_error, undamped
+from pruning.solvers.common import SolverResult, check_pattern, relative_error, smallest_mask, undamped
 from pruning.solvers.refit import refine_cg
 from pruning.sparsity import Sparsity
 
@@ -54,15 +54,15 @@ DTYPES = ("float32", "float64")
 
 def project(B: torch.Tensor, sparsity: Sparsity, keep: int) -> torch.Tensor:
     """The pruned mask of the projection of ``B`` on the pattern (True = zero): unstructured keeps the
-    ``keep`` largest ``|B|`` of the whole matrix; N:M the ``M − N`` largest of every group of a row."""
+    ``keep`` largest ``|B|`` of the whole matrix (ties at the threshold: the higher flat index is kept;
+    the reference's ``topk`` leaves ties unspecified); N:M the ``M − N`` largest of every group of a row."""
     rows, cols = B.shape
-    mask = torch.ones_like(B, dtype=torch.bool)
     if sparsity.kind == "nm":
         m = sparsity.m
         top = torch.topk(B.abs().view(rows, cols // m, m), m - sparsity.n, dim=2).indices
-        return mask.view(rows, cols // m, m).scatter_(2, top, False).view(rows, cols)
-    top = torch.topk(B.abs().flatten(), keep).indices
-    return mask.view(-1).scatter_(0, top, False).view(rows, cols)
+        mask = torch.ones(rows, cols // m, m, dtype=torch.bool, device=B.device)
+        return mask.scatter_(2, top, False).view(rows, cols)
+    return smallest_mask(B.abs(), B.numel() - keep)  # the reference's topk of the kept, in linear time
 
 
 def _ridge_inverse(evals: torch.Tensor, Q: torch.Tensor, rho: float, dtype) -> torch.Tensor:

@@ -52,7 +52,8 @@ from functools import lru_cache
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, undamped
+from pruning.solvers.common import (SolverResult, check_pattern, prepare_layer, relative_error, smallest_mask,
+                                   undamped)
 from pruning.solvers.refit import refine_cg, swap_search
 from pruning.sparsity import Sparsity
 
@@ -261,14 +262,7 @@ def _unstructured_mask(score: torch.Tensor, ratio: float, c1: int, c2: int, gran
         if k:
             mask.scatter_(1, torch.sort(score, dim=1, stable=True)[1][:, :k], True)
     else:
-        k = _round(ratio * rows * c2) - _round(ratio * rows * c1)
-        if k:
-            flat = score.flatten()
-            thresh = torch.kthvalue(flat, k).values
-            below = flat < thresh
-            ties = (flat == thresh).nonzero(as_tuple=True)[0][:k - int(below.sum())]  # lowest index first
-            below[ties] = True
-            mask = below.view_as(score)
+        mask = smallest_mask(score, _round(ratio * rows * c2) - _round(ratio * rows * c1))
     return mask
 
 
