@@ -43,6 +43,9 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
     if f.empty:
         raise ValueError("no pruned records")
     datasets = evaluated_datasets(f)
+    if not (f.label == baseline).any():
+        raise ValueError(f"no records of the baseline {baseline!r}; methods here: {', '.join(sorted(f.label.unique()))} "
+                         "(with --label-params, name the baseline's labelled row with --baseline)")
     base = f[f.label == baseline].set_index(KEYS)
     if base.index.has_duplicates:
         raise ValueError(f"several {baseline} records for one (model, sparsity, calibration seed): "

@@ -13,7 +13,8 @@ sparsity (with APT's difference to SparseGPT), then per (sparsity, method) the m
 error, solver-only seconds and end-to-end seconds. Perplexities above ``explode`` (default 1e4) or
 NaN are marked, never printed as ordinary numbers. ``calibration`` is the calibration study: per
 method, calibration set and windows × length, the perplexity on every evaluated dataset and the
-mean layer error. ``--label-params`` tells ablation rows of one method apart; ``--where
+mean layer error. ``--label-params`` tells ablation rows of one method apart (``--baseline`` then
+names the frontier table's reference row, e.g. ``'sparsegpt (percdamp=0.01)'``); ``--where
 COLUMN=V1[,V2…]`` (repeatable) keeps only the records whose column has one of the values, e.g.
 ``--where allocation=uniform --where model=smollm2-135m``.
 """
@@ -394,9 +395,10 @@ class TableKind:
 
 def _frontier(frame, fmt, o):
     from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
-    return {"md": lambda: frontier_markdown(frame, explode=o["explode"]),
-            "latex": lambda: frontier_latex(frame, explode=o["explode"]),
-            "csv": lambda: frontier_long(frame).to_csv(index=False)}[fmt]()
+    base = o["baseline"] or "sparsegpt"
+    return {"md": lambda: frontier_markdown(frame, base, explode=o["explode"]),
+            "latex": lambda: frontier_latex(frame, base, explode=o["explode"]),
+            "csv": lambda: frontier_long(frame, base).to_csv(index=False)}[fmt]()
 
 
 def _allocation(frame, fmt, o):
@@ -424,15 +426,16 @@ TABLES: dict[str, TableKind] = {
 
 def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
-          explode: float = 1e4) -> str:
-    """One table of :data:`TABLES` as text in ``fmt`` (md | latex | csv)."""
+          explode: float = 1e4, baseline: str | None = None) -> str:
+    """One table of :data:`TABLES` as text in ``fmt`` (md | latex | csv); ``baseline``: the method label
+    the frontier table's ratios refer to (default SparseGPT)."""
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {', '.join(TABLES)}")
     kind = TABLES[table]
     if fmt not in kind.formats:
         raise ValueError(f"the {table} table is written as {' or '.join(kind.formats)}")
     options = {"dataset": dataset, "columns": columns, "metrics": metrics, "compare": compare,
-               "delta_vs_dense": delta_vs_dense, "explode": explode}
+               "delta_vs_dense": delta_vs_dense, "explode": explode, "baseline": baseline}
     return kind.render(frame, fmt, options)
 
 
@@ -503,6 +506,8 @@ def main(argv=None) -> int:
     p.add_argument("--explode", type=float, default=1e4, help="perplexities above this are marked, not printed")
     p.add_argument("--label-params", help="comma-separated method parameters that tell rows of one method "
                    "apart (ablations), e.g. nm_update,blocksize")
+    p.add_argument("--baseline", help="frontier table: the method label ratios and differences refer to "
+                   "(default sparsegpt; with --label-params e.g. 'sparsegpt (percdamp=0.01)')")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=V1[,V2]",
                    help="keep only records whose column has one of the values (repeatable), "
                    "e.g. allocation=uniform or model=gemma3-270m")
@@ -515,7 +520,7 @@ def main(argv=None) -> int:
             frame = label_by_params(frame, [k.strip() for k in args.label_params.split(",") if k.strip()])
         text = build(frame, args.table, args.format, dataset=args.dataset, columns=args.columns,
                      metrics=args.metrics, compare=args.compare, delta_vs_dense=args.delta_vs_dense,
-                     explode=args.explode)
+                     explode=args.explode, baseline=args.baseline)
     except ValueError as e:
         p.error(str(e))
     if args.out:

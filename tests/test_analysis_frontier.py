@@ -175,3 +175,23 @@ def test_plots_where_leaves_the_owl_lines_out(frontier, tmp_path, capsys, monkey
     with pytest.raises(SystemExit):
         plots.main([str(frontier), "--figures", "frontier", "--where", "allocation=owl,profile", "--where", "model=x"])
     assert "no record left" in capsys.readouterr().err
+
+
+def test_baseline_option_with_labelled_ablations(tmp_path, capsys):
+    """Two damping settings of both methods: --label-params splits every method, so the ratios need the
+    labelled baseline row (--baseline); without it the table says which labels exist."""
+    root = tmp_path / "damp"
+    for label, damp, ppl in (("sparsegpt", 0.01, 44.0), ("sparsegpt", 0.1, 43.0), ("apt-refit", 0.01, 40.0),
+                             ("apt-refit", 0.1, 39.6)):
+        rec = frontier_record(label, 0.5, 0, ppl, 60.0, 10.0)
+        rec["method"]["params"] = {"percdamp": damp}
+        rec["config_hash"] = f"{label}-{damp}"
+        write(root, f"{label}_{damp}", rec)
+    with pytest.raises(SystemExit):
+        tables_main([str(root), "--table", "frontier", "--label-params", "percdamp"])
+    assert "no records of the baseline 'sparsegpt'" in capsys.readouterr().err
+    assert tables_main([str(root), "--table", "frontier", "--label-params", "percdamp",
+                        "--baseline", "sparsegpt (percdamp=0.01)"]) == 0
+    md = capsys.readouterr().out
+    assert "| apt-refit (percdamp=0.1) | 0 | 39.60 | 0.900 |" in md  # 39.6 / 44: paired with the chosen row
+    assert "| sparsegpt (percdamp=0.1) | 0 | 43.00 | 0.977 |" in md
