@@ -513,6 +513,8 @@ def main(argv=None) -> int:
                    "e.g. allocation=uniform or model=gemma3-270m")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
+    if args.baseline and args.table != "frontier":
+        p.error(f"--baseline applies to --table frontier only (got --table {args.table})")
     frame = collect(*args.dirs).frame
     try:
         frame = select_rows(frame, args.where)
