@@ -216,7 +216,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
         sparsity.check_width(m.in_features, name)
 
-    fit = solver.needs_data(report_error)  # False with held-out windows: only they travel through the blocks
+    fit = solver.needs_data(report_error)  # False: the solver fits nothing; only held-out windows (if any) travel
     if not fit and heldout is None:
         return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
     if fit and windows is None:
