@@ -106,13 +106,32 @@ def document_windows(docs: list[str], tokenizer, nsamples: int, seqlen: int, see
         return windows, None, None
     held_seed = seed + HELDOUT_SEED_OFFSET
     heldout, _ = draw_documents(docs, tokenizer, heldout_nsamples, seqlen, held_seed, exclude=frozenset(used))
-    return windows, heldout, {"nsamples": heldout_nsamples, "seqlen": seqlen, "seed": held_seed,
-                              "disjoint": f"none of the {len(set(used))} calibration documents"}
+    return windows, heldout, _heldout_info(heldout_nsamples, seqlen, held_seed,
+                                           f"none of the {len(set(used))} calibration documents")
+
+
+def _heldout_info(nsamples: int, seqlen: int, seed: int, disjoint: str) -> dict:
+    """The held-out windows' provenance, as recorded under ``protocol.calibration.heldout``."""
+    return {"nsamples": nsamples, "seqlen": seqlen, "seed": seed, "disjoint": disjoint}
 
 
 def sample_stream(ids: list[int], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:
     """Stream sampler (WikiText-2, PTB): random windows of one long token sequence."""
     return draw_stream(ids, nsamples, seqlen, seed)[0]
+
+
+def stream_windows(ids: list[int], nsamples: int, seqlen: int, seed: int,
+                   heldout_nsamples: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+    """:func:`document_windows` for a token stream: calibration windows by the stream rule and
+    (``heldout_nsamples`` > 0) held-out windows sharing no token position with them, drawn with seed
+    ``seed + HELDOUT_SEED_OFFSET``, with their provenance (None without them)."""
+    windows, starts = draw_stream(ids, nsamples, seqlen, seed)
+    if not heldout_nsamples:
+        return windows, None, None
+    held_seed = seed + HELDOUT_SEED_OFFSET
+    heldout, _ = draw_stream(ids, heldout_nsamples, seqlen, held_seed, avoid=starts)
+    return windows, heldout, _heldout_info(heldout_nsamples, seqlen, held_seed,
+                                           "no token position of a calibration window")
 
 
 def draw_stream(ids: list[int], nsamples: int, seqlen: int, seed: int, avoid: list[int] = (),
@@ -154,13 +173,7 @@ def build_calibration(cfg: CalibrationSpec | Mapping, tokenizer, data: DataSpec 
                                                        cfg.heldout_nsamples)
     else:
         ids = _encode(tokenizer, spec.calib_join.join(data.rows))
-        windows, starts = draw_stream(ids, nsamples, seqlen, seed)
-        heldout, held_info = None, None
-        if cfg.heldout_nsamples:
-            held_seed = seed + HELDOUT_SEED_OFFSET
-            heldout, _ = draw_stream(ids, cfg.heldout_nsamples, seqlen, held_seed, avoid=starts)
-            held_info = {"nsamples": cfg.heldout_nsamples, "seqlen": seqlen, "seed": held_seed,
-                         "disjoint": "no token position of a calibration window"}
+        windows, heldout, held_info = stream_windows(ids, nsamples, seqlen, seed, cfg.heldout_nsamples)
     info = {"dataset": dataset, "split": split, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
             "sampler": spec.calib_kind, "accept_rule": ACCEPT_RULE if spec.calib_kind == "documents" else None,
             "join": None if spec.calib_kind == "documents" else spec.calib_join, "data": data.info}

@@ -122,6 +122,19 @@ def test_heldout_stream_windows_share_no_token_position(docs):
         draw_stream(list(range(20)), 1, 10, seed=0, avoid=[5], max_draws=50)
 
 
+def test_both_samplers_return_heldout_windows_with_one_provenance_shape(docs):
+    from pruning.calibration import HELDOUT_SEED_OFFSET, document_windows, draw_stream, stream_windows
+    tok = byte_tokenizer()
+    ids = tok(" ".join(docs)).input_ids
+    assert stream_windows(ids, 4, 32, seed=3)[1:] == (None, None)
+    windows, held, info = stream_windows(ids, 4, 32, seed=3, heldout_nsamples=2)
+    assert torch.equal(windows, sample_stream(ids, 4, 32, seed=3))
+    starts = draw_stream(ids, 4, 32, seed=3)[1]
+    assert torch.equal(held, draw_stream(ids, 2, 32, seed=3 + HELDOUT_SEED_OFFSET, avoid=starts)[0])
+    doc_info = document_windows(docs, tok, 4, 32, seed=3, heldout_nsamples=2)[2]
+    assert info.keys() == doc_info.keys() and info["seed"] == doc_info["seed"] == 3 + HELDOUT_SEED_OFFSET
+
+
 @pytest.mark.parametrize("dataset, split", [("c4", "train"), ("wikitext2", "validation")])
 def test_build_calibration_with_heldout_windows(tiny_data_root, dataset, split):
     cfg = {"dataset": dataset, "split": split, "nsamples": 4, "seqlen": 32, "seed": 0}
