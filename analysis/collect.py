@@ -149,7 +149,8 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             rows.append(flatten(record, path))
             if layers:
                 keys = {k: rows[-1][k] for k in ("model", "label", "sparsity", "config_hash", "path")}
-                layer_rows += [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "solver_s")},
+                layer_rows += [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error",
+                                                                 "heldout_rel_error", "solver_s")},
                                 "target": _number(r.get("target")), "layer_sparsity": r.get("sparsity"),
                                 "numel": _numel(r.get("shape"))} for r in record.get("layers") or []]
     frame = pd.DataFrame(rows)
@@ -167,11 +168,22 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
     layer_frame = None
     if layers:
         layer_frame = pd.DataFrame(layer_rows, columns=["model", "label", "sparsity", "config_hash", "path", "name",
-                                                        "block", "layer", "rel_error", "solver_s", "target",
-                                                        "layer_sparsity", "numel"])
+                                                        "block", "layer", "rel_error", "heldout_rel_error", "solver_s",
+                                                        "target", "layer_sparsity", "numel"])
         kept = set(frame.path) if not frame.empty else set()  # duplicates dropped above lose their layers too
         layer_frame = layer_frame[layer_frame.path.isin(kept)].reset_index(drop=True)
     return Collection(frame, skipped, duplicates, layer_frame)
+
+
+def layers_of(frame: pd.DataFrame, layers: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer rows of the records left in ``frame`` (after ``--where``), with their labels as
+    ``frame`` has them (after ``--label-params``), and the record's calibration seed."""
+    if frame.empty:
+        return layers.iloc[0:0].assign(calib_seed=None)
+    layers = layers[layers["path"].isin(set(frame["path"]))].reset_index(drop=True)
+    layers["label"] = layers["path"].map(dict(zip(frame["path"], frame["label"])))
+    layers["calib_seed"] = layers["path"].map(dict(zip(frame["path"], frame["calib_seed"])))
+    return layers
 
 
 def main(argv=None) -> int:

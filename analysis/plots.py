@@ -25,7 +25,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.collect import collect
+from analysis.collect import collect, layers_of
 from analysis.tables import METHOD_NAMES, label_by_params, method_key, select_rows, sparsity_name, sparsity_order
 
 MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X"}
@@ -216,9 +216,7 @@ def main(argv=None) -> int:
             col.frame = label_by_params(col.frame, [k.strip() for k in args.label_params.split(",") if k.strip()])
     except ValueError as e:
         p.error(str(e))
-    if "path" in col.layers:  # the per-layer rows follow their records: filtered out, or relabelled
-        col.layers = col.layers[col.layers["path"].isin(set(col.frame["path"]))].reset_index(drop=True)
-        col.layers["label"] = col.layers["path"].map(dict(zip(col.frame["path"], col.frame["label"])))
+    col.layers = layers_of(col.frame, col.layers)  # the per-layer rows follow their records: filtered, relabelled
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     written = []
     try:

@@ -13,10 +13,11 @@ sparsity (with APT's difference to SparseGPT), then per (sparsity, method) the m
 error, solver-only seconds and end-to-end seconds. Perplexities above ``explode`` (default 1e4) or
 NaN are marked, never printed as ordinary numbers. ``calibration`` is the calibration study: per
 method, calibration set and windows × length, the perplexity on every evaluated dataset and the
-mean layer error. ``--label-params`` tells ablation rows of one method apart (``--baseline`` then
-names the frontier table's reference row, e.g. ``'sparsegpt (percdamp=0.01)'``); ``--where
-COLUMN=V1[,V2…]`` (repeatable) keeps only the records whose column has one of the values, e.g.
-``--where allocation=uniform --where model=smollm2-135m``.
+mean layer error. ``projections``: the layer error per projection type (q_proj, o_proj, …) of each
+method and its ratio to SparseGPT's (:mod:`analysis.projections`). ``--label-params`` tells ablation
+rows of one method apart (``--baseline`` then names the frontier or projections table's reference
+row, e.g. ``'sparsegpt (percdamp=0.01)'``); ``--where COLUMN=V1[,V2…]`` (repeatable) keeps only the
+records whose column has one of the values, e.g. ``--where allocation=uniform --where model=smollm2-135m``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Callable
 
 import pandas as pd
 
-from analysis.collect import collect, ppl_datasets
+from analysis.collect import collect, layers_of, ppl_datasets
 from analysis.render import EXPLODED, Table
 from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS
 from pruning.results import write_text_atomic
@@ -391,6 +392,8 @@ class TableKind:
     formats: tuple[str, ...]
     render: Callable[..., str]
     help: str = ""
+    layers: bool = False  # renders the per-layer rows (options["layers"]), not only the records
+    baseline: bool = False  # takes --baseline
 
 
 def _frontier(frame, fmt, o):
@@ -399,6 +402,13 @@ def _frontier(frame, fmt, o):
     return {"md": lambda: frontier_markdown(frame, base, explode=o["explode"]),
             "latex": lambda: frontier_latex(frame, base, explode=o["explode"]),
             "csv": lambda: frontier_long(frame, base).to_csv(index=False)}[fmt]()
+
+
+def _projections(frame, fmt, o):
+    from analysis.projections import projections_latex, projections_long, projections_markdown
+    layers, base = o["layers"], o["baseline"] or "sparsegpt"
+    return {"md": lambda: projections_markdown(layers, base), "latex": lambda: projections_latex(layers, base),
+            "csv": lambda: projections_long(layers, base).to_csv(index=False)}[fmt]()
 
 
 def _allocation(frame, fmt, o):
@@ -419,23 +429,27 @@ TABLES: dict[str, TableKind] = {
                            if fmt == "md" else benchmark_long(f, o["dataset"]).to_csv(index=False), "the APT benchmark"),
     "calibration": TableKind(("md", "csv"), lambda f, fmt, o: calibration_markdown(f, o["explode"])
                              if fmt == "md" else calibration_long(f).to_csv(index=False), "the calibration study"),
-    "frontier": TableKind(("md", "latex", "csv"), _frontier, "mean +- std over calibration seeds, ratios to SparseGPT"),
+    "frontier": TableKind(("md", "latex", "csv"), _frontier, "mean +- std over calibration seeds, ratios to SparseGPT",
+                          baseline=True),
+    "projections": TableKind(("md", "latex", "csv"), _projections, "layer error per projection, ratios to SparseGPT",
+                             layers=True, baseline=True),
     "allocation": TableKind(("md", "latex", "csv"), _allocation, "uniform vs OWL / profile per method, ratios to uniform"),
 }
 
 
 def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
-          explode: float = 1e4, baseline: str | None = None) -> str:
+          explode: float = 1e4, baseline: str | None = None, layers: pd.DataFrame | None = None) -> str:
     """One table of :data:`TABLES` as text in ``fmt`` (md | latex | csv); ``baseline``: the method label
-    the frontier table's ratios refer to (default SparseGPT)."""
+    the frontier and projections tables' ratios refer to (default SparseGPT); ``layers``: the per-layer
+    rows of ``frame``'s records (:func:`analysis.collect.layers_of`), for the tables that need them."""
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {', '.join(TABLES)}")
     kind = TABLES[table]
     if fmt not in kind.formats:
         raise ValueError(f"the {table} table is written as {' or '.join(kind.formats)}")
     options = {"dataset": dataset, "columns": columns, "metrics": metrics, "compare": compare,
-               "delta_vs_dense": delta_vs_dense, "explode": explode, "baseline": baseline}
+               "delta_vs_dense": delta_vs_dense, "explode": explode, "baseline": baseline, "layers": layers}
     return kind.render(frame, fmt, options)
 
 
@@ -506,23 +520,27 @@ def main(argv=None) -> int:
     p.add_argument("--explode", type=float, default=1e4, help="perplexities above this are marked, not printed")
     p.add_argument("--label-params", help="comma-separated method parameters that tell rows of one method "
                    "apart (ablations), e.g. nm_update,blocksize")
-    p.add_argument("--baseline", help="frontier table: the method label ratios and differences refer to "
+    p.add_argument("--baseline", help="frontier and projections tables: the method label ratios refer to "
                    "(default sparsegpt; with --label-params e.g. 'sparsegpt (percdamp=0.01)')")
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=V1[,V2]",
                    help="keep only records whose column has one of the values (repeatable), "
                    "e.g. allocation=uniform or model=gemma3-270m")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
-    if args.baseline and args.table != "frontier":
-        p.error(f"--baseline applies to --table frontier only (got --table {args.table})")
-    frame = collect(*args.dirs).frame
+    kind = TABLES[args.table]
+    if args.baseline and not kind.baseline:
+        p.error(f"--baseline applies to --table {' or '.join(k for k, v in TABLES.items() if v.baseline)} only "
+                f"(got --table {args.table})")
+    col = collect(*args.dirs, layers=kind.layers)
+    frame = col.frame
     try:
         frame = select_rows(frame, args.where)
         if args.label_params:
             frame = label_by_params(frame, [k.strip() for k in args.label_params.split(",") if k.strip()])
         text = build(frame, args.table, args.format, dataset=args.dataset, columns=args.columns,
                      metrics=args.metrics, compare=args.compare, delta_vs_dense=args.delta_vs_dense,
-                     explode=args.explode, baseline=args.baseline)
+                     explode=args.explode, baseline=args.baseline,
+                     layers=layers_of(frame, col.layers) if kind.layers else None)
     except ValueError as e:
         p.error(str(e))
     if args.out:
