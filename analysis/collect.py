@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pruning.record import check_record
+from pruning.record import check_record, stale_reason
 from pruning.results import RESULTS_FILE
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,10 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
                 continue
             if record.get("status") != "complete":
                 skipped.append({"path": str(path), "status": record.get("status"), "error": record.get("error")})
+                continue
+            reason = stale_reason(record)
+            if reason:  # computed by an engine with a since-fixed bug for this model family: never in a table
+                skipped.append({"path": str(path), "status": "stale", "error": reason})
                 continue
             problems = check_record(record)
             if problems:  # older or hand-made records: read what is there, say what is not

@@ -1,8 +1,15 @@
 """The sequential layer-wise driver shared by every solver and every model family.
 
-1. Capture the inputs of the first block once, with a forward pre-hook that keeps *every* keyword
-   argument the model passes (attention mask, position ids, position embeddings, cache position …),
-   so a new transformers release cannot silently drop one (docs/evaluation.md, "Lessons from the reference repositories").
+1. Capture the inputs of the first block once, keeping *every* keyword argument the model passes
+   (attention mask, position ids, position embeddings, cache position …), so a new transformers
+   release cannot silently drop one (docs/evaluation.md, "Lessons from the reference repositories").
+   The references reuse block 0's keyword arguments for every block. Models whose blocks receive
+   different ones (Gemma-3: sliding-window and full-attention layers with their own rotary
+   embeddings and masks) would then be calibrated on activations the model never produces. So the
+   blocks are replaced by stand-ins that record their arguments and pass the hidden states on
+   (no block runs); when some block's arguments differ from block 0's on the first batch, every
+   block's own are kept for every batch (:class:`BlockKwargs`), otherwise block 0's serve all, as
+   in the references.
 2. For each block in turn: move it to the compute device; hook its prunable linears to accumulate
    statistics (:class:`pruning.stats.LayerStats`); run the calibration windows through it; call the
    solver on every linear; remove the hooks; re-run the block with the pruned weights to produce the
@@ -39,6 +46,12 @@ log = logging.getLogger(__name__)
 
 class _StopForward(Exception):
     pass
+
+
+# Bumped when a change of the engine changes the weights it produces for some model family; records
+# carry it (versions.engine_revision), and STALE_FAMILIES in pruning/results.py names the families
+# whose older records are no longer valid.
+ENGINE_REVISION = 2
 
 
 @dataclass
@@ -102,41 +115,133 @@ def _first_output(out):
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-@torch.no_grad()
-def capture_block_inputs(model, adapter: FamilyAdapter, windows: torch.Tensor, batch_size: int = 1):
-    """Hidden states entering block 0 and the keyword arguments it receives, one entry per batch."""
-    block0 = adapter.blocks(model)[0]
-    inputs, kwargs_list = [], []
+def _same(a, b) -> bool:
+    """Whether two captured keyword-argument values are the same (tensors by value)."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b))
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return bool(a == b)
+    except Exception:  # objects without a usable ==: only identity counts
+        return False
 
-    def hook(module, args, kwargs):
+
+@dataclass
+class BlockKwargs:
+    """The keyword arguments the blocks receive, per block and batch: ``of(bi)[batch]``. ``shared``:
+    every block receives block 0's (Llama, OPT, Mamba), so only those are kept."""
+
+    per_block: list[list[dict]]  # [block][batch]; one entry (block 0's) when shared
+    shared: bool
+
+    def of(self, bi: int) -> list[dict]:
+        return self.per_block[0 if self.shared else bi]
+
+    def to(self, device) -> "BlockKwargs":
+        memo: dict = {}  # a tensor that several blocks share (one mask, one rotary table) is moved once
+        return BlockKwargs([[_to(k, device, memo) for k in batches] for batches in self.per_block], self.shared)
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for block ``bi`` while the inputs are captured: keeps the keyword arguments it is
+    called with and passes the hidden states on unchanged (blocks return their hidden states in
+    transformers 5), so capturing runs no block and loads no offloaded one; other attributes are
+    read from the block it replaces."""
+
+    def __init__(self, bi: int, block: torch.nn.Module, capture: "_Capture"):
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not a submodule: stays out of parameters() and hooks
+        self.bi, self.capture = bi, capture
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+    def forward(self, *args, **kwargs):
+        return self.capture.record(self.bi, args, kwargs)
+
+
+class _Capture:
+    def __init__(self, n_blocks: int):
+        self.inputs: list[torch.Tensor] = []
+        self.per_block: list[list[dict]] = [[] for _ in range(n_blocks)]
+        self.stop_at = n_blocks - 1  # the first batch is followed through every block
+        self.passed = None
+
+    def record(self, bi: int, args, kwargs):
         kwargs = dict(kwargs)
         hidden = args[0] if args else kwargs.pop("hidden_states")
-        inputs.append(hidden)
-        kwargs_list.append(kwargs)
-        raise _StopForward
+        if bi == 0:
+            self.inputs.append(hidden)
+        elif hidden is not self.passed:
+            raise RuntimeError(f"capturing block inputs: block {bi} did not receive block {bi - 1}'s output as it "
+                               "was returned (the model transforms the hidden states between its blocks), so "
+                               "the engine's block-by-block forward would not match the model's")
+        self.per_block[bi].append(kwargs)
+        if bi >= self.stop_at:
+            raise _StopForward
+        self.passed = hidden
+        return hidden
 
+
+@torch.no_grad()
+def capture_block_inputs(model, adapter: FamilyAdapter, windows: torch.Tensor,
+                         batch_size: int = 1) -> tuple[list[torch.Tensor], BlockKwargs]:
+    """Hidden states entering block 0, one entry per batch, and the keyword arguments every block
+    receives (module docstring, step 1). The blocks are swapped for :class:`_Recorder` stand-ins
+    meanwhile, so no block runs."""
+    blocks = adapter.blocks(model)
+    originals = list(blocks)
+    capture = _Capture(len(blocks))
     device = next(model.parameters()).device
-    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+    shared = True
     try:
-        for batch in windows.split(batch_size):
+        for bi, block in enumerate(originals):
+            blocks[bi] = _Recorder(bi, block, capture)
+        for i, batch in enumerate(windows.split(batch_size)):
             try:
                 model(input_ids=batch.to(device), use_cache=False)
             except _StopForward:
                 pass
+            if i == 0:
+                differ = [bi for bi in range(1, len(blocks))
+                          if not _same(capture.per_block[bi][0], capture.per_block[0][0])]
+                shared = not differ
+                if shared:  # the references' assumption holds: block 0's arguments serve every block
+                    capture.stop_at = 0
+                    del capture.per_block[1:]
+                else:
+                    log.info("blocks %s receive other keyword arguments than block 0 (e.g. their own attention "
+                             "type): each block gets its own", differ)
     finally:
-        handle.remove()
-    return inputs, kwargs_list
+        for bi, block in enumerate(originals):
+            blocks[bi] = block
+    return capture.inputs, BlockKwargs(capture.per_block, shared)
 
 
-def _to(obj, device):
+def _to(obj, device, memo: dict | None = None):
+    """``obj`` (tensors inside tuples, lists, dicts) on ``device``; ``memo`` (by ``id``) keeps a tensor
+    that appears several times one tensor there."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        if memo is None:
+            return obj.to(device)
+        if id(obj) not in memo:
+            memo[id(obj)] = (obj, obj.to(device))  # the source is kept alive so its id is not reused
+        return memo[id(obj)][1]
     if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
+        return tuple(_to(o, device, memo) for o in obj)
     if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
+        return [_to(o, device, memo) for o in obj]
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _to(v, device, memo) for k, v in obj.items()}
     return obj
 
 
@@ -180,14 +285,14 @@ def block_wanda_scores(model, adapter: FamilyAdapter, windows: torch.Tensor, sco
     Returns the scores per block."""
     device = torch.device(device) if device is not None else next(model.parameters()).device
     store = store or ResidentStore()
-    inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size)
+    inputs, kwargs = capture_block_inputs(model, adapter, windows, batch_size)
     inputs = [_to(x, device) for x in inputs]
-    kwargs_list = [_to(k, device) for k in kwargs_list]
+    kwargs = kwargs.to(device)
     out = []
     for bi, block in enumerate(tqdm(adapter.blocks(model), desc="outlier scores (dense)", unit="block")):
         store.hold(bi, block, device)
         linears = adapter.prunable(block)
-        stats, inputs = _block_statistics(block, bi, adapter, linears, tuple(linears), inputs, kwargs_list,
+        stats, inputs = _block_statistics(block, bi, adapter, linears, tuple(linears), inputs, kwargs.of(bi),
                                           False, True, device, keep_outputs=True)
         out.append(score(bi, {n: linears[n].weight.detach().float().abs() * stats[n].sq_norms.sqrt().unsqueeze(0)
                               for n in linears}))
@@ -222,14 +327,16 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     if fit and windows is None:
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
-    inputs, kwargs_list = capture_block_inputs(model, adapter, windows, batch_size) if fit else ([], [])
+    inputs, kwargs = (capture_block_inputs(model, adapter, windows, batch_size) if fit
+                      else ([], BlockKwargs([[]], shared=True)))
     inputs = [_to(x, device) for x in inputs]
-    kwargs_list = [_to(k, device) for k in kwargs_list]
+    kwargs = kwargs.to(device)
     forward_s = time.perf_counter() - t0
     held = None
     if heldout is not None:
         t0 = time.perf_counter()
-        held = [[_to(o, device) for o in part] for part in capture_block_inputs(model, adapter, heldout, batch_size)]
+        held_inputs, held_kwargs = capture_block_inputs(model, adapter, heldout, batch_size)
+        held = [[_to(x, device) for x in held_inputs], held_kwargs.to(device)]
         heldout_s = time.perf_counter() - t0
     solver_s = 0.0
     want_h = solver.needs_hessian or report_error
@@ -246,12 +353,13 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
             groups = [tuple(linears)]
         for group in groups:
             t0 = time.perf_counter()
-            stats, _ = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h,
+            stats, _ = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs.of(bi), want_h,
                                          solver.needs_norms, device) if fit else ({}, None)
             forward_s += time.perf_counter() - t0
             if held is not None:
                 t0 = time.perf_counter()
-                held_stats, _ = _block_statistics(block, bi, adapter, linears, group, *held, True, False, device)
+                held_stats, _ = _block_statistics(block, bi, adapter, linears, group, held[0], held[1].of(bi),
+                                                  True, False, device)
                 heldout_s += time.perf_counter() - t0
             for n in group:
                 dense_w = linears[n].weight.data.clone() if held is not None else None
@@ -264,14 +372,14 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 report.layers.append(row)
                 stats.pop(n, None)
         t0 = time.perf_counter()
-        inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs_list)]
+        inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs.of(bi))]
         forward_s += time.perf_counter() - t0
         for x in inputs:
             _check_finite(x, f"block {bi}: the pruned block's outputs are not finite (its inputs were "
                              f"{'finite' if bi else 'the embeddings'}); the model or its calibration windows overflow")
         if held is not None:
             t0 = time.perf_counter()
-            held[0] = [_first_output(block(x, **kw)) for x, kw in zip(*held)]
+            held[0] = [_first_output(block(x, **kw)) for x, kw in zip(held[0], held[1].of(bi))]
             heldout_s += time.perf_counter() - t0
         store.put_back(bi, block)
     report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),

@@ -11,6 +11,30 @@ from typing import Any, TypedDict
 
 SCHEMA_VERSION = 1
 
+# The engine's revision, recorded as ``versions.engine_revision`` (records without it: revision 1).
+# Bumped when a fix changes the weights the engine produces for some model family; STALE_BEFORE
+# then names the family, the first valid revision and why, so those older records are re-run by
+# their sweeps instead of skipped and are left out of tables (never silently mixed with new ones).
+ENGINE_REVISION = 2
+STALE_BEFORE: dict[str, tuple[int, str]] = {
+    "gemma3": (2, "the engine fed every block block 0's keyword arguments, so Gemma-3's full-attention "
+                  "blocks (5, 11, 17 of Gemma-3-270M) and every block after them were calibrated with the "
+                  "sliding-window blocks' rotary embeddings: on activations the model never produces"),
+}
+
+
+def stale_reason(record: dict) -> str | None:
+    """Why a record's numbers are no longer valid (:data:`STALE_BEFORE`), or None. Only records whose
+    job ran a calibration forward through the blocks can be stale: dense and weight-only jobs are not."""
+    family = (record.get("model") or {}).get("family")
+    if family not in STALE_BEFORE:
+        return None
+    first_valid, why = STALE_BEFORE[family]
+    revision = (record.get("versions") or {}).get("engine_revision", 1)
+    if revision >= first_valid or not ((record.get("protocol") or {}).get("calibration") or {}).get("used"):
+        return None
+    return f"engine revision {revision} < {first_valid} for {family} models: {why}"
+
 
 class SparsityTarget(TypedDict):
     kind: str  # "unstructured" | "nm" | "dense" | "none"
@@ -30,7 +54,7 @@ class Record(TypedDict, total=False):
     config: dict[str, Any]
     config_hash: str
     job: dict[str, Any]  # output_dir, host, started, finished, torch_threads
-    versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}
+    versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}, engine_revision
     model: dict[str, Any]
     method: dict[str, Any]  # name, label, params
     sparsity: dict[str, Any]  # target: SparsityTarget, actual, zeros, total, n_linears

@@ -29,7 +29,7 @@ import torch
 
 import pruning
 from pruning.errors import ConfigError
-from pruning.record import SCHEMA_VERSION  # noqa: F401  (the schema lives in pruning/record.py)
+from pruning.record import ENGINE_REVISION, SCHEMA_VERSION, stale_reason  # noqa: F401  (the schema: pruning/record.py)
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ def versions() -> dict:
     out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     out["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     out["torch_threads"] = torch.get_num_threads()
+    out["engine_revision"] = ENGINE_REVISION
     return out
 
 
@@ -217,11 +218,20 @@ def read_record(path: str | os.PathLike) -> dict | None:
     return record
 
 
+STALE_FILE = "results.stale.json"  # a stale record, moved aside when its job re-runs
+
+
 def reusable_record(path: str | os.PathLike, chash: str, force: bool) -> dict | None:
     """The complete record at ``path`` when it holds this config (the job is skipped), else None.
-    A complete record of *another* config is never overwritten: :class:`ConfigError`."""
+    A complete record of *another* config is never overwritten: :class:`ConfigError`. A stale record
+    of this config (:func:`pruning.record.stale_reason`) is moved aside to ``results.stale.json`` and
+    the job runs again."""
     existing = read_record(path)
     if not is_complete(existing) or force:
+        return None
+    if existing.get("config_hash") == chash and (reason := stale_reason(existing)):
+        os.replace(path, Path(path).with_name(STALE_FILE))
+        log.warning("%s is stale (%s): moved to %s, re-running the job", path, reason, STALE_FILE)
         return None
     if existing.get("config_hash") == chash:
         log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)

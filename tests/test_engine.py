@@ -25,12 +25,40 @@ def test_capture_keeps_every_kwarg():
     lm = tiny("tiny-llama")
     inputs, kwargs = capture_block_inputs(lm.model, lm.adapter, windows(2, 16))
     assert len(inputs) == 2 and inputs[0].shape == (1, 16, 64)
-    assert "position_embeddings" in kwargs[0] and "position_ids" in kwargs[0]
-    cos, sin = kwargs[0]["position_embeddings"]
+    assert kwargs.shared and kwargs.of(1) is kwargs.of(0) and len(kwargs.of(0)) == 2
+    assert "position_embeddings" in kwargs.of(0)[0] and "position_ids" in kwargs.of(0)[0]
+    cos, sin = kwargs.of(0)[0]["position_embeddings"]
     assert cos.shape[-2] == 16
+    assert type(lm.adapter.blocks(lm.model)[0]).__name__ == "LlamaDecoderLayer"  # the stand-ins are gone
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba"])
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
+def test_block_by_block_forward_matches_the_model(model):
+    """The engine's block-by-block forward with the captured arguments reproduces every block's output
+    in the model's own forward. On Gemma-3 the full-attention block gets other rotary embeddings and
+    another mask than the sliding-window ones: block 0's arguments for every block would not do."""
+    from pruning.engine import _first_output
+    lm = tiny(model)
+    blocks = lm.adapter.blocks(lm.model)
+    ids = windows(4, 32)
+    outputs = []
+    hooks = [b.register_forward_hook(lambda mod, a, out: outputs.append(_first_output(out))) for b in blocks]
+    with torch.no_grad():
+        lm.model(input_ids=ids[2:], use_cache=False)
+    for h in hooks:
+        h.remove()
+    inputs, kwargs = capture_block_inputs(lm.model, lm.adapter, ids, batch_size=2)
+    assert kwargs.shared == (model != "tiny-gemma3") and len(inputs) == 2
+    x = shared_x = inputs[1]
+    with torch.no_grad():
+        for bi, block in enumerate(blocks):
+            x = _first_output(block(x, **kwargs.of(bi)[1]))
+            torch.testing.assert_close(x, outputs[bi], rtol=1e-5, atol=1e-5)
+            shared_x = _first_output(block(shared_x, **kwargs.of(0)[1]))
+    assert model != "tiny-gemma3" or not torch.allclose(shared_x, outputs[-1], atol=1e-3)  # the old engine's error
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
 @pytest.mark.parametrize("method, spec", [("magnitude", 0.5), ("wanda", 0.5), ("sparsegpt", 0.5), ("apt", 0.5),
                                           ("alps", 0.5), ("wanda", "2:4"), ("sparsegpt", "2:4"), ("apt", "2:4"),
                                           ("alps", "2:4")])

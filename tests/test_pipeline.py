@@ -216,3 +216,31 @@ def test_written_records_follow_the_schema_and_the_docs_list_every_field(tiny_da
     docs = (REPO / "docs" / "results.md").read_text()
     undocumented = [k for k in FIELDS if not any(f"`{k}{end}" in docs for end in "`.: ")]
     assert not undocumented, undocumented
+
+
+def test_stale_records_are_rerun_and_left_out_of_tables(tiny_data_root, tmp_path, caplog):
+    """A Gemma-3 record from before engine revision 2 (block 0's arguments for every block) is moved aside
+    and its job re-run; the same record of another family, or of a job without calibration, is kept."""
+    from analysis.collect import collect
+    from pruning.record import ENGINE_REVISION, stale_reason
+    calib = ["calibration.nsamples=2", "calibration.seqlen=32"]
+    cfg = compose_cfg(tiny_overrides("tiny-gemma3", tiny_data_root, "method=sparsegpt", "sparsity=0.5", *calib))
+    job = tmp_path / "gemma" / "job"
+    first = run_job(cfg, job)
+    assert first["versions"]["engine_revision"] == ENGINE_REVISION and first["model"]["family"] == "gemma3"
+    assert stale_reason(first) is None and run_job(cfg, job)["job"]["started"] == first["job"]["started"]
+    old = json.loads(json.dumps(first))
+    del old["versions"]["engine_revision"]  # as written before the field existed
+    write_json_atomic(job / "results.json", old)
+    assert "rotary embeddings" in stale_reason(old)
+    col = collect(tmp_path / "gemma")
+    assert col.frame.empty and col.skipped[0]["status"] == "stale"
+    again = run_job(cfg, job)
+    assert again["versions"]["engine_revision"] == ENGINE_REVISION and "is stale" in caplog.text  # re-run
+    assert read_record(job / "results.stale.json") == old  # moved aside, not lost
+    assert len(collect(tmp_path / "gemma").frame) == 1
+    for family, used in (("llama", True), ("gemma3", False)):
+        other = json.loads(json.dumps(old))
+        other["model"]["family"] = family
+        other["protocol"]["calibration"]["used"] = used
+        assert stale_reason(other) is None
