@@ -10,6 +10,8 @@
    (no block runs); when some block's arguments differ from block 0's on the first batch, every
    block's own are kept for every batch (:class:`BlockKwargs`), otherwise block 0's serve all, as
    in the references.
+   Before pruning, one window is run through the dense model and replayed block by block
+   (:func:`check_replay`): a block whose replayed output differs from the model's own stops the job.
 2. For each block in turn: move it to the compute device; hook its prunable linears to accumulate
    statistics (:class:`pruning.stats.LayerStats`); run the calibration windows through it; call the
    solver on every linear; remove the hooks; re-run the block with the pruned weights to produce the
@@ -58,6 +60,8 @@ ENGINE_REVISION = 2
 class EngineReport:
     layers: list[dict] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
+    replay_rel_diff: float | None = None  # check_replay's largest block difference (None: not checked)
+    block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
 
 
 def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float, target: Sparsity) -> dict:
@@ -245,6 +249,39 @@ def _to(obj, device, memo: dict | None = None):
     return obj
 
 
+REPLAY_RTOL = 1e-4  # largest relative difference allowed between a replayed block's output and the model's own
+
+
+@torch.no_grad()
+def check_replay(model, adapter: FamilyAdapter, window: torch.Tensor) -> float:
+    """Run ``window`` (``[1, seqlen]`` tokens) through the dense model, then block by block with the captured
+    inputs and arguments as the engine does, and compare every block's output with the model's own.
+    Raises when one differs by more than :data:`REPLAY_RTOL` (the engine would calibrate on activations the
+    model never produces: a family whose blocks need something the capture does not give them);
+    returns the largest relative difference."""
+    blocks = adapter.blocks(model)
+    own = []
+    hooks = [b.register_forward_hook(lambda mod, args, out: own.append(_first_output(out))) for b in blocks]
+    try:
+        model(input_ids=window.to(next(model.parameters()).device), use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    inputs, kwargs = capture_block_inputs(model, adapter, window)
+    x, worst = inputs[0], 0.0
+    for bi, block in enumerate(blocks):
+        x = _first_output(block(x, **kwargs.of(bi)[0]))
+        diff = float((x.float() - own[bi].float()).norm() / own[bi].float().norm().clamp_min(1e-30))
+        worst = max(worst, diff)
+        if not diff <= REPLAY_RTOL:
+            raise RuntimeError(
+                f"the engine's block-by-block forward differs from the model's own at block {bi} of the "
+                f"{adapter.family} model (relative difference {diff:.2e} > {REPLAY_RTOL:g}): it would calibrate "
+                "on activations the model never produces. The block needs inputs the capture does not give "
+                "it (pruning/engine.py, capture_block_inputs)")
+    return worst
+
+
 def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h, want_norms, device,
                       keep_outputs: bool = False):
     """Run the calibration inputs through ``block`` with hooks accumulating the statistics of the
@@ -327,6 +364,9 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     if fit and windows is None:
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
+    replay = None
+    if not store.on_disk:  # a disk store would load every block once more: its blocks are not checked
+        replay = check_replay(model, adapter, (windows if fit else heldout)[:1])
     inputs, kwargs = (capture_block_inputs(model, adapter, windows, batch_size) if fit
                       else ([], BlockKwargs([[]], shared=True)))
     inputs = [_to(x, device) for x in inputs]
@@ -384,6 +424,9 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         store.put_back(bi, block)
     report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),
                       "prune_total_s": round(time.perf_counter() - t_total, 3)}
+    report.replay_rel_diff = replay
+    if fit:
+        report.block_kwargs = "shared" if kwargs.shared else "per_block"
     if held is not None:
         report.timings["heldout_forward_s"] = round(heldout_s, 3)
     return report

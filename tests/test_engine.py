@@ -58,6 +58,19 @@ def test_block_by_block_forward_matches_the_model(model):
     assert model != "tiny-gemma3" or not torch.allclose(shared_x, outputs[-1], atol=1e-3)  # the old engine's error
 
 
+def test_replay_check_passes_on_every_family_and_stops_a_wrong_capture(monkeypatch):
+    from pruning import engine
+    for model in ("tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"):
+        lm = tiny(model)
+        assert engine.check_replay(lm.model, lm.adapter, windows(1, 32)) <= engine.REPLAY_RTOL
+    monkeypatch.setattr(engine, "_same", lambda a, b: True)  # the references' capture: block 0's arguments for all
+    lm = tiny("tiny-gemma3")
+    with pytest.raises(RuntimeError, match="differs from the model's own at block 1 of the gemma3 model"):
+        engine.check_replay(lm.model, lm.adapter, windows(1, 32))
+    with pytest.raises(RuntimeError, match="at block 1"):  # a job stops before it calibrates on such inputs
+        prune_model(lm.model, lm.adapter, windows(2, 32), SOLVERS["sparsegpt"], parse_sparsity(0.5))
+
+
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
 @pytest.mark.parametrize("method, spec", [("magnitude", 0.5), ("wanda", 0.5), ("sparsegpt", 0.5), ("apt", 0.5),
                                           ("alps", 0.5), ("wanda", "2:4"), ("sparsegpt", "2:4"), ("apt", "2:4"),

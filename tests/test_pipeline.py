@@ -229,6 +229,8 @@ def test_stale_records_are_rerun_and_left_out_of_tables(tiny_data_root, tmp_path
     first = run_job(cfg, job)
     assert first["versions"]["engine_revision"] == ENGINE_REVISION and first["model"]["family"] == "gemma3"
     assert stale_reason(first) is None and run_job(cfg, job)["job"]["started"] == first["job"]["started"]
+    engine = first["protocol"]["engine"]
+    assert engine["block_kwargs"] == "per_block" and engine["replay_max_rel_diff"] < 1e-4
     old = json.loads(json.dumps(first))
     del old["versions"]["engine_revision"]  # as written before the field existed
     write_json_atomic(job / "results.json", old)
