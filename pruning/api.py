@@ -90,6 +90,7 @@ class PruneReport:
     allocation: dict
     calibration: dict
     actual: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)  # revision, how blocks got their arguments, the replay check
 
     @property
     def mean_rel_error(self) -> float | None:
@@ -214,7 +215,7 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit", sparsity: float |
             model.config.use_cache = use_cache
     return PruneReport(method=name, label=label, sparsity=str(target), params=knobs, layers=report.layers,
                        timings=report.timings, allocation=alloc.info, calibration=calib_info,
-                       actual=measure_sparsity(prunable_linears(model, adapter)))
+                       actual=measure_sparsity(prunable_linears(model, adapter)), engine=report.engine_info())
 
 
 def evaluate_perplexity(model, tokenizer, dataset: str = "wikitext2", *, split: str | None = None,

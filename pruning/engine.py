@@ -63,6 +63,12 @@ class EngineReport:
     replay_rel_diff: float | None = None  # check_replay's largest block difference (None: not checked)
     block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
 
+    def engine_info(self) -> dict:
+        """What a record keeps of how the engine ran (``protocol.engine``)."""
+        from pruning.record import ENGINE_REVISION
+        return {"revision": ENGINE_REVISION, "block_kwargs": self.block_kwargs,
+                "replay_max_rel_diff": self.replay_rel_diff}
+
 
 def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float, target: Sparsity) -> dict:
     row = {"name": f"{adapter.blocks_path}.{bi}.{name}", "block": bi, "layer": name,

@@ -34,7 +34,7 @@ from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
-from pruning.results import (ENGINE_REVISION, RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete,
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete,
                              peak_memory, read_record, reset_peak_memory, reusable_record, utc_now, versions,
                              write_json_atomic, write_text_atomic)
 from pruning.solvers import SOLVERS, check_method
@@ -371,8 +371,7 @@ class _Job:
         record["timings"].update(report.timings)
         record["timings"]["prune_s"] = report.timings["prune_total_s"]
         record["metrics"]["mean_rel_error"] = mean_layer_value(report.layers, "rel_error")
-        record["protocol"]["engine"] = {"revision": ENGINE_REVISION, "block_kwargs": report.block_kwargs,
-                                        "replay_max_rel_diff": report.replay_rel_diff}
+        record["protocol"]["engine"] = report.engine_info()
         if self.heldout is not None:
             record["metrics"]["mean_heldout_rel_error"] = mean_layer_value(report.layers, "heldout_rel_error")
         self.tracker.log_table("layers", report.layers)

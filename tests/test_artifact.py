@@ -157,6 +157,7 @@ def test_api_calibrates_on_texts_or_token_ids_without_a_data_root():
     model, tok = _tiny()
     report = prune(model, tok, method="sparsegpt", sparsity="50%", calibration=texts, nsamples=4, seqlen=64)
     assert report.calibration["source"] == "texts" and report.actual["actual"] == pytest.approx(0.5, abs=1e-3)
+    assert report.engine["block_kwargs"] == "shared" and report.engine["replay_max_rel_diff"] <= 1e-4
     model2, _ = _tiny()
     ids = torch.randint(0, 256, (4, 64))
     report2 = prune(model2, method="wanda", sparsity=0.5, calibration=ids)
