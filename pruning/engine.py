@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
+from pruning.record import ENGINE_REVISION
 from pruning.solvers import Solver, SolverResult
 from pruning.solvers.common import relative_error
 from pruning.sparsity import Sparsity
@@ -50,12 +51,6 @@ class _StopForward(Exception):
     pass
 
 
-# Bumped when a change of the engine changes the weights it produces for some model family; records
-# carry it (versions.engine_revision), and STALE_FAMILIES in pruning/results.py names the families
-# whose older records are no longer valid.
-ENGINE_REVISION = 2
-
-
 @dataclass
 class EngineReport:
     layers: list[dict] = field(default_factory=list)
@@ -64,8 +59,7 @@ class EngineReport:
     block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
 
     def engine_info(self) -> dict:
-        """What a record keeps of how the engine ran (``protocol.engine``)."""
-        from pruning.record import ENGINE_REVISION
+        """What a record keeps of how the engine ran (``protocol.engine``; the revision: pruning/record.py)."""
         return {"revision": ENGINE_REVISION, "block_kwargs": self.block_kwargs,
                 "replay_max_rel_diff": self.replay_rel_diff}
 
@@ -371,7 +365,10 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     t0 = time.perf_counter()
     replay = None
-    if not store.on_disk:  # a disk store would load every block once more: its blocks are not checked
+    home = next(model.parameters()).device
+    if not store.on_disk and (home.type, home.index or 0) == (device.type, device.index or 0):
+        # (blocks on disk would all be loaded once more, a model held elsewhere than the compute device
+        # would run the check there: not checked)
         replay = check_replay(model, adapter, (windows if fit else heldout)[:1])
     inputs, kwargs = (capture_block_inputs(model, adapter, windows, batch_size) if fit
                       else ([], BlockKwargs([[]], shared=True)))
