@@ -21,7 +21,8 @@ from pruning.solvers import SOLVERS, Solver, SolverResult
 from pruning.sparsity import parse_sparsity
 from tests.conftest import compose_cfg
 
-BLOCKS = {"llama": lambda m: m.model.layers, "opt": lambda m: m.model.decoder.layers, "mamba": lambda m: m.backbone.layers}
+BLOCKS = {"llama": lambda m: m.model.layers, "opt": lambda m: m.model.decoder.layers, "mamba": lambda m: m.backbone.layers,
+          "gemma3": lambda m: m.model.layers}
 
 
 def _tiny(name):
@@ -140,7 +141,7 @@ def _recorder(store):
     return Solver(keep, needs_hessian=True, needs_norms=True)
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba"])
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
 def test_dense_propagation_feeds_every_layer_what_the_full_model_feeds_it(model):
     """With a solver that prunes nothing, every layer's statistics equal those of its inputs in one forward
     pass of the whole model (for Mamba's dt_proj: the time-step slice the model itself splits off)."""

@@ -13,6 +13,7 @@ EXPECTED = {
     "tiny-llama": ("llama", 7, {"self_attn.q_proj", "mlp.down_proj"}),
     "tiny-opt": ("opt", 6, {"self_attn.out_proj", "fc1", "fc2"}),
     "tiny-mamba": ("mamba", 4, {"mixer.in_proj", "mixer.x_proj", "mixer.dt_proj", "mixer.out_proj"}),
+    "tiny-gemma3": ("gemma3", 7, {"self_attn.o_proj", "mlp.down_proj"}),
 }
 
 
