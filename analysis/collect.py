@@ -167,8 +167,14 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             duplicates.append({"config_hash": row.config_hash, "kept": kept.path, "dropped": row.path})
             log.warning("duplicate job %s: keeping the newest %s, dropping %s", row.config_hash, kept.path, row.path)
         frame = frame[~dup].reset_index(drop=True)
+    stale: dict[str, list[str]] = {}
     for s in skipped:
-        log.warning("left out %s (%s): %s", s["path"], s["status"], s["error"])
+        if s["status"] == "stale":  # one line per reason: a withdrawn model family can hold dozens of records
+            stale.setdefault(s["error"], []).append(s["path"])
+        else:
+            log.warning("left out %s (%s): %s", s["path"], s["status"], s["error"])
+    for reason, paths in stale.items():
+        log.warning("left out %d stale record(s), e.g. %s: %s", len(paths), paths[0], reason)
     layer_frame = None
     if layers:
         layer_frame = pd.DataFrame(layer_rows, columns=["model", "label", "sparsity", "config_hash", "path", "name",
