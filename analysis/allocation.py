@@ -16,7 +16,7 @@ import math
 
 import pandas as pd
 
-from analysis.frontier import evaluated_datasets, latex_table, plus_minus
+from analysis.frontier import evaluated_datasets, latex_table, matched, plus_minus
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "base", "calib_seed"]
@@ -42,8 +42,7 @@ def allocation_long(frame: pd.DataFrame) -> pd.DataFrame:
         raise ValueError("several uniform records for one (model, sparsity, method, calibration seed): "
                          "pass one configuration per cell")
     for ds in datasets:
-        ref = f.set_index(KEYS).index.map(uniform[f"ppl_{ds}"].to_dict().get)
-        f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
+        f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / matched(f, uniform, KEYS, f"ppl_{ds}")
     rows = []
     groups = f.groupby(["model", "sparsity", "base", "allocation", "allocation_params"], sort=False)
     for (model, sparsity, base, alloc, knobs), g in groups:

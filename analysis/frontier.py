@@ -35,6 +35,13 @@ def evaluated_datasets(frame: pd.DataFrame) -> list[str]:
     return sorted(found, key=lambda d: (order.index(d) if d in order else len(order), d))
 
 
+def matched(frame: pd.DataFrame, ref: pd.DataFrame, keys: list[str], col: str) -> pd.Series:
+    """For each row of ``frame``, ``ref``'s value of ``col`` at the same ``keys`` (``ref`` is indexed by
+    them; NaN where it has no such row): the paired reference of ratios and differences."""
+    values = frame.set_index(keys).index.map(ref[col].to_dict().get)
+    return pd.to_numeric(pd.Series(values, index=frame.index))
+
+
 def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFrame:
     """One row per (model, sparsity, method): the statistics of the module docstring."""
     if frame.empty:
@@ -51,16 +58,15 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
         raise ValueError(f"several {baseline} records for one (model, sparsity, calibration seed): "
                          "pass one configuration per cell")
     for ds in datasets:
-        ref = f.set_index(KEYS).index.map(base[f"ppl_{ds}"].to_dict().get)
-        f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
-        f[f"diff_{ds}"] = f[f"ppl_{ds}"].to_numpy() - pd.to_numeric(pd.Series(ref, index=f.index))
+        ref = matched(f, base, KEYS, f"ppl_{ds}")
+        f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / ref
+        f[f"diff_{ds}"] = f[f"ppl_{ds}"].to_numpy() - ref
     # per-record ratios to the baseline's record on the same windows: (column, its ratio column); an
     # optional column (held-out error: only with calibration.heldout_nsamples > 0) only when recorded
     paired = [(col, x) for col, x in PAIRED_RATIOS
               if col not in OPTIONAL_COLUMNS or (col in f and pd.to_numeric(f[col], errors="coerce").notna().any())]
     for col, x in paired:
-        ref = f.set_index(KEYS).index.map(base[col].to_dict().get)
-        f[x] = pd.to_numeric(f[col], errors="coerce").to_numpy() / pd.to_numeric(pd.Series(ref, index=f.index))
+        f[x] = pd.to_numeric(f[col], errors="coerce").to_numpy() / matched(f, base, KEYS, col)
     rows = []
     for (model, sparsity, label), g in f.groupby(["model", "sparsity", "label"], sort=False):
         if g["calib_seed"].duplicated().any():

@@ -16,6 +16,7 @@ import math
 
 import pandas as pd
 
+from analysis.frontier import latex_table, matched
 from analysis.tables import METHOD_NAMES, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed", "layer"]
@@ -39,8 +40,7 @@ def projections_long(layers: pd.DataFrame, baseline: str = "sparsegpt") -> pd.Da
                          "use --label-params to tell them apart")
     base = per_record[per_record.label == baseline].set_index(KEYS)
     for col, _ in errors:
-        ref = per_record.set_index(KEYS).index.map(base[col].to_dict().get)
-        per_record[f"{col}_x"] = per_record[col].to_numpy() / pd.to_numeric(pd.Series(ref, index=per_record.index))
+        per_record[f"{col}_x"] = per_record[col].to_numpy() / matched(per_record, base, KEYS, col)
     rows = []
     for (model, sparsity, layer, label), g in per_record.groupby(["model", "sparsity", "layer", "label"], sort=False):
         row = {"model": model, "sparsity": sparsity, "projection": layer, "label": label,
@@ -77,5 +77,4 @@ def projections_markdown(layers: pd.DataFrame, baseline: str = "sparsegpt") -> s
 
 
 def projections_latex(layers: pd.DataFrame, baseline: str = "sparsegpt") -> str:
-    from analysis.frontier import latex_table
     return latex_table(projections_display(layers, baseline), CAPTION.format(base=METHOD_NAMES.get(baseline, baseline)))
