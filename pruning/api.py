@@ -90,7 +90,7 @@ class PruneReport:
     allocation: dict
     calibration: dict
     actual: dict = field(default_factory=dict)
-    engine: dict = field(default_factory=dict)  # revision, how blocks got their arguments, the replay check
+    engine: dict = field(default_factory=dict)  # how blocks got their arguments, the replay check
 
     @property
     def mean_rel_error(self) -> float | None:

@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 
 from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
-from pruning.record import ENGINE_REVISION
 from pruning.solvers import Solver, SolverResult
 from pruning.solvers.common import relative_error
 from pruning.sparsity import Sparsity
@@ -59,9 +58,9 @@ class EngineReport:
     block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
 
     def engine_info(self) -> dict:
-        """What a record keeps of how the engine ran (``protocol.engine``; the revision: pruning/record.py)."""
-        return {"revision": ENGINE_REVISION, "block_kwargs": self.block_kwargs,
-                "replay_max_rel_diff": self.replay_rel_diff}
+        """What a record keeps of how the engine ran (``protocol.engine``; its revision is
+        ``versions.engine_revision``, written for every job)."""
+        return {"block_kwargs": self.block_kwargs, "replay_max_rel_diff": self.replay_rel_diff}
 
 
 def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float, target: Sparsity) -> dict:
