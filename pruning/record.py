@@ -54,7 +54,7 @@ class Record(TypedDict, total=False):
     config: dict[str, Any]
     config_hash: str
     job: dict[str, Any]  # output_dir, host, started, finished, torch_threads
-    versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}, engine_revision
+    versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}, engine_revision, cpu, gpu
     model: dict[str, Any]
     method: dict[str, Any]  # name, label, params
     sparsity: dict[str, Any]  # target: SparsityTarget, actual, zeros, total, n_linears
