@@ -28,7 +28,8 @@ import pandas as pd
 from analysis.collect import collect, layers_of
 from analysis.tables import METHOD_NAMES, label_by_params, method_key, select_rows, sparsity_name, sparsity_order
 
-MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X"}
+MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X",
+           "apt-refit-dense": "p"}
 
 
 def _one_model(frame: pd.DataFrame) -> str:

@@ -38,8 +38,9 @@ from tqdm.auto import tqdm
 
 from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
-from pruning.solvers import Solver, SolverResult
+from pruning.solvers import ENGINE_KNOBS, Solver, SolverResult
 from pruning.solvers.common import relative_error
+from pruning.solvers.dense_target import dense_target_weights
 from pruning.sparsity import Sparsity
 from pruning.stats import LayerStats
 
@@ -96,6 +97,20 @@ def _solve_layer(solver, adapter, bi: int, name: str, layer, target: Sparsity, p
     _check_finite(res.weight, f"block {bi}, layer {name}: the {solver.fn.__name__} solver returned non-finite weights")
     layer.weight.data = res.weight.to(layer.weight.dtype).reshape(layer.weight.shape)
     return _layer_row(adapter, bi, name, layer, res, dt, target), dt
+
+
+OUTPUT_TARGETS = ENGINE_KNOBS["output_target"]
+
+
+def _to_dense_target(layer, stats, percdamp: float) -> tuple[float, float]:
+    """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
+    before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``."""
+    t0 = time.perf_counter()
+    w = layer.weight.data.float()
+    target = dense_target_weights(w, stats.H, stats.C, percdamp)
+    shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
+    layer.weight.data = target.to(layer.weight.dtype)
+    return time.perf_counter() - t0, round(shift, 6)
 
 
 def _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets=None) -> "EngineReport":
@@ -281,24 +296,47 @@ def check_replay(model, adapter: FamilyAdapter, window: torch.Tensor) -> float:
     return worst
 
 
-def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h, want_norms, device,
-                      keep_outputs: bool = False):
-    """Run the calibration inputs through ``block`` with hooks accumulating the statistics of the
-    linears in ``group``; returns the statistics and (``keep_outputs``) the block's outputs."""
-    stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=want_norms, device=device) for n in group}
+def _hook_inputs(adapter, linears, group, fn) -> list:
+    """Forward hooks calling ``fn(name, input)`` with the input of every linear in ``group`` (a tapped
+    linear's input is its source's output, ``adapter.input_taps``); returns the handles."""
     taps = {t: src for t, src in adapter.input_taps if t in group and src in linears}
-    batch = {"sequences": 1}  # of the forward pass running now: a flattened linear input holds that many
-    handles = [linears[n].register_forward_hook(
-        lambda mod, inp, out, n=n: stats[n].add_batch(inp[0].detach(), batch["sequences"]))
-        for n in group if n not in taps]
+    handles = [linears[n].register_forward_hook(lambda mod, inp, out, n=n: fn(n, inp[0].detach()))
+               for n in group if n not in taps]
     handles += [linears[src].register_forward_hook(
-        lambda mod, inp, out, n=t: stats[n].add_batch(out[..., :linears[n].in_features].detach(), batch["sequences"]))
-        for t, src in taps.items()]
+        lambda mod, inp, out, n=t: fn(n, out[..., :linears[n].in_features].detach())) for t, src in taps.items()]
+    return handles
+
+
+def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h, want_norms, device,
+                      keep_outputs: bool = False, dense_inputs: list | None = None):
+    """Run the calibration inputs through ``block`` with hooks accumulating the statistics of the
+    linears in ``group``; returns the statistics and (``keep_outputs``) the block's outputs.
+
+    ``dense_inputs`` (``method.output_target=dense``): the dense model's inputs of this block, window
+    for window beside ``inputs``; each window then also runs through the (still dense) block from its
+    dense input, every linear's statistics get ``C = (2/n) Σ x_dense x_prunedᵀ`` (scaled as ``H``) and
+    the returned outputs are the *dense* ones (the next block's dense inputs)."""
+    stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=want_norms, device=device) for n in group}
+    batch = {"sequences": 1, "dense": False}  # of the forward pass running now: a flattened input holds that many
+    seen: dict[str, torch.Tensor] = {}
+
+    def tap(n, x):
+        if not batch["dense"]:
+            stats[n].add_batch(x, batch["sequences"])
+            if dense_inputs is not None:
+                seen[n] = x
+        else:
+            stats[n].add_cross(x, seen.pop(n), batch["sequences"])
+
+    handles = _hook_inputs(adapter, linears, group, tap)
     outputs = []
     try:
-        for x, kw in zip(inputs, kwargs_list):
-            batch["sequences"] = x.shape[0]
+        for i, (x, kw) in enumerate(zip(inputs, kwargs_list)):
+            batch["sequences"], batch["dense"] = x.shape[0], False
             y = block(x, **kw)
+            if dense_inputs is not None:
+                batch["dense"] = True
+                y = block(dense_inputs[i], **kw)
             if keep_outputs:
                 outputs.append(_first_output(y))
     finally:
@@ -350,6 +388,13 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     ``heldout``: token windows, disjoint from ``windows``, on which every layer's error is measured too
     (``heldout_rel_error``, ``timings.heldout_forward_s``); they never reach the solver."""
     params = dict(params or {})
+    output_target = params.pop("output_target", "pruned")  # an engine knob of the method (solvers.ENGINE_KNOBS)
+    dense_target = output_target == "dense"
+    if output_target not in OUTPUT_TARGETS:
+        raise ValueError(f"output_target={output_target!r}; allowed: {', '.join(OUTPUT_TARGETS)}")
+    if dense_target and (true_sequential or not solver.needs_hessian):
+        raise ValueError("output_target=dense needs a solver that reads H (sparsegpt, apt, alps) and "
+                         "true_sequential=false (the dense inputs come from one pass through the still-dense block)")
     report = EngineReport()
     t_total = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -373,6 +418,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                       else ([], BlockKwargs([[]], shared=True)))
     inputs = [_to(x, device) for x in inputs]
     kwargs = kwargs.to(device)
+    dense_inputs = list(inputs) if dense_target else None  # the dense model's stream (block 0: the same)
     forward_s = time.perf_counter() - t0
     held = None
     if heldout is not None:
@@ -395,8 +441,9 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
             groups = [tuple(linears)]
         for group in groups:
             t0 = time.perf_counter()
-            stats, _ = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs.of(bi), want_h,
-                                         solver.needs_norms, device) if fit else ({}, None)
+            stats, dense_out = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs.of(bi), want_h,
+                                                 solver.needs_norms, device, keep_outputs=dense_target,
+                                                 dense_inputs=dense_inputs) if fit else ({}, None)
             forward_s += time.perf_counter() - t0
             if held is not None:
                 t0 = time.perf_counter()
@@ -405,8 +452,13 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 heldout_s += time.perf_counter() - t0
             for n in group:
                 dense_w = linears[n].weight.data.clone() if held is not None else None
+                shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01))
+                                  if dense_target else (0.0, None))
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
                                        params, stats.get(n))
+                dt += shift_s
+                if shift is not None:
+                    row["target_shift"] = shift
                 if held is not None:
                     row["heldout_rel_error"] = relative_error(dense_w.float(), linears[n].weight.data.float(),
                                                               held_stats.pop(n).H)
@@ -416,6 +468,8 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs.of(bi))]
         forward_s += time.perf_counter() - t0
+        if dense_target:
+            dense_inputs = dense_out
         for x in inputs:
             _check_finite(x, f"block {bi}: the pruned block's outputs are not finite (its inputs were "
                              f"{'finite' if bi else 'the embeddings'}); the model or its calibration windows overflow")

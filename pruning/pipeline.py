@@ -56,6 +56,9 @@ def validate(cfg: DictConfig) -> JobSpec:
     method, target = spec.method.name, spec.sparsity
     check_method(spec.method, target, EVAL_ONLY)
     _check_device(spec.engine.device)
+    if spec.method.params.get("output_target") == "dense" and spec.engine.true_sequential:
+        raise ConfigError("method.output_target=dense with engine.true_sequential=true: the dense model's inputs "
+                          "come from one pass through the still-dense block; set engine.true_sequential=false")
     for name in spec.eval.perplexity.datasets:
         dataset_spec(name)
         spec.eval.perplexity.split(name)

@@ -1,7 +1,9 @@
 """Running input statistics of one linear layer, accumulated exactly as the reference code does.
 
 * ``H = (2/n) Σ x xᵀ`` over calibration *sequences* (SparseGPT's ``add_batch``), float32;
-* ``sq_norms[j] = (1/n) Σ_seq ‖X_j‖²`` (Wanda's ``scaler_row``), float32.
+* ``sq_norms[j] = (1/n) Σ_seq ‖X_j‖²`` (Wanda's ``scaler_row``), float32;
+* with ``method.output_target=dense`` also ``C = (2/n) Σ x_dense x_prunedᵀ`` (:meth:`LayerStats.add_cross`,
+  not in the references), the dense model's inputs paired with the pruned model's, scaled as ``H``.
 
 Both are running averages where ``n`` counts sequences, so the order of batches does not matter
 and the scale of H cancels in every solver (docs/methods.md (APT)).
@@ -19,6 +21,7 @@ class LayerStats:
         self.nsamples = 0
         self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device) if hessian else None
         self.sq_norms = torch.zeros(columns, dtype=torch.float32, device=device) if norms else None
+        self.C = None  # the dense/pruned cross term, from add_cross
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor, sequences: int = 1) -> None:
@@ -38,3 +41,21 @@ class LayerStats:
         if self.sq_norms is not None:
             self.sq_norms *= scale
             self.sq_norms += torch.norm(x, p=2, dim=1) ** 2 / self.nsamples
+
+    @torch.no_grad()
+    def add_cross(self, dense: torch.Tensor, pruned: torch.Tensor, sequences: int = 1) -> None:
+        """``C`` for the batch :meth:`add_batch` has just counted from ``pruned``: ``dense`` is the same
+        layer's input in the dense model, token for token. Scaled exactly as ``H``, so ``C == H``
+        bit for bit when the two inputs are equal."""
+        if dense.shape != pruned.shape:
+            raise ValueError(f"dense input {tuple(dense.shape)} and pruned input {tuple(pruned.shape)} differ in shape")
+        if pruned.dim() == 2:
+            pruned, dense = (t.reshape(sequences, -1, t.shape[-1]) for t in (pruned, dense))
+        tmp = pruned.shape[0]
+        if self.C is None:
+            self.C = torch.zeros(pruned.shape[-1], pruned.shape[-1], dtype=torch.float32, device=pruned.device)
+        self.C *= (self.nsamples - tmp) / self.nsamples
+        factor = math.sqrt(2 / self.nsamples)
+        xd = factor * dense.reshape(-1, dense.shape[-1]).t().float()
+        xp = factor * pruned.reshape(-1, pruned.shape[-1]).t().float()
+        self.C += xd @ xp.t()

@@ -29,6 +29,10 @@ class Solver:
         """Whether calibration forward passes are needed at all (magnitude without the error report: no)."""
         return self.needs_hessian or self.needs_norms or report_error
 
+    def engine_knobs(self) -> dict[str, tuple[str, ...]]:
+        """The method knobs the engine reads for this solver (:data:`ENGINE_KNOBS`), with their choices."""
+        return ENGINE_KNOBS if self.needs_hessian else {}
+
     def params(self) -> tuple[str, ...]:
         """The solver's own knobs (its keyword-only parameters besides the statistics)."""
         sig = inspect.signature(self.fn)
@@ -39,12 +43,16 @@ class Solver:
         """Before any model is loaded: a clear error for knobs the solver does not have (a typo in
         ``method.<knob>=...``), for values of the wrong type (the type of the knob's default) and for
         the shared knobs' ranges (:data:`RANGES`). Solver-specific choices are checked by the solver."""
-        allowed = self.params()
+        allowed = self.params() + tuple(self.engine_knobs())
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ConfigError(f"method {method!r} has no parameter(s) {unknown}; allowed: {', '.join(allowed) or 'none'}")
         defaults = {n: p.default for n, p in inspect.signature(self.fn).parameters.items()}
         for key, value in params.items():
+            if key in self.engine_knobs():
+                if value not in self.engine_knobs()[key]:
+                    raise ConfigError(f"method.{key}={value!r}; allowed: {', '.join(self.engine_knobs()[key])}")
+                continue
             want = type(defaults.get(key))
             ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
                   float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
@@ -54,6 +62,12 @@ class Solver:
             if key in RANGES and not RANGES[key][0](value):
                 raise ConfigError(f"method.{key}={value!r}: need {RANGES[key][1]}")
 
+
+# Knobs of a method that the engine reads, not the solver (allowed on the solvers that read H), and their
+# choices. output_target: whose layer outputs the solver reproduces on the pruned model's inputs —
+# "pruned" (absent = this): the layer's own dense weights' (every reference); "dense": the dense model's,
+# which also corrects the error the earlier pruned layers left in the inputs (pruning/solvers/dense_target.py).
+ENGINE_KNOBS: dict[str, tuple[str, ...]] = {"output_target": ("pruned", "dense")}
 
 # Ranges of the knobs several solvers share (checked with the config, before any model is loaded).
 RANGES = {
@@ -94,4 +108,4 @@ SOLVERS: dict[str, Solver] = {
     "alps": Solver(alps, needs_hessian=True, needs_norms=False),
 }
 
-__all__ = ["SOLVERS", "Solver", "SolverResult", "check_method"]
+__all__ = ["ENGINE_KNOBS", "SOLVERS", "Solver", "SolverResult", "check_method"]

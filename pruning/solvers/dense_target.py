@@ -1,0 +1,44 @@
+"""The dense-output target (``method.output_target=dense``): fit the pruned model's layer to the *dense*
+model's layer outputs, not to its own dense weights' outputs on the already-pruned inputs.
+
+Every reference solver (SparseGPT, Wanda, ALPS) and the APT paper minimise ``‖W X − Ŵ X‖²`` where
+``X`` are the layer's inputs in the partly pruned model: the error of the earlier pruned layers is in
+``X`` and is carried forward, never corrected. The dense model's layer computes ``W X_d`` on its own
+inputs ``X_d``. Minimising ``‖W X_d − Ŵ X‖²`` instead (asymmetric calibration, as GPTAQ does for
+quantisation, arXiv 2504.02692) needs no new solver: with ``H = X Xᵀ`` and ``C = X_d Xᵀ``,
+
+    ‖W X_d − Ŵ X‖² = ‖(Ŵ − W*) X‖² + const,   W* = W C H⁻¹,
+
+so any solver of the usual problem, given ``W*`` in place of ``W`` and the same ``H``, solves the
+dense-output problem. ``H`` is damped as the solvers damp it, ``H + λI`` with ``λ = percdamp ·
+mean(diag H)``, which makes ``W*`` the ridge solution around ``W``:
+
+    W* = W (C + λI)(H + λI)⁻¹ = W + W (C − H)(H + λI)⁻¹,
+
+the minimiser of ``‖W X_d − Ŵ X‖² + λ‖Ŵ − W‖²``. Where the inputs agree (``C = H``, e.g. the first
+block) ``W* = W`` exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
+    """``W + W (C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)`` (float64 internally; returns W's
+    dtype). ``H`` and ``C`` are scaled alike (:class:`pruning.stats.LayerStats`; ``C`` accumulated from
+    ``(x_dense, x_pruned)`` pairs as ``H`` is from ``(x_pruned, x_pruned)``)."""
+    if H.shape != C.shape or H.shape[0] != W.shape[1]:
+        raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C {tuple(C.shape)} do not fit")
+    diff = (C - H).double()
+    if not bool(diff.any()):
+        return W.clone()
+    Hd = H.double()
+    damp = percdamp * float(torch.diagonal(Hd).mean())
+    if not damp > 0:  # no input energy at all: nothing to fit
+        return W.clone()
+    Hd = Hd + damp * torch.eye(Hd.shape[0], dtype=Hd.dtype, device=Hd.device)
+    L = torch.linalg.cholesky(Hd)
+    # W (C − H) (H + λI)⁻¹ = [(H + λI)⁻¹ (C − H)ᵀ Wᵀ]ᵀ  (H symmetric)
+    shift = torch.cholesky_solve(diff.t() @ W.double().t(), L).t()
+    return (W.double() + shift).to(W.dtype)

@@ -1,0 +1,126 @@
+"""method.output_target=dense: fit each layer to the dense model's layer outputs (pruning/solvers/dense_target.py)."""
+
+import pytest
+import torch
+
+from pruning import engine
+from pruning.engine import prune_model
+from pruning.errors import ConfigError
+from pruning.pipeline import run_job
+from pruning.solvers import SOLVERS
+from pruning.solvers.dense_target import dense_target_weights
+from pruning.sparsity import parse_sparsity
+from pruning.stats import LayerStats
+from tests.conftest import compose_cfg, tiny_overrides
+from tests.test_engine import tiny, windows
+
+
+def _stats(xp, xd):
+    """LayerStats over sequences (``[seq, tokens, d]``), one sequence per batch as the engine feeds them."""
+    st = LayerStats(xp.shape[-1], norms=False)
+    for p, d in zip(xp, xd):
+        st.add_batch(p[None])
+        st.add_cross(d[None], p[None])
+    return st
+
+
+def test_cross_term_equals_h_bit_for_bit_on_equal_inputs_and_then_nothing_moves():
+    x = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(0))
+    st = _stats(x, x.clone())
+    assert torch.equal(st.C, st.H)
+    W = torch.randn(4, 6)
+    assert torch.equal(dense_target_weights(W, st.H, st.C), W)
+
+
+def test_w_star_solves_the_dense_output_problem():
+    """W* minimises ‖X_d Wᵀ − X_p Ŵᵀ‖² + λ‖Ŵ − W‖² (checked against a direct least-squares solve), and
+    without damping the dense-output loss of any Ŵ is ‖(Ŵ − W*) X_p‖² plus a constant."""
+    g = torch.Generator().manual_seed(1)
+    seqs, tokens, d, out = 6, 20, 8, 5
+    xp = torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
+    xd = xp + 0.3 * torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
+    W = torch.randn(out, d, generator=g, dtype=torch.float64)
+    st = _stats(xp, xd)
+    Xp, Xd = xp.reshape(-1, d), xd.reshape(-1, d)
+    scale = 2 / seqs  # H = (2/n) Σ x xᵀ over n sequences
+    percdamp = 0.05
+    lam = percdamp * float(torch.diagonal(st.H.double()).mean())
+    # ridge around W: [sqrt(s) X_p; sqrt(λ) I] Ŵᵀ ≈ [sqrt(s) X_d Wᵀ; sqrt(λ) Wᵀ]
+    A = torch.cat([scale ** 0.5 * Xp, lam ** 0.5 * torch.eye(d, dtype=torch.float64)])
+    B = torch.cat([scale ** 0.5 * Xd @ W.t(), lam ** 0.5 * W.t()])
+    ref = torch.linalg.lstsq(A, B).solution.t()
+    torch.testing.assert_close(dense_target_weights(W, st.H, st.C, percdamp), ref, rtol=1e-4, atol=1e-5)
+    w_star = dense_target_weights(W, st.H, st.C, percdamp=1e-12)
+    loss = lambda w: float(((Xd @ W.t() - Xp @ w.t()) ** 2).sum())  # noqa: E731
+    proxy = lambda w: float((((w - w_star) @ Xp.t()) ** 2).sum())  # noqa: E731
+    a, b = torch.randn(out, d, generator=g, dtype=torch.float64), torch.randn(out, d, generator=g, dtype=torch.float64)
+    assert loss(a) - loss(b) == pytest.approx(proxy(a) - proxy(b), rel=1e-5)
+    assert loss(w_star) < loss(W)
+
+
+def test_shapes_that_do_not_fit_are_refused():
+    with pytest.raises(ValueError, match="do not fit"):
+        dense_target_weights(torch.zeros(3, 4), torch.eye(5), torch.eye(5))
+
+
+def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
+    """The engine's H and C of a layer in block 1 are those of the pruned model's and the dense model's
+    inputs of that layer (computed here from plain forward passes of both models); block 0's inputs are
+    the same in both models, so its layers are not moved and prune exactly as with the usual target."""
+    seen = {}
+    real = engine.dense_target_weights
+
+    def spy(W, H, C, percdamp):
+        seen.setdefault(len(seen), (H.clone(), C.clone()))
+        return real(W, H, C, percdamp)
+
+    monkeypatch.setattr(engine, "dense_target_weights", spy)
+    dense, pruned, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
+    ids = windows(4, 32)
+    sp = parse_sparsity(0.5)
+    report = prune_model(pruned.model, pruned.adapter, ids, SOLVERS["sparsegpt"], sp, {"output_target": "dense"})
+    prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp)
+    n0 = len(pruned.adapter.prunable(pruned.adapter.blocks(pruned.model)[0]))
+    assert [r["target_shift"] for r in report.layers[:n0]] == [0.0] * n0
+    assert all(r["target_shift"] > 0 for r in report.layers[n0:])
+    b0 = lambda lm: lm.adapter.blocks(lm.model)[0]  # noqa: E731
+    for a, b in zip(b0(pruned).parameters(), b0(plain).parameters()):
+        assert torch.equal(a, b)  # block 0: the same solve
+
+    def q_inputs(lm):
+        got = []
+        q = lm.adapter.prunable(lm.adapter.blocks(lm.model)[1])["self_attn.q_proj"]
+        h = q.register_forward_hook(lambda m, inp, out: got.append(inp[0].detach()))
+        with torch.no_grad():
+            lm.model(input_ids=ids, use_cache=False)
+        h.remove()
+        return got[0].double()  # [4, 32, d]
+
+    xd, xp = q_inputs(dense), q_inputs(pruned)  # block 1's q_proj input depends on block 0 and a norm only
+    d = xp.shape[-1]
+    H_ref = 2 / 4 * xp.reshape(-1, d).t() @ xp.reshape(-1, d)
+    C_ref = 2 / 4 * xd.reshape(-1, d).t() @ xp.reshape(-1, d)
+    H, C = seen[n0]  # the first layer of block 1 is q_proj
+    torch.testing.assert_close(H.double(), H_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(C.double(), C_ref, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(C_ref, H_ref, rtol=1e-2)
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
+def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, model):
+    cfg = compose_cfg(tiny_overrides(model, tiny_data_root, "method=apt-refit-dense", "sparsity=2:4",
+                                     "method.blocksize=16", "calibration.nsamples=4", "calibration.seqlen=32"))
+    rec = run_job(cfg, tmp_path)
+    assert rec["status"] == "complete" and rec["method"]["label"] == "apt-refit-dense"
+    assert rec["method"]["params"]["output_target"] == "dense" and rec["sparsity"]["actual"] == pytest.approx(0.5)
+    assert any(r.get("target_shift", 0) > 0 for r in rec["layers"])
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["method=wanda", "+method.output_target=dense"], "no parameter"),
+    (["method=apt-refit", "+method.output_target=model"], "allowed: pruned, dense"),
+    (["method=apt-refit-dense", "engine.true_sequential=true"], "true_sequential"),
+])
+def test_bad_output_target_settings_are_refused_before_loading(tiny_data_root, tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, *overrides)), tmp_path)
