@@ -102,6 +102,13 @@ def _solve_layer(solver, adapter, bi: int, name: str, layer, target: Sparsity, p
 OUTPUT_TARGETS = ENGINE_KNOBS["output_target"]
 
 
+@dataclass
+class _Stream:
+    """Block inputs travelling through the blocks beside the calibration inputs (the held-out windows)."""
+    inputs: list
+    kwargs: "BlockKwargs"
+
+
 def _to_dense_target(layer, stats, percdamp: float) -> tuple[float, float]:
     """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
     before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``."""
@@ -424,7 +431,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     if heldout is not None:
         t0 = time.perf_counter()
         held_inputs, held_kwargs = capture_block_inputs(model, adapter, heldout, batch_size)
-        held = [[_to(x, device) for x in held_inputs], held_kwargs.to(device)]
+        held = _Stream([_to(x, device) for x in held_inputs], held_kwargs.to(device))
         heldout_s = time.perf_counter() - t0
     solver_s = 0.0
     want_h = solver.needs_hessian or report_error
@@ -447,7 +454,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
             forward_s += time.perf_counter() - t0
             if held is not None:
                 t0 = time.perf_counter()
-                held_stats, _ = _block_statistics(block, bi, adapter, linears, group, held[0], held[1].of(bi),
+                held_stats, _ = _block_statistics(block, bi, adapter, linears, group, held.inputs, held.kwargs.of(bi),
                                                   True, False, device)
                 heldout_s += time.perf_counter() - t0
             for n in group:
@@ -475,7 +482,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                              f"{'finite' if bi else 'the embeddings'}); the model or its calibration windows overflow")
         if held is not None:
             t0 = time.perf_counter()
-            held[0] = [_first_output(block(x, **kw)) for x, kw in zip(held[0], held[1].of(bi))]
+            held.inputs = [_first_output(block(x, **kw)) for x, kw in zip(held.inputs, held.kwargs.of(bi))]
             heldout_s += time.perf_counter() - t0
         store.put_back(bi, block)
     report.timings = {"calib_forward_s": round(forward_s, 3), "solver_s": round(solver_s, 3),
