@@ -40,7 +40,7 @@ from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
 from pruning.solvers import ENGINE_KNOBS, Solver, SolverResult
 from pruning.solvers.common import relative_error
-from pruning.solvers.dense_target import dense_target_weights
+from pruning.solvers.dense_target import dense_output_error, dense_target_weights
 from pruning.sparsity import Sparsity
 from pruning.stats import LayerStats
 
@@ -458,7 +458,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                                                   True, False, device)
                 heldout_s += time.perf_counter() - t0
             for n in group:
-                dense_w = linears[n].weight.data.clone() if held is not None else None
+                dense_w = linears[n].weight.data.clone() if held is not None or dense_target else None
                 shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01))
                                   if dense_target else (0.0, None))
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
@@ -466,6 +466,9 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 dt += shift_s
                 if shift is not None:
                     row["target_shift"] = shift
+                    st = stats[n]
+                    row["dense_rel_error"] = dense_output_error(dense_w.float(), linears[n].weight.data.float(),
+                                                                st.H, st.C, st.G)
                 if held is not None:
                     row["heldout_rel_error"] = relative_error(dense_w.float(), linears[n].weight.data.float(),
                                                               held_stats.pop(n).H)

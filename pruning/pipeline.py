@@ -377,6 +377,8 @@ class _Job:
         record["protocol"]["engine"] = report.engine_info()
         if self.heldout is not None:
             record["metrics"]["mean_heldout_rel_error"] = mean_layer_value(report.layers, "heldout_rel_error")
+        if spec.method.params.get("output_target") == "dense":
+            record["metrics"]["mean_dense_rel_error"] = mean_layer_value(report.layers, "dense_rel_error")
         self.tracker.log_table("layers", report.layers)
 
     def evaluate(self) -> None:

@@ -21,7 +21,7 @@ class LayerStats:
         self.nsamples = 0
         self.H = torch.zeros(columns, columns, dtype=torch.float32, device=device) if hessian else None
         self.sq_norms = torch.zeros(columns, dtype=torch.float32, device=device) if norms else None
-        self.C = None  # the dense/pruned cross term, from add_cross
+        self.C = self.G = None  # the dense/pruned cross term and the dense inputs' H, from add_cross
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor, sequences: int = 1) -> None:
@@ -44,18 +44,22 @@ class LayerStats:
 
     @torch.no_grad()
     def add_cross(self, dense: torch.Tensor, pruned: torch.Tensor, sequences: int = 1) -> None:
-        """``C`` for the batch :meth:`add_batch` has just counted from ``pruned``: ``dense`` is the same
-        layer's input in the dense model, token for token. Scaled exactly as ``H``, so ``C == H``
-        bit for bit when the two inputs are equal."""
+        """``C`` (and ``G``, the dense inputs' own ``H``) for the batch :meth:`add_batch` has just counted
+        from ``pruned``: ``dense`` is the same layer's input in the dense model, token for token. Scaled
+        exactly as ``H``, so ``C == G == H`` bit for bit when the two inputs are equal."""
         if dense.shape != pruned.shape:
             raise ValueError(f"dense input {tuple(dense.shape)} and pruned input {tuple(pruned.shape)} differ in shape")
         if pruned.dim() == 2:
             pruned, dense = (t.reshape(sequences, -1, t.shape[-1]) for t in (pruned, dense))
         tmp = pruned.shape[0]
         if self.C is None:
-            self.C = torch.zeros(pruned.shape[-1], pruned.shape[-1], dtype=torch.float32, device=pruned.device)
-        self.C *= (self.nsamples - tmp) / self.nsamples
+            self.C, self.G = (torch.zeros(pruned.shape[-1], pruned.shape[-1], dtype=torch.float32, device=pruned.device)
+                              for _ in range(2))
+        scale = (self.nsamples - tmp) / self.nsamples
+        self.C *= scale
+        self.G *= scale
         factor = math.sqrt(2 / self.nsamples)
         xd = factor * dense.reshape(-1, dense.shape[-1]).t().float()
         xp = factor * pruned.reshape(-1, pruned.shape[-1]).t().float()
         self.C += xd @ xp.t()
+        self.G += xd @ xd.t()

@@ -8,7 +8,7 @@ from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.pipeline import run_job
 from pruning.solvers import SOLVERS
-from pruning.solvers.dense_target import dense_target_weights
+from pruning.solvers.dense_target import dense_output_error, dense_target_weights
 from pruning.sparsity import parse_sparsity
 from pruning.stats import LayerStats
 from tests.conftest import compose_cfg, tiny_overrides
@@ -27,7 +27,7 @@ def _stats(xp, xd):
 def test_cross_term_equals_h_bit_for_bit_on_equal_inputs_and_then_nothing_moves():
     x = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(0))
     st = _stats(x, x.clone())
-    assert torch.equal(st.C, st.H)
+    assert torch.equal(st.C, st.H) and torch.equal(st.G, st.H)
     W = torch.randn(4, 6)
     assert torch.equal(dense_target_weights(W, st.H, st.C), W)
 
@@ -114,6 +114,7 @@ def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, mode
     assert rec["status"] == "complete" and rec["method"]["label"] == "apt-refit-dense"
     assert rec["method"]["params"]["output_target"] == "dense" and rec["sparsity"]["actual"] == pytest.approx(0.5)
     assert any(r.get("target_shift", 0) > 0 for r in rec["layers"])
+    assert 0 < rec["metrics"]["mean_dense_rel_error"] < 1 and all("dense_rel_error" in r for r in rec["layers"])
 
 
 @pytest.mark.parametrize("overrides, match", [
@@ -124,3 +125,16 @@ def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, mode
 def test_bad_output_target_settings_are_refused_before_loading(tiny_data_root, tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, *overrides)), tmp_path)
+
+
+def test_dense_output_error_from_the_statistics_equals_the_direct_one():
+    g = torch.Generator().manual_seed(3)
+    xp = torch.randn(4, 16, 6, generator=g)
+    xd = xp + 0.2 * torch.randn(4, 16, 6, generator=g)
+    W, W_new = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    st = _stats(xp, xd)
+    Xp, Xd = xp.reshape(-1, 6).double(), xd.reshape(-1, 6).double()
+    direct = float(((Xd @ W.double().t() - Xp @ W_new.double().t()) ** 2).sum() / ((Xd @ W.double().t()) ** 2).sum())
+    assert dense_output_error(W, W_new, st.H, st.C, st.G) == pytest.approx(direct, rel=1e-4)
+    same = _stats(xp, xp.clone())
+    assert dense_output_error(W, W, same.H, same.C, same.G) == pytest.approx(0.0, abs=1e-6)

@@ -24,6 +24,16 @@ from __future__ import annotations
 import torch
 
 
+def dense_output_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor, C: torch.Tensor,
+                       G: torch.Tensor) -> float:
+    """``‖W X_d − W' X‖² / ‖W X_d‖²`` from ``H = X Xᵀ``, ``C = X_d Xᵀ``, ``G = X_d X_dᵀ`` (alike scaled): the
+    layer's error against the dense model's own layer output, including what the earlier layers left."""
+    W, W_new, H, C, G = (t.double() for t in (W, W_new, H, C, G))
+    den = float(((W @ G) * W).sum())
+    num = den - 2 * float(((W @ C) * W_new).sum()) + float(((W_new @ H) * W_new).sum())
+    return max(num, 0.0) / den if den > 0 else float("nan")
+
+
 def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor:
     """``W + W (C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)`` (float64 internally; returns W's
     dtype). ``H`` and ``C`` are scaled alike (:class:`pruning.stats.LayerStats`; ``C`` accumulated from
