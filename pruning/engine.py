@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
-from pruning.solvers import ENGINE_KNOBS, Solver, SolverResult
+from pruning.solvers import OUTPUT_TARGETS, Solver, SolverResult
 from pruning.solvers.common import relative_error
 from pruning.solvers.dense_target import dense_output_error, dense_target_weights
 from pruning.sparsity import Sparsity
@@ -99,9 +99,6 @@ def _solve_layer(solver, adapter, bi: int, name: str, layer, target: Sparsity, p
     return _layer_row(adapter, bi, name, layer, res, dt, target), dt
 
 
-OUTPUT_TARGETS = ENGINE_KNOBS["output_target"]
-
-
 @dataclass
 class _Stream:
     """Block inputs travelling through the blocks beside the calibration inputs (the held-out windows)."""
@@ -109,12 +106,12 @@ class _Stream:
     kwargs: "BlockKwargs"
 
 
-def _to_dense_target(layer, stats, percdamp: float) -> tuple[float, float]:
+def _to_dense_target(layer, stats, percdamp: float, alpha: float) -> tuple[float, float]:
     """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
     before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``."""
     t0 = time.perf_counter()
     w = layer.weight.data.float()
-    target = dense_target_weights(w, stats.H, stats.C, percdamp)
+    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha)
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
     layer.weight.data = target.to(layer.weight.dtype)
     return time.perf_counter() - t0, round(shift, 6)
@@ -395,7 +392,8 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     ``heldout``: token windows, disjoint from ``windows``, on which every layer's error is measured too
     (``heldout_rel_error``, ``timings.heldout_forward_s``); they never reach the solver."""
     params = dict(params or {})
-    output_target = params.pop("output_target", "pruned")  # an engine knob of the method (solvers.ENGINE_KNOBS)
+    output_target = params.pop("output_target", "pruned")  # engine knobs of the method (solvers.ENGINE_KNOBS)
+    alpha = params.pop("target_alpha", 1.0)
     dense_target = output_target == "dense"
     if output_target not in OUTPUT_TARGETS:
         raise ValueError(f"output_target={output_target!r}; allowed: {', '.join(OUTPUT_TARGETS)}")
@@ -459,7 +457,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 heldout_s += time.perf_counter() - t0
             for n in group:
                 dense_w = linears[n].weight.data.clone() if held is not None or dense_target else None
-                shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01))
+                shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01), alpha)
                                   if dense_target else (0.0, None))
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
                                        params, stats.get(n))

@@ -56,6 +56,8 @@ def test_w_star_solves_the_dense_output_problem():
     a, b = torch.randn(out, d, generator=g, dtype=torch.float64), torch.randn(out, d, generator=g, dtype=torch.float64)
     assert loss(a) - loss(b) == pytest.approx(proxy(a) - proxy(b), rel=1e-5)
     assert loss(w_star) < loss(W)
+    quarter = dense_target_weights(W, st.H, st.C, percdamp, alpha=0.25)
+    torch.testing.assert_close(quarter - W, 0.25 * (ref - W), rtol=1e-4, atol=1e-6)  # a share of the correction
 
 
 def test_shapes_that_do_not_fit_are_refused():
@@ -70,9 +72,9 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     seen = {}
     real = engine.dense_target_weights
 
-    def spy(W, H, C, percdamp):
+    def spy(W, H, C, percdamp, alpha):
         seen.setdefault(len(seen), (H.clone(), C.clone()))
-        return real(W, H, C, percdamp)
+        return real(W, H, C, percdamp, alpha)
 
     monkeypatch.setattr(engine, "dense_target_weights", spy)
     dense, pruned, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
@@ -113,13 +115,15 @@ def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, mode
     rec = run_job(cfg, tmp_path)
     assert rec["status"] == "complete" and rec["method"]["label"] == "apt-refit-dense"
     assert rec["method"]["params"]["output_target"] == "dense" and rec["sparsity"]["actual"] == pytest.approx(0.5)
+    assert rec["method"]["params"]["target_alpha"] == 0.25
     assert any(r.get("target_shift", 0) > 0 for r in rec["layers"])
     assert 0 < rec["metrics"]["mean_dense_rel_error"] < 1 and all("dense_rel_error" in r for r in rec["layers"])
 
 
 @pytest.mark.parametrize("overrides, match", [
     (["method=wanda", "+method.output_target=dense"], "no parameter"),
-    (["method=apt-refit", "+method.output_target=model"], "allowed: pruned, dense"),
+    (["method=apt-refit", "+method.output_target=model"], "allowed: pruned | dense"),
+    (["method=apt-refit-dense", "method.target_alpha=0"], r"allowed: a number in \(0, 1\]"),
     (["method=apt-refit-dense", "engine.true_sequential=true"], "true_sequential"),
 ])
 def test_bad_output_target_settings_are_refused_before_loading(tiny_data_root, tmp_path, overrides, match):

@@ -29,8 +29,8 @@ class Solver:
         """Whether calibration forward passes are needed at all (magnitude without the error report: no)."""
         return self.needs_hessian or self.needs_norms or report_error
 
-    def engine_knobs(self) -> dict[str, tuple[str, ...]]:
-        """The method knobs the engine reads for this solver (:data:`ENGINE_KNOBS`), with their choices."""
+    def engine_knobs(self) -> dict[str, tuple[Callable[[object], bool], str]]:
+        """The method knobs the engine reads for this solver (:data:`ENGINE_KNOBS`): (check, what is allowed)."""
         return ENGINE_KNOBS if self.needs_hessian else {}
 
     def params(self) -> tuple[str, ...]:
@@ -50,8 +50,9 @@ class Solver:
         defaults = {n: p.default for n, p in inspect.signature(self.fn).parameters.items()}
         for key, value in params.items():
             if key in self.engine_knobs():
-                if value not in self.engine_knobs()[key]:
-                    raise ConfigError(f"method.{key}={value!r}; allowed: {', '.join(self.engine_knobs()[key])}")
+                check, allowed_values = self.engine_knobs()[key]
+                if not check(value):
+                    raise ConfigError(f"method.{key}={value!r}; allowed: {allowed_values}")
                 continue
             want = type(defaults.get(key))
             ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
@@ -63,11 +64,17 @@ class Solver:
                 raise ConfigError(f"method.{key}={value!r}: need {RANGES[key][1]}")
 
 
-# Knobs of a method that the engine reads, not the solver (allowed on the solvers that read H), and their
-# choices. output_target: whose layer outputs the solver reproduces on the pruned model's inputs —
+# Knobs of a method that the engine reads, not the solver (allowed on the solvers that read H): a check and
+# what is allowed. output_target: whose layer outputs the solver reproduces on the pruned model's inputs —
 # "pruned" (absent = this): the layer's own dense weights' (every reference); "dense": the dense model's,
-# which also corrects the error the earlier pruned layers left in the inputs (pruning/solvers/dense_target.py).
-ENGINE_KNOBS: dict[str, tuple[str, ...]] = {"output_target": ("pruned", "dense")}
+# which also corrects the error the earlier pruned layers left in the inputs; target_alpha: the share of
+# that correction applied (pruning/solvers/dense_target.py).
+OUTPUT_TARGETS = ("pruned", "dense")
+ENGINE_KNOBS: dict[str, tuple[Callable[[object], bool], str]] = {
+    "output_target": (lambda v: v in OUTPUT_TARGETS, " | ".join(OUTPUT_TARGETS)),
+    "target_alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
+                     "a number in (0, 1]"),
+}
 
 # Ranges of the knobs several solvers share (checked with the config, before any model is loaded).
 RANGES = {
@@ -108,4 +115,4 @@ SOLVERS: dict[str, Solver] = {
     "alps": Solver(alps, needs_hessian=True, needs_norms=False),
 }
 
-__all__ = ["ENGINE_KNOBS", "SOLVERS", "Solver", "SolverResult", "check_method"]
+__all__ = ["ENGINE_KNOBS", "OUTPUT_TARGETS", "SOLVERS", "Solver", "SolverResult", "check_method"]
