@@ -466,7 +466,9 @@ def label_by_params(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         raise ValueError(f"--label-params {','.join(unknown)}: no such method parameter in these records; "
                          f"known: {', '.join(known)}")
     for label, rows in frame.groupby("label"):
-        varying = [k for k in keys if rows[f"param_{k}"].astype(str).nunique() > 1]
+        # as text, an absent parameter included: pandas 3's astype(str) keeps NaN missing, and a knob set in
+        # some records and absent in older ones (where the method's default applied) is a variation too
+        varying = [k for k in keys if rows[f"param_{k}"].map(_param_text).nunique() > 1]
         if varying:
             suffixes = [", ".join(f"{k}={_param_text(r['param_' + k])}" for k in varying) for _, r in rows.iterrows()]
             frame.loc[rows.index, "label"] = [f"{label} ({s})" for s in suffixes]
@@ -493,7 +495,10 @@ def select_rows(frame: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
 
 def _param_text(value) -> str:
     """A parameter as the config wrote it: pandas turns an integer column with gaps (methods that lack
-    the parameter) into floats, so ``3.0`` is shown as ``3``."""
+    the parameter) into floats, so ``3.0`` is shown as ``3``; an absent one (the record's config lacks
+    the knob) is ``–``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

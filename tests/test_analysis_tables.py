@@ -254,6 +254,20 @@ def test_label_params_show_integers_as_written(tmp_path, capsys):
     assert "apt (refine_iters=3) |" in out and "apt (refine_iters=6) |" in out and ".0)" not in out
 
 
+def test_label_params_tell_an_absent_knob_from_a_set_one(tmp_path, capsys):
+    """A knob added later: records without it (their method's default applied) and records with it get
+    two rows, the absent one labelled ``–`` (pandas 3 keeps NaN missing under ``astype(str)``)."""
+    root = tmp_path / "ablation"
+    for name, extra, ppl in (("old", {}, 683.5), ("new", {"target_alpha": 0.25}, 41.5)):
+        rec = record("apt", 0.5, ppl, 0.014, chash=f"apt-{name}")
+        rec["method"]["params"].update(extra)
+        write(root, name, rec)
+    write(root, "sgpt", record("sparsegpt", 0.5, 44.0, 0.0175))
+    assert tables_main([str(root), "--table", "benchmark", "--label-params", "target_alpha"]) == 0
+    out = capsys.readouterr().out
+    assert "apt (target_alpha=–) | 683.50 |" in out and "apt (target_alpha=0.25) | 41.50 |" in out
+
+
 def test_calibration_table_and_no_silent_cell_collisions(study, capsys):
     """The study as a table (one row per method × set × windows, sorted by tokens); the ppl table
     refuses to put two configs in one cell instead of keeping one of them."""
