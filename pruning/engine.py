@@ -40,7 +40,7 @@ from pruning.adapters import FamilyAdapter
 from pruning.offload import ResidentStore
 from pruning.solvers import OUTPUT_TARGETS, Solver, SolverResult
 from pruning.solvers.common import relative_error
-from pruning.solvers.dense_target import dense_output_error, dense_target_weights
+from pruning.solvers.dense_target import dense_output_error, dense_target_correction, dense_target_weights
 from pruning.sparsity import Sparsity
 from pruning.stats import LayerStats
 
@@ -106,12 +106,15 @@ class _Stream:
     kwargs: "BlockKwargs"
 
 
-def _to_dense_target(layer, stats, percdamp: float, alpha: float) -> tuple[float, float]:
+def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict) -> tuple[float, float]:
     """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
-    before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``."""
+    before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``.
+    ``cache`` keeps the last correction: linears reading the same input have bit-identical H and C."""
     t0 = time.perf_counter()
     w = layer.weight.data.float()
-    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha)
+    if not ("H" in cache and torch.equal(cache["H"], stats.H) and torch.equal(cache["C"], stats.C)):
+        cache.update(H=stats.H, C=stats.C, M=dense_target_correction(stats.H, stats.C, percdamp))
+    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["M"])
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
     layer.weight.data = target.to(layer.weight.dtype)
     return time.perf_counter() - t0, round(shift, 6)
@@ -433,6 +436,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         heldout_s = time.perf_counter() - t0
     solver_s = 0.0
     want_h = solver.needs_hessian or report_error
+    shared: dict = {}  # output_target=dense: the last correction, reused by linears with the same input
 
     blocks = adapter.blocks(model)
     for bi, block in enumerate(tqdm(blocks, desc=f"prune {sparsity}", unit="block")):
@@ -457,7 +461,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 heldout_s += time.perf_counter() - t0
             for n in group:
                 dense_w = linears[n].weight.data.clone() if held is not None or dense_target else None
-                shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01), alpha)
+                shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01), alpha, shared)
                                   if dense_target else (0.0, None))
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
                                        params, stats.get(n))

@@ -72,11 +72,15 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     seen = {}
     real = engine.dense_target_weights
 
-    def spy(W, H, C, percdamp, alpha):
+    def spy(W, H, C, percdamp, alpha, correction=None):
         seen.setdefault(len(seen), (H.clone(), C.clone()))
-        return real(W, H, C, percdamp, alpha)
+        return real(W, H, C, percdamp, alpha, correction=correction)
 
+    factorised = []
+    real_correction = engine.dense_target_correction
     monkeypatch.setattr(engine, "dense_target_weights", spy)
+    monkeypatch.setattr(engine, "dense_target_correction",
+                        lambda H, C, p: factorised.append(1) or real_correction(H, C, p))
     dense, pruned, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
     ids = windows(4, 32)
     sp = parse_sparsity(0.5)
@@ -85,6 +89,8 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     n0 = len(pruned.adapter.prunable(pruned.adapter.blocks(pruned.model)[0]))
     assert [r["target_shift"] for r in report.layers[:n0]] == [0.0] * n0
     assert all(r["target_shift"] > 0 for r in report.layers[n0:])
+    n_blocks = len(pruned.adapter.blocks(pruned.model))
+    assert len(factorised) == 4 * n_blocks  # per block: q/k/v share one, o, gate/up share one, down
     b0 = lambda lm: lm.adapter.blocks(lm.model)[0]  # noqa: E731
     for a, b in zip(b0(pruned).parameters(), b0(plain).parameters()):
         assert torch.equal(a, b)  # block 0: the same solve

@@ -38,22 +38,34 @@ def dense_output_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor, C:
     return max(num, 0.0) / den if den > 0 else float("nan")
 
 
-def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01,
-                         alpha: float = 1.0) -> torch.Tensor:
-    """``W + α W (C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)`` (float64 internally; returns W's
-    dtype). ``H`` and ``C`` are scaled alike (:class:`pruning.stats.LayerStats`; ``C`` accumulated from
-    ``(x_dense, x_pruned)`` pairs as ``H`` is from ``(x_pruned, x_pruned)``)."""
-    if H.shape != C.shape or H.shape[0] != W.shape[1]:
-        raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C {tuple(C.shape)} do not fit")
+def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor | None:
+    """``M = (C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)``, float64, so that ``W* = W + W M``;
+    None where nothing moves (``C == H``: the inputs agree; or no input energy at all). Linears that read
+    the same input (q/k/v, gate/up) share it: one factorisation for all of them."""
+    if H.shape != C.shape or H.dim() != 2 or H.shape[0] != H.shape[1]:
+        raise ValueError(f"dense target: H {tuple(H.shape)} and C {tuple(C.shape)} must be one square shape")
     diff = (C - H).double()
     if not bool(diff.any()):
-        return W.clone()
+        return None
     Hd = H.double()
     damp = percdamp * float(torch.diagonal(Hd).mean())
-    if not damp > 0:  # no input energy at all: nothing to fit
-        return W.clone()
+    if not damp > 0:
+        return None
     Hd = Hd + damp * torch.eye(Hd.shape[0], dtype=Hd.dtype, device=Hd.device)
-    L = torch.linalg.cholesky(Hd)
-    # W (C − H) (H + λI)⁻¹ = [(H + λI)⁻¹ (C − H)ᵀ Wᵀ]ᵀ  (H symmetric)
-    shift = torch.cholesky_solve(diff.t() @ W.double().t(), L).t()
-    return (W.double() + alpha * shift).to(W.dtype)
+    # (C − H)(H + λI)⁻¹ = [(H + λI)⁻¹ (C − H)ᵀ]ᵀ  (H symmetric)
+    return torch.cholesky_solve(diff.t().contiguous(), torch.linalg.cholesky(Hd)).t()
+
+
+def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01,
+                         alpha: float = 1.0, correction: torch.Tensor | None = None) -> torch.Tensor:
+    """``W + α W (C − H)(H + λI)⁻¹`` (:func:`dense_target_correction`; pass ``correction`` to reuse one
+    computed for the same ``H`` and ``C``); returns W's dtype. ``H`` and ``C`` are scaled alike
+    (:class:`pruning.stats.LayerStats`; ``C`` accumulated from ``(x_dense, x_pruned)`` pairs as ``H`` is
+    from ``(x_pruned, x_pruned)``)."""
+    if H.shape != C.shape or H.shape[0] != W.shape[1]:
+        raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C {tuple(C.shape)} do not fit")
+    M = correction if correction is not None else dense_target_correction(H, C, percdamp)
+    if M is None:
+        return W.clone()
+    Wd = W.double()
+    return (Wd + alpha * (Wd @ M)).to(W.dtype)
