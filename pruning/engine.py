@@ -21,6 +21,11 @@ By default every sublayer of a block is calibrated from one pass through the sti
 reference default); ``true_sequential=True`` re-runs the block per group of sublayers
 (``FamilyAdapter.sequential_groups``), so later groups see the already-pruned earlier ones.
 
+With ``method.output_target=dense`` (not in the references) the dense model's inputs travel too: each
+calibration window also runs through the still-dense block from its dense input, hooks pair the two
+inputs of every linear token for token (``C``, :meth:`pruning.stats.LayerStats.add_cross`), and each
+solver gets ``W*`` instead of ``W`` (:mod:`pruning.solvers.dense_target`).
+
 With ``heldout`` windows (not in the references) a second set of inputs travels through the same
 blocks beside the calibration inputs; their Hessians are accumulated at the same points but never
 reach the solver, and each layer's row gets ``heldout_rel_error`` = ``‖(W − W')X_h‖² / ‖WX_h‖²`` on
