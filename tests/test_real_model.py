@@ -17,8 +17,11 @@ from tests.conftest import REPO, SHARED_DATA, compose_cfg
 # CPUs (about 0.5% perplexity at 16 windows, and masks then cascade), hence PIN_RTOL. When a dependency
 # or a deliberate change moves them: run `python -m pytest tests/test_real_model.py -k "pin or cli" -s`
 # on the reference machine, read the printed values, update PINS and say why in the commit message.
+# On another 2-core AMD EPYC VM (2026-11-30) the unchanged commit ee997f4 gave SparseGPT 49.986 (-2.7%;
+# dense identical): at two windows a mask flip moves perplexity by more than 2%, hence 4%. A real
+# regression moves these by far more (the golden tiny jobs and reference tests pin the exact behaviour).
 PINS = {"dense": 18.8373, "sparsegpt": 51.3560, "apt": 48.3816, "apt-refit": 49.5564}
-PIN_RTOL = 0.02
+PIN_RTOL = 0.04
 # The default job, shortened: 8 calibration windows of 512 tokens (default 32) and 2 evaluation windows
 SHORT = ("calibration.nsamples=8", "eval.perplexity.max_windows=2")
 
