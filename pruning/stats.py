@@ -16,6 +16,14 @@ import math
 import torch
 
 
+def _columns(inp: torch.Tensor, sequences: int) -> tuple[torch.Tensor, int]:
+    """A layer input as float32 ``[columns, tokens]`` and the number of calibration sequences it holds
+    (``[sequences · tokens, columns]`` inputs, flattened by the model, say so through ``sequences``)."""
+    if inp.dim() == 2:
+        inp = inp.reshape(sequences, -1, inp.shape[-1])
+    return inp.reshape(-1, inp.shape[-1]).t().float(), inp.shape[0]
+
+
 class LayerStats:
     def __init__(self, columns: int, *, hessian: bool = True, norms: bool = True, device=None):
         self.nsamples = 0
@@ -28,10 +36,7 @@ class LayerStats:
         """``inp``: the layer input, ``[batch, tokens, columns]``, or ``[sequences · tokens, columns]`` for
         models that flatten the batch before a linear (OPT's fc1/fc2): ``sequences`` then says how many
         calibration sequences it holds, so each counts once in the running mean."""
-        if inp.dim() == 2:
-            inp = inp.reshape(sequences, -1, inp.shape[-1])
-        tmp = inp.shape[0]
-        x = inp.reshape(-1, inp.shape[-1]).t().float()
+        x, tmp = _columns(inp, sequences)
         scale = self.nsamples / (self.nsamples + tmp)
         self.nsamples += tmp
         if self.H is not None:
@@ -49,17 +54,15 @@ class LayerStats:
         exactly as ``H``, so ``C == G == H`` bit for bit when the two inputs are equal."""
         if dense.shape != pruned.shape:
             raise ValueError(f"dense input {tuple(dense.shape)} and pruned input {tuple(pruned.shape)} differ in shape")
-        if pruned.dim() == 2:
-            pruned, dense = (t.reshape(sequences, -1, t.shape[-1]) for t in (pruned, dense))
-        tmp = pruned.shape[0]
+        xp, tmp = _columns(pruned, sequences)
+        xd, _ = _columns(dense, sequences)
         if self.C is None:
-            self.C, self.G = (torch.zeros(pruned.shape[-1], pruned.shape[-1], dtype=torch.float32, device=pruned.device)
+            self.C, self.G = (torch.zeros(xp.shape[0], xp.shape[0], dtype=torch.float32, device=xp.device)
                               for _ in range(2))
         scale = (self.nsamples - tmp) / self.nsamples
         self.C *= scale
         self.G *= scale
         factor = math.sqrt(2 / self.nsamples)
-        xd = factor * dense.reshape(-1, dense.shape[-1]).t().float()
-        xp = factor * pruned.reshape(-1, pruned.shape[-1]).t().float()
+        xd, xp = factor * xd, factor * xp
         self.C += xd @ xp.t()
         self.G += xd @ xd.t()

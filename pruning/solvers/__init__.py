@@ -43,14 +43,15 @@ class Solver:
         """Before any model is loaded: a clear error for knobs the solver does not have (a typo in
         ``method.<knob>=...``), for values of the wrong type (the type of the knob's default) and for
         the shared knobs' ranges (:data:`RANGES`). Solver-specific choices are checked by the solver."""
-        allowed = self.params() + tuple(self.engine_knobs())
+        engine_knobs = self.engine_knobs()
+        allowed = self.params() + tuple(engine_knobs)
         unknown = sorted(set(params) - set(allowed))
         if unknown:
             raise ConfigError(f"method {method!r} has no parameter(s) {unknown}; allowed: {', '.join(allowed) or 'none'}")
         defaults = {n: p.default for n, p in inspect.signature(self.fn).parameters.items()}
         for key, value in params.items():
-            if key in self.engine_knobs():
-                check, allowed_values = self.engine_knobs()[key]
+            if key in engine_knobs:
+                check, allowed_values = engine_knobs[key]
                 if not check(value):
                     raise ConfigError(f"method.{key}={value!r}; allowed: {allowed_values}")
                 continue
