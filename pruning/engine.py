@@ -118,8 +118,8 @@ def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict) -
     t0 = time.perf_counter()
     w = layer.weight.data.float()
     if not ("H" in cache and torch.equal(cache["H"], stats.H) and torch.equal(cache["C"], stats.C)):
-        cache.update(H=stats.H, C=stats.C, M=dense_target_correction(stats.H, stats.C, percdamp))
-    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["M"])
+        cache.update(H=stats.H, C=stats.C, correction=dense_target_correction(stats.H, stats.C, percdamp))
+    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["correction"])
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
     layer.weight.data = target.to(layer.weight.dtype)
     return time.perf_counter() - t0, round(shift, 6)

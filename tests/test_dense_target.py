@@ -8,7 +8,7 @@ from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.pipeline import run_job
 from pruning.solvers import SOLVERS
-from pruning.solvers.dense_target import dense_output_error, dense_target_weights
+from pruning.solvers.dense_target import dense_output_error, dense_target_correction, dense_target_weights
 from pruning.sparsity import parse_sparsity
 from pruning.stats import LayerStats
 from tests.conftest import compose_cfg, tiny_overrides
@@ -58,6 +58,28 @@ def test_w_star_solves_the_dense_output_problem():
     assert loss(w_star) < loss(W)
     quarter = dense_target_weights(W, st.H, st.C, percdamp, alpha=0.25)
     torch.testing.assert_close(quarter - W, 0.25 * (ref - W), rtol=1e-4, atol=1e-6)  # a share of the correction
+
+
+def test_row_wise_and_matrix_correction_agree_and_the_matrix_is_formed_once_for_wide_layers():
+    """A layer with fewer rows than columns (down_proj) gets W (C − H)(H + λI)⁻¹ row-wise, without forming
+    the matrix; one with at least as many rows (q_proj, gate_proj) forms it once, and every later linear
+    reading the same input reuses it. Both equal the explicit product."""
+    g = torch.Generator().manual_seed(2)
+    xp = torch.randn(4, 30, 12, generator=g)
+    st = _stats(xp, xp + 0.2 * torch.randn(4, 30, 12, generator=g))
+    Hd = st.H.double() + 0.01 * float(st.H.double().diagonal().mean()) * torch.eye(12, dtype=torch.float64)
+    M = (st.C - st.H).double() @ torch.linalg.inv(Hd)
+    narrow, wide = torch.randn(5, 12, generator=g), torch.randn(20, 12, generator=g)
+    corr = dense_target_correction(st.H, st.C, 0.01)
+    torch.testing.assert_close(corr.times(narrow), narrow.double() @ M, rtol=1e-9, atol=1e-12)
+    assert corr.matrix is None  # row-wise: no cols x cols solve
+    torch.testing.assert_close(corr.times(wide), wide.double() @ M, rtol=1e-9, atol=1e-12)
+    formed = corr.matrix
+    assert formed is not None
+    torch.testing.assert_close(corr.times(narrow), narrow.double() @ M, rtol=1e-9, atol=1e-12)
+    assert corr.matrix is formed  # reused, not formed again
+    torch.testing.assert_close(dense_target_weights(narrow, st.H, st.C, 0.01, 0.25, correction=corr),
+                               (narrow.double() + 0.25 * narrow.double() @ M).float())
 
 
 def test_shapes_that_do_not_fit_are_refused():

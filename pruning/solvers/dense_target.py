@@ -25,6 +25,8 @@ of it, ``W + α (W* − W)``; GPTAQ's reference code scales its correction the s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -38,10 +40,36 @@ def dense_output_error(W: torch.Tensor, W_new: torch.Tensor, H: torch.Tensor, C:
     return max(num, 0.0) / den if den > 0 else float("nan")
 
 
-def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01) -> torch.Tensor | None:
-    """``M = (C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)``, float64, so that ``W* = W + W M``;
-    None where nothing moves (``C == H``: the inputs agree; or no input energy at all). Linears that read
-    the same input (q/k/v, gate/up) share it: one factorisation for all of them."""
+@dataclass
+class DenseCorrection:
+    """``(C − H)`` and the Cholesky factor of ``H + λI`` of one layer input, float64: what
+    :func:`dense_target_weights` needs to form ``W (C − H)(H + λI)⁻¹`` for any ``W`` reading that input.
+
+    A layer with fewer rows than input columns gets it row-wise, ``[(H + λI)⁻¹ (W (C − H))ᵀ]ᵀ``: two
+    products with ``rows`` right-hand sides instead of a solve with ``cols`` of them (SmolLM2's and
+    Gemma-3's ``down_proj``: 0.74 s → 0.23 s per layer at 2048 columns on 2 CPU cores). A layer with at
+    least as many rows as columns forms ``M = (C − H)(H + λI)⁻¹`` once; the linears that read the same
+    input (q/k/v, gate/up) then reuse it. Both orders are the same product up to float64 rounding."""
+
+    diff: torch.Tensor
+    chol: torch.Tensor
+    matrix: torch.Tensor | None = None
+
+    def times(self, W: torch.Tensor) -> torch.Tensor:
+        """``W (C − H)(H + λI)⁻¹`` in float64."""
+        Wd = W.double()
+        if self.matrix is None and W.shape[0] < W.shape[1]:
+            return torch.cholesky_solve((Wd @ self.diff).t().contiguous(), self.chol).t()
+        if self.matrix is None:  # (C − H)(H + λI)⁻¹ = [(H + λI)⁻¹ (C − H)ᵀ]ᵀ  (H symmetric)
+            self.matrix = torch.cholesky_solve(self.diff.t().contiguous(), self.chol).t()
+        return Wd @ self.matrix
+
+
+def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01) -> DenseCorrection | None:
+    """The correction ``(C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)``, factorised in float64
+    (:class:`DenseCorrection`), so that ``W* = W + W (C − H)(H + λI)⁻¹``; None where nothing moves
+    (``C == H``: the inputs agree; or no input energy at all). Linears that read the same input (q/k/v,
+    gate/up) share it: one factorisation for all of them."""
     if H.shape != C.shape or H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"dense target: H {tuple(H.shape)} and C {tuple(C.shape)} must be one square shape")
     diff = (C - H).double()
@@ -52,20 +80,18 @@ def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 
     if not damp > 0:
         return None
     Hd = Hd + damp * torch.eye(Hd.shape[0], dtype=Hd.dtype, device=Hd.device)
-    # (C − H)(H + λI)⁻¹ = [(H + λI)⁻¹ (C − H)ᵀ]ᵀ  (H symmetric)
-    return torch.cholesky_solve(diff.t().contiguous(), torch.linalg.cholesky(Hd)).t()
+    return DenseCorrection(diff, torch.linalg.cholesky(Hd))
 
 
 def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01,
-                         alpha: float = 1.0, correction: torch.Tensor | None = None) -> torch.Tensor:
+                         alpha: float = 1.0, correction: DenseCorrection | None = None) -> torch.Tensor:
     """``W + α W (C − H)(H + λI)⁻¹`` (:func:`dense_target_correction`; pass ``correction`` to reuse one
     computed for the same ``H`` and ``C``); returns W's dtype. ``H`` and ``C`` are scaled alike
     (:class:`pruning.stats.LayerStats`; ``C`` accumulated from ``(x_dense, x_pruned)`` pairs as ``H`` is
     from ``(x_pruned, x_pruned)``)."""
     if H.shape != C.shape or H.shape[0] != W.shape[1]:
         raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C {tuple(C.shape)} do not fit")
-    M = correction if correction is not None else dense_target_correction(H, C, percdamp)
-    if M is None:
+    corr = correction if correction is not None else dense_target_correction(H, C, percdamp)
+    if corr is None:
         return W.clone()
-    Wd = W.double()
-    return (Wd + alpha * (Wd @ M)).to(W.dtype)
+    return (W.double() + alpha * corr.times(W)).to(W.dtype)
