@@ -82,7 +82,7 @@ def test_cli_help_and_cfg_job():
 
 
 def test_cli_multirun_tiny_sweep(tiny_data_root, tmp_path):
-    """A tiny multirun of the default method (APT-refit at 50%): one job per model, each with a complete
+    """A tiny multirun of the default method (APT-refit-dense at 50%): one job per model, each with a complete
     record in a directory named from its choices."""
     sweep = tmp_path / "sweep"
     args = [a for a in tiny_overrides("tiny-llama", tiny_data_root) if not a.startswith(("model=", "method="))]
@@ -91,12 +91,13 @@ def test_cli_multirun_tiny_sweep(tiny_data_root, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     import json
     for model in ("tiny-llama", "tiny-opt", "tiny-mamba"):
-        found = list((sweep / "quick" / model / "apt-refit_s0.5_c4").rglob("results.json"))
-        assert len(found) == 1  # below apt-refit_s0.5_c4/: one directory naming the extra overrides
+        found = list((sweep / "quick" / model / "apt-refit-dense_s0.5_c4").rglob("results.json"))
+        assert len(found) == 1  # below apt-refit-dense_s0.5_c4/: one directory naming the extra overrides
         assert "eval.perplexity.seqlen=64" in found[0].parent.name
         rec = json.loads(found[0].read_text())
         assert rec["status"] == "complete" and rec["model"]["name"] == model
-        assert rec["method"]["label"] == "apt-refit" and rec["method"]["params"]["refine_iters"] == 8
+        assert rec["method"]["label"] == "apt-refit-dense" and rec["method"]["params"]["refine_iters"] == 8
+        assert rec["method"]["params"]["output_target"] == "dense" and rec["metrics"]["mean_dense_rel_error"] > 0
 
 
 def test_experiment_presets_compose():

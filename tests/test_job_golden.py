@@ -16,6 +16,8 @@ JOBS = {
     # float64: in APT-refit's float32 the N:M choices of this tiny job flipped between two CPUs (AMD EPYC
     # models; layer errors up to 1% apart, beyond any kernel-rounding tolerance)
     "opt-apt-refit-2of4": ("tiny-opt", ["method=apt-refit", "sparsity=2:4", "method.dtype=float64"]),
+    # the default method (dense-output target), in float64 for the same reason
+    "llama-apt-refit-dense-50": ("tiny-llama", ["method=apt-refit-dense", "sparsity=0.5", "method.dtype=float64"]),
     "mamba-wanda-owl-60": ("tiny-mamba", ["method=wanda", "sparsity=0.6", "allocation=owl"]),
     "llama-dense": ("tiny-llama", ["method=dense"]),
 }
