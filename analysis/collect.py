@@ -88,6 +88,7 @@ def flatten(record: dict, path: Path) -> dict:
         "calib_heldout": (calib.get("heldout") or {}).get("nsamples", 0) if calib.get("used") else None,
         "mean_rel_error": record["metrics"].get("mean_rel_error"),
         "mean_heldout_rel_error": record["metrics"].get("mean_heldout_rel_error"),  # calibration.heldout_nsamples > 0
+        "mean_dense_rel_error": record["metrics"].get("mean_dense_rel_error"),  # method.output_target=dense
     }
     row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})
     for name, r in record["metrics"].get("perplexity", {}).items():

@@ -84,6 +84,10 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
                                          else bool(abs(d.mean()) > d.std(ddof=1)))
         for col, x in paired:
             row.update({col: pd.to_numeric(g[col], errors="coerce").mean(), x: g[x].mean()})
+        # output_target=dense: the solver's error is against W*, the dense-output error is the comparable one
+        row["dense_target"] = bool((g.get("param_output_target", pd.Series(dtype=object)) == "dense").any())
+        row["mean_dense_rel_error"] = pd.to_numeric(g.get("mean_dense_rel_error", pd.Series(dtype=float)),
+                                                    errors="coerce").mean()
         rows.append(row)
     long = pd.DataFrame(rows)
     long["_k"] = [(str(m), sparsity_order(s), method_key(lab)) for m, s, lab in
@@ -111,7 +115,10 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
         out[f"{name} Δ {base}"] = [("–" if lab == baseline or math.isnan(m) else plus_minus(m, s, lambda v: f"{v:+.2f}"))
                                    for lab, m, s in zip(long["label"], long[f"diff_{ds}"], long[f"diff_{ds}_std"])]
         out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
-    out["layer error"] = long["mean_rel_error"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.4f}")
+    out["layer error"] = [("–" if v is None or math.isnan(v) else f"{v:.4f}" + ("‡" if dense else ""))
+                          for v, dense in zip(long["mean_rel_error"], long["dense_target"])]
+    if long["dense_target"].any():  # method.output_target=dense records
+        out["dense-output error"] = long["mean_dense_rel_error"].map(lambda v: "–" if math.isnan(v) else f"{v:.4f}")
     if "mean_heldout_rel_error" in long:  # records with calibration.heldout_nsamples > 0
         out["held-out layer error"] = long["mean_heldout_rel_error"].map(lambda v: "–" if math.isnan(v) else f"{v:.4f}")
         out[f"layer error ÷ {base}"] = long["error_x"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
@@ -129,9 +136,15 @@ HELDOUT_CAPTION = (" Held-out layer error: the same ratio on calibration-distrib
                    "calibration windows (calibration.heldout_nsamples), which the solver never fitted.")
 
 
+DENSE_CAPTION = (" ‡ Fitted to the dense model's layer outputs (method.output_target=dense): the layer error is the "
+                 "solver's objective, against the shifted target W*, not comparable with the other rows; the "
+                 "dense-output error ‖W X_dense − W' X‖²/‖W X_dense‖² is, and includes what earlier layers left.")
+
+
 def _caption(shown: pd.DataFrame, baseline: str) -> str:
     return (CAPTION.format(base=METHOD_NAMES.get(baseline, baseline))
-            + (HELDOUT_CAPTION if "held-out layer error" in shown.columns else ""))
+            + (HELDOUT_CAPTION if "held-out layer error" in shown.columns else "")
+            + (DENSE_CAPTION if "dense-output error" in shown.columns else ""))
 
 
 def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
@@ -142,10 +155,10 @@ def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode:
 def latex_table(shown: pd.DataFrame, caption: str) -> str:
     """A display table (strings with ±, ÷, Δ, %, ×) as a LaTeX table with its caption."""
     shown = shown.map(lambda v: str(v).replace("±", r"$\pm$").replace("÷", r"/").replace("Δ", r"$\Delta$")
-                      .replace("%", r"\%").replace("×", r"$\times$"))
+                      .replace("%", r"\%").replace("×", r"$\times$").replace("‡", r"$^\ddagger$"))
     shown.columns = [c.replace("÷", "/").replace("Δ", r"$\Delta$").replace("%", r"\%") for c in shown.columns]
     body = shown.to_latex(index=False, escape=False)
-    caption = caption.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+    caption = caption.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("‡", r"$^\ddagger$")
     return "\\begin{table}\n\\centering\\small\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n"
 
 

@@ -83,6 +83,18 @@ def test_heldout_layer_error_column_when_recorded(tmp_path):
     assert "| 0.0150 | 0.0210 | 0.750 | 0.875 |" in md  # fitted and held-out errors, each ÷ SparseGPT's
 
 
+def test_dense_target_rows_mark_their_layer_error_and_show_the_dense_output_error(frontier):
+    assert "dense-output error" not in frontier_markdown(collect(frontier).frame)  # no such record
+    rec = frontier_record("apt-refit-dense", 0.5, 0, 39.0, 60.0, 14.0)
+    rec["method"]["params"] = {"output_target": "dense", "target_alpha": 0.25}
+    rec["metrics"]["mean_dense_rel_error"] = 0.0937
+    write(frontier, "dense", rec)
+    md = frontier_markdown(collect(frontier).frame)
+    assert "| 0.0200‡ | 0.0937 |" in md and "| 0.0200 | – |" in md  # the solver's error is against W*
+    assert "not comparable with the other rows" in md
+    assert "0.0200$^\\ddagger$" in frontier_latex(collect(frontier).frame)
+
+
 def test_duplicate_seed_of_one_label_is_an_error(frontier):
     write(frontier, "again", frontier_record("apt-refit", 0.5, 0, 39.0, 66.0, 15.0) | {"config_hash": "other"})
     with pytest.raises(ValueError, match="several records for one calibration seed"):
