@@ -220,6 +220,8 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
                                 ha="right" if x >= max(100 * sparsity_order(v)[1] for v in sub["sparsity"]) else "center")
         bottom.set_ylabel(f"÷ {METHOD_NAMES.get(baseline, baseline)} (same windows)")
         bottom.set_xlabel("sparsity (%)")
+        xs = sub["sparsity"].map(_x_position)  # a panel with 50% and N:M only must not zoom into ±1.5 points
+        bottom.set_xlim(min(45.0, xs.min() - 3), max(55.0, xs.max() + 3))
         for ax in (top, bottom):
             ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
