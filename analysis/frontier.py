@@ -117,7 +117,7 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
         out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
     out["layer error"] = [("–" if v is None or math.isnan(v) else f"{v:.4f}" + ("‡" if dense else ""))
                           for v, dense in zip(long["mean_rel_error"], long["dense_target"])]
-    if long["dense_target"].any():  # method.output_target=dense records
+    if long["dense_target"].any() or long["mean_dense_rel_error"].notna().any():  # output_target=dense, engine.dense_error
         out["dense-output error"] = long["mean_dense_rel_error"].map(lambda v: "–" if math.isnan(v) else f"{v:.4f}")
     if "mean_heldout_rel_error" in long:  # records with calibration.heldout_nsamples > 0
         out["held-out layer error"] = long["mean_heldout_rel_error"].map(lambda v: "–" if math.isnan(v) else f"{v:.4f}")

@@ -101,6 +101,12 @@ class PruneReport:
         """The mean layer error on the held-out windows (``heldout_nsamples`` > 0), else None."""
         return mean_layer_value(self.layers, "heldout_rel_error")
 
+    @property
+    def mean_dense_rel_error(self) -> float | None:
+        """The mean layer error against the dense model's own layer outputs (``dense_error=True`` or a
+        method fitted to them), else None."""
+        return mean_layer_value(self.layers, "dense_rel_error")
+
     def summary(self) -> str:
         err, held = self.mean_rel_error, self.mean_heldout_rel_error
         return (f"{self.label} at {self.sparsity}: {len(self.layers)} layers, actual sparsity "
@@ -123,15 +129,17 @@ def mean_layer_value(layers: list[dict], key: str) -> float | None:
 
 def prune_loaded(model, adapter, windows, method: str, target: Sparsity, params: dict, allocation: dict,
                  profile: dict | None = None, *, device=None, batch_size: int = 1, true_sequential: bool = False,
-                 report_error: bool = True, store=None, heldout=None):
+                 report_error: bool = True, store=None, heldout=None, dense_error: bool = False):
     """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`.
-    ``heldout``: windows on which every layer's error is measured too. Returns ``(EngineReport, Allocation)``."""
+    ``heldout``: windows on which every layer's error is measured too; ``dense_error``: every layer's error
+    against the dense model's own output too. Returns ``(EngineReport, Allocation)``."""
     alloc = allocate(allocation, profile, target, model, adapter, windows, device=device, batch_size=batch_size,
                      store=store)
     report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method], target, params, device=device,
                                        true_sequential=true_sequential, report_error=report_error,
                                        batch_size=batch_size, store=store,
-                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout)
+                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout,
+                                       dense_error=dense_error)
     return report, alloc
 
 
@@ -176,7 +184,7 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense", sparsity: f
           calibration="c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
           allocation: str | dict = "uniform", data_root=None, data_source: str = "auto",
           verify_checksums: bool = True, device=None, batch_size: int = 1, true_sequential: bool = False,
-          report_error: bool = True, heldout_nsamples: int = 0, **params) -> PruneReport:
+          report_error: bool = True, heldout_nsamples: int = 0, dense_error: bool = False, **params) -> PruneReport:
     """Prune ``model`` in place and return the per-layer :class:`PruneReport`.
 
     ``method``: a method config (``apt-refit-dense`` default, ``apt-refit``, ``apt``, ``apt-swap``, ``alps``,
@@ -185,6 +193,8 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense", sparsity: f
     ``owl`` or a dict such as ``{"name": "owl", "M": 5, "lambda": 0.08}``. ``device``: where each block
     is pruned (default: where the model is). ``heldout_nsamples``: that many more windows, disjoint from
     the calibration windows, on which every layer's error is measured as well (``heldout_rel_error``).
+    ``dense_error``: every layer's error against the dense model's own layer output as well
+    (``dense_rel_error``; one more dense block forward per calibration window; the weights are unchanged).
     """
     name, label, knobs = method_config(method, params)
     target = parse_sparsity(sparsity)
@@ -195,7 +205,7 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense", sparsity: f
     profile = check_allocation(alloc_cfg, target)
     adapter = adapter_for(model)
     windows, heldout, calib_info = None, None, {"used": False}
-    if SOLVERS[name].needs_data(report_error) or alloc_cfg.get("name") == "owl" or heldout_nsamples:
+    if SOLVERS[name].needs_data(report_error or dense_error) or alloc_cfg.get("name") == "owl" or heldout_nsamples:
         windows, calib_info, heldout = calibration_windows(
             tokenizer, calibration, nsamples=nsamples, seqlen=seqlen, seed=seed, data_root=data_root,
             source=data_source, verify=verify_checksums, heldout_nsamples=heldout_nsamples)
@@ -208,7 +218,7 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense", sparsity: f
         with torch.no_grad():
             report, alloc = prune_loaded(model, adapter, windows, name, target, knobs, alloc_cfg, profile,
                                          device=device, batch_size=batch_size, true_sequential=true_sequential,
-                                         report_error=report_error, heldout=heldout)
+                                         report_error=report_error, heldout=heldout, dense_error=dense_error)
     finally:
         model.train(was_training)
         if use_cache is not None:

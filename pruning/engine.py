@@ -390,7 +390,7 @@ def block_wanda_scores(model, adapter: FamilyAdapter, windows: torch.Tensor, sco
 def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, *, device=None, true_sequential: bool = False,
                 report_error: bool = True, batch_size: int = 1, store=None, targets=None,
-                heldout: torch.Tensor | None = None) -> EngineReport:
+                heldout: torch.Tensor | None = None, dense_error: bool = False) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings.
 
     ``store``: where the blocks live between their turns (:class:`pruning.offload.ResidentStore`, the
@@ -398,7 +398,10 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     and released in turn, so one block is in memory at a time). ``targets(block, name)``
     (:class:`pruning.allocation.Allocation`): per-layer targets instead of ``sparsity`` everywhere.
     ``heldout``: token windows, disjoint from ``windows``, on which every layer's error is measured too
-    (``heldout_rel_error``, ``timings.heldout_forward_s``); they never reach the solver."""
+    (``heldout_rel_error``, ``timings.heldout_forward_s``); they never reach the solver. ``dense_error``
+    (``engine.dense_error``): the dense model's inputs travel beside the calibration inputs, as for
+    ``output_target=dense``, and every layer's row gets ``dense_rel_error`` (its error against the dense
+    model's own layer output) whatever the method fits; the weights are those of the run without it."""
     params = dict(params or {})
     output_target = params.pop("output_target", "pruned")  # engine knobs of the method (solvers.ENGINE_KNOBS)
     alpha = params.pop("target_alpha", 1.0)
@@ -408,6 +411,10 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     if dense_target and (true_sequential or not solver.needs_hessian):
         raise ValueError("output_target=dense needs a solver that reads H (sparsegpt, apt, alps) and "
                          "true_sequential=false (the dense inputs come from one pass through the still-dense block)")
+    if dense_error and true_sequential:
+        raise ValueError("dense_error=True needs true_sequential=false (the dense inputs come from one pass "
+                         "through the still-dense block)")
+    dense_stream = dense_target or dense_error  # the dense model's block inputs travel beside the pruned ones
     report = EngineReport()
     t_total = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -415,7 +422,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     for name, m in adapter.prunable(adapter.blocks(model)[0]).items():
         sparsity.check_width(m.in_features, name)
 
-    fit = solver.needs_data(report_error)  # False: the solver fits nothing; only held-out windows (if any) travel
+    fit = solver.needs_data(report_error or dense_error)  # False: the solver fits nothing; only held-out windows travel
     if not fit and heldout is None:
         return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
     if fit and windows is None:
@@ -431,7 +438,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                       else ([], BlockKwargs([[]], shared=True)))
     inputs = [_to(x, device) for x in inputs]
     kwargs = kwargs.to(device)
-    dense_inputs = list(inputs) if dense_target else None  # the dense model's stream (block 0: the same)
+    dense_inputs = list(inputs) if dense_stream else None  # the dense model's stream (block 0: the same)
     forward_s = time.perf_counter() - t0
     held = None
     if heldout is not None:
@@ -440,7 +447,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         held = _Stream([_to(x, device) for x in held_inputs], held_kwargs.to(device))
         heldout_s = time.perf_counter() - t0
     solver_s = 0.0
-    want_h = solver.needs_hessian or report_error
+    want_h = solver.needs_hessian or report_error or dense_error
     shared: dict = {}  # output_target=dense: the last correction, reused by linears with the same input
 
     blocks = adapter.blocks(model)
@@ -456,7 +463,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         for group in groups:
             t0 = time.perf_counter()
             stats, dense_out = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs.of(bi), want_h,
-                                                 solver.needs_norms, device, keep_outputs=dense_target,
+                                                 solver.needs_norms, device, keep_outputs=dense_stream,
                                                  dense_inputs=dense_inputs) if fit else ({}, None)
             forward_s += time.perf_counter() - t0
             if held is not None:
@@ -465,7 +472,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                                                   True, False, device)
                 heldout_s += time.perf_counter() - t0
             for n in group:
-                dense_w = linears[n].weight.data.clone() if held is not None or dense_target else None
+                dense_w = linears[n].weight.data.clone() if held is not None or dense_stream else None
                 shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01), alpha, shared)
                                   if dense_target else (0.0, None))
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
@@ -473,6 +480,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                 dt += shift_s
                 if shift is not None:
                     row["target_shift"] = shift
+                if dense_stream:
                     st = stats[n]
                     row["dense_rel_error"] = dense_output_error(dense_w.float(), linears[n].weight.data.float(),
                                                                 st.H, st.C, st.G)
@@ -485,7 +493,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         t0 = time.perf_counter()
         inputs = [_first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs.of(bi))]
         forward_s += time.perf_counter() - t0
-        if dense_target:
+        if dense_stream:
             dense_inputs = dense_out
         for x in inputs:
             _check_finite(x, f"block {bi}: the pruned block's outputs are not finite (its inputs were "

@@ -59,6 +59,9 @@ def validate(cfg: DictConfig) -> JobSpec:
     if spec.method.params.get("output_target") == "dense" and spec.engine.true_sequential:
         raise ConfigError("method.output_target=dense with engine.true_sequential=true: the dense model's inputs "
                           "come from one pass through the still-dense block; set engine.true_sequential=false")
+    if spec.engine.dense_error and spec.engine.true_sequential:
+        raise ConfigError("engine.dense_error=true with engine.true_sequential=true: the dense model's inputs "
+                          "come from one pass through the still-dense block; set engine.true_sequential=false")
     for name in spec.eval.perplexity.datasets:
         dataset_spec(name)
         spec.eval.perplexity.split(name)
@@ -76,7 +79,7 @@ def calibrates(spec: JobSpec) -> bool:
     """Whether the job runs calibration forward passes (a solver that needs statistics, the error report,
     OWL's outlier scores or held-out layer errors)."""
     method = spec.method.name
-    return method not in EVAL_ONLY and (SOLVERS[method].needs_data(spec.engine.report_error)
+    return method not in EVAL_ONLY and (SOLVERS[method].needs_data(spec.engine.report_error or spec.engine.dense_error)
                                         or spec.allocation.get("name") == "owl" or spec.calibration.heldout_nsamples > 0)
 
 
@@ -365,7 +368,8 @@ class _Job:
         report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, self.method, self.target,
                                      dict(spec.method.params), dict(spec.allocation), spec.profile, device=eng.device,
                                      batch_size=eng.batch_size, true_sequential=eng.true_sequential,
-                                     report_error=eng.report_error, store=loaded.store, heldout=self.heldout)
+                                     report_error=eng.report_error, store=loaded.store, heldout=self.heldout,
+                                     dense_error=eng.dense_error)
         record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
         record["allocation"] = alloc.info
         record["layers"] = report.layers
@@ -377,7 +381,7 @@ class _Job:
         record["protocol"]["engine"] = report.engine_info()
         if self.heldout is not None:
             record["metrics"]["mean_heldout_rel_error"] = mean_layer_value(report.layers, "heldout_rel_error")
-        if spec.method.params.get("output_target") == "dense":
+        if spec.method.params.get("output_target") == "dense" or eng.dense_error:
             record["metrics"]["mean_dense_rel_error"] = mean_layer_value(report.layers, "dense_rel_error")
         self.tracker.log_table("layers", report.layers)
 

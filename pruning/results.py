@@ -66,13 +66,15 @@ DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine", "allocation")
 def config_hash(config: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
     (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform
-    and ``calibration.heldout_nsamples`` when it is 0, so those hashes equal the ones of records written before
-    these keys existed)."""
+    and ``calibration.heldout_nsamples`` when it is 0, ``engine.dense_error`` when it is false, so those hashes
+    equal the ones of records written before these keys existed)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
     if (cfg.get("allocation") or {}).get("name") == "uniform":  # = records from before the allocation group
         cfg.pop("allocation")
     if (cfg.get("calibration") or {}).get("heldout_nsamples") == 0:  # = records from before held-out windows
         cfg["calibration"].pop("heldout_nsamples")
+    if (cfg.get("engine") or {}).get("dense_error") is False:  # = records from before engine.dense_error
+        cfg["engine"].pop("dense_error")
     dense = (cfg.get("method") or {}).get("name") in ("dense", "none")
     for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)

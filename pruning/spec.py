@@ -141,6 +141,7 @@ class EngineSpec:
     """The sequential layer-wise driver (``engine``)."""
     true_sequential: bool = False
     report_error: bool = True
+    dense_error: bool = False
     batch_size: int = field(default=1, metadata=_least(1))
     device: str | None = None
 

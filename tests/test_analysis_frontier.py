@@ -93,6 +93,10 @@ def test_dense_target_rows_mark_their_layer_error_and_show_the_dense_output_erro
     assert "| 0.0200‡ | 0.0937 |" in md and "| 0.0200 | – |" in md  # the solver's error is against W*
     assert "not comparable with the other rows" in md
     assert "0.0200$^\\ddagger$" in frontier_latex(collect(frontier).frame)
+    measured = frontier_record("sparsegpt", 0.7, 0, 300.0, 400.0, 10.0)  # engine.dense_error on the usual target
+    measured["metrics"]["mean_dense_rel_error"] = 0.2
+    write(frontier, "measured", measured)
+    assert "| 0.0200 | 0.2000 |" in frontier_markdown(collect(frontier).frame)
 
 
 def test_duplicate_seed_of_one_label_is_an_error(frontier):

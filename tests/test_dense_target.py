@@ -170,3 +170,47 @@ def test_dense_output_error_from_the_statistics_equals_the_direct_one():
     assert dense_output_error(W, W_new, st.H, st.C, st.G) == pytest.approx(direct, rel=1e-4)
     same = _stats(xp, xp.clone())
     assert dense_output_error(W, W, same.H, same.C, same.G) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_dense_error_diagnostic_reports_every_layer_and_changes_no_weight():
+    """engine.dense_error: with the usual target, every layer's row gets its error against the dense model's
+    own layer output; the pruned weights are bit for bit those of the run without it. In block 0 both inputs
+    are the dense model's, so that error is the usual layer error."""
+    ids = windows(4, 32)
+    sp = parse_sparsity(0.5)
+    plain, measured = tiny("tiny-llama"), tiny("tiny-llama")
+    base = prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp)
+    report = prune_model(measured.model, measured.adapter, ids, SOLVERS["sparsegpt"], sp, dense_error=True)
+    for a, b in zip(plain.model.parameters(), measured.model.parameters()):
+        assert torch.equal(a, b)
+    assert [r["rel_error"] for r in report.layers] == [r["rel_error"] for r in base.layers]
+    n0 = len(measured.adapter.prunable(measured.adapter.blocks(measured.model)[0]))
+    for row in report.layers[:n0]:
+        assert row["dense_rel_error"] == pytest.approx(row["rel_error"], rel=1e-3)
+    later = [r["dense_rel_error"] for r in report.layers[n0:]]
+    assert all(0 < e < 1 for e in later) and "target_shift" not in report.layers[0]
+    # an error against the dense output includes what earlier layers left: above the layer's own, on average
+    assert sum(later) > sum(r["rel_error"] for r in report.layers[n0:])
+    with pytest.raises(ValueError, match="true_sequential"):
+        prune_model(tiny("tiny-llama").model, plain.adapter, ids, SOLVERS["sparsegpt"], sp, dense_error=True,
+                    true_sequential=True)
+
+
+def test_dense_error_job_records_its_mean_and_keeps_old_hashes(tiny_data_root, tmp_path):
+    from omegaconf import OmegaConf
+
+    from pruning.results import config_hash
+    over = tiny_overrides("tiny-llama", tiny_data_root, "method=wanda", "calibration.nsamples=4",
+                          "calibration.seqlen=32")
+    cfg = compose_cfg([*over, "engine.dense_error=true"])
+    rec = run_job(cfg, tmp_path)
+    assert rec["status"] == "complete" and all(0 < r["dense_rel_error"] < 1 for r in rec["layers"])
+    assert rec["metrics"]["mean_dense_rel_error"] == pytest.approx(
+        sum(r["dense_rel_error"] for r in rec["layers"]) / len(rec["layers"]))
+    off = OmegaConf.to_container(compose_cfg(over), resolve=True)
+    assert off["engine"]["dense_error"] is False
+    without_key = {**off, "engine": {k: v for k, v in off["engine"].items() if k != "dense_error"}}
+    assert config_hash(off) == config_hash(without_key)
+    assert config_hash(OmegaConf.to_container(cfg, resolve=True)) != config_hash(off)
+    with pytest.raises(ConfigError, match="engine.dense_error=true with engine.true_sequential=true"):
+        run_job(compose_cfg([*over, "engine.dense_error=true", "engine.true_sequential=true"]), tmp_path / "bad")
