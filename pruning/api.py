@@ -127,6 +127,14 @@ def mean_layer_value(layers: list[dict], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def needs_calibration(method: str, *, report_error: bool, dense_error: bool, allocation: str,
+                      heldout_nsamples: int) -> bool:
+    """Whether pruning with solver ``method`` runs calibration forward passes: a solver that needs
+    statistics, the error report, the dense-output error, OWL's outlier scores or held-out layer errors."""
+    return (SOLVERS[method].needs_data(report_error or dense_error) or allocation == "owl"
+            or heldout_nsamples > 0)
+
+
 def prune_loaded(model, adapter, windows, method: str, target: Sparsity, params: dict, allocation: dict,
                  profile: dict | None = None, *, device=None, batch_size: int = 1, true_sequential: bool = False,
                  report_error: bool = True, store=None, heldout=None, dense_error: bool = False):
@@ -205,7 +213,8 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense", sparsity: f
     profile = check_allocation(alloc_cfg, target)
     adapter = adapter_for(model)
     windows, heldout, calib_info = None, None, {"used": False}
-    if SOLVERS[name].needs_data(report_error or dense_error) or alloc_cfg.get("name") == "owl" or heldout_nsamples:
+    if needs_calibration(name, report_error=report_error, dense_error=dense_error, allocation=alloc_cfg.get("name"),
+                         heldout_nsamples=heldout_nsamples):
         windows, calib_info, heldout = calibration_windows(
             tokenizer, calibration, nsamples=nsamples, seqlen=seqlen, seed=seed, data_root=data_root,
             source=data_source, verify=verify_checksums, heldout_nsamples=heldout_nsamples)

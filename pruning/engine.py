@@ -408,13 +408,12 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     dense_target = output_target == "dense"
     if output_target not in OUTPUT_TARGETS:
         raise ValueError(f"output_target={output_target!r}; allowed: {', '.join(OUTPUT_TARGETS)}")
-    if dense_target and (true_sequential or not solver.needs_hessian):
-        raise ValueError("output_target=dense needs a solver that reads H (sparsegpt, apt, alps) and "
-                         "true_sequential=false (the dense inputs come from one pass through the still-dense block)")
-    if dense_error and true_sequential:
-        raise ValueError("dense_error=True needs true_sequential=false (the dense inputs come from one pass "
-                         "through the still-dense block)")
+    if dense_target and not solver.needs_hessian:
+        raise ValueError("output_target=dense needs a solver that reads H (sparsegpt, apt, alps)")
     dense_stream = dense_target or dense_error  # the dense model's block inputs travel beside the pruned ones
+    if dense_stream and true_sequential:
+        raise ValueError("output_target=dense and dense_error need true_sequential=false (the dense inputs come "
+                         "from one pass through the still-dense block)")
     report = EngineReport()
     t_total = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device

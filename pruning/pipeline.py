@@ -27,7 +27,7 @@ from pruning.calibration import build_calibration
 from pruning.artifact import read_sidecar
 from pruning.data import dataset_spec, perplexity_text, preflight
 from pruning.allocation import check_config as check_allocation
-from pruning.api import mean_layer_value, prune_loaded
+from pruning.api import mean_layer_value, needs_calibration, prune_loaded
 from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
@@ -37,7 +37,7 @@ from pruning.offload import measure_stored_sparsity
 from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete,
                              peak_memory, read_record, reset_peak_memory, reusable_record, utc_now, versions,
                              write_json_atomic, write_text_atomic)
-from pruning.solvers import SOLVERS, check_method
+from pruning.solvers import check_method
 from pruning.spec import JobSpec, parse_job
 from pruning.tracking import make_tracker
 
@@ -56,12 +56,12 @@ def validate(cfg: DictConfig) -> JobSpec:
     method, target = spec.method.name, spec.sparsity
     check_method(spec.method, target, EVAL_ONLY)
     _check_device(spec.engine.device)
-    if spec.method.params.get("output_target") == "dense" and spec.engine.true_sequential:
-        raise ConfigError("method.output_target=dense with engine.true_sequential=true: the dense model's inputs "
-                          "come from one pass through the still-dense block; set engine.true_sequential=false")
-    if spec.engine.dense_error and spec.engine.true_sequential:
-        raise ConfigError("engine.dense_error=true with engine.true_sequential=true: the dense model's inputs "
-                          "come from one pass through the still-dense block; set engine.true_sequential=false")
+    dense_stream = [knob for knob, on in (
+        ("method.output_target=dense", spec.method.params.get("output_target") == "dense"),
+        ("engine.dense_error=true", spec.engine.dense_error)) if on]
+    if dense_stream and spec.engine.true_sequential:
+        raise ConfigError(f"{dense_stream[0]} with engine.true_sequential=true: the dense model's inputs come from one "
+                          "pass through the still-dense block; set engine.true_sequential=false")
     for name in spec.eval.perplexity.datasets:
         dataset_spec(name)
         spec.eval.perplexity.split(name)
@@ -76,11 +76,10 @@ def validate(cfg: DictConfig) -> JobSpec:
 
 
 def calibrates(spec: JobSpec) -> bool:
-    """Whether the job runs calibration forward passes (a solver that needs statistics, the error report,
-    OWL's outlier scores or held-out layer errors)."""
-    method = spec.method.name
-    return method not in EVAL_ONLY and (SOLVERS[method].needs_data(spec.engine.report_error or spec.engine.dense_error)
-                                        or spec.allocation.get("name") == "owl" or spec.calibration.heldout_nsamples > 0)
+    """Whether the job runs calibration forward passes (:func:`pruning.api.needs_calibration`)."""
+    return spec.method.name not in EVAL_ONLY and needs_calibration(
+        spec.method.name, report_error=spec.engine.report_error, dense_error=spec.engine.dense_error,
+        allocation=spec.allocation.get("name"), heldout_nsamples=spec.calibration.heldout_nsamples)
 
 
 def _preflight_inputs(spec: JobSpec, calibrating: bool) -> None:
@@ -381,8 +380,9 @@ class _Job:
         record["protocol"]["engine"] = report.engine_info()
         if self.heldout is not None:
             record["metrics"]["mean_heldout_rel_error"] = mean_layer_value(report.layers, "heldout_rel_error")
-        if spec.method.params.get("output_target") == "dense" or eng.dense_error:
-            record["metrics"]["mean_dense_rel_error"] = mean_layer_value(report.layers, "dense_rel_error")
+        dense_error = mean_layer_value(report.layers, "dense_rel_error")  # output_target=dense, engine.dense_error
+        if dense_error is not None:
+            record["metrics"]["mean_dense_rel_error"] = dense_error
         self.tracker.log_table("layers", report.layers)
 
     def evaluate(self) -> None:
