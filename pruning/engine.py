@@ -13,7 +13,8 @@
    Before pruning, one window is run through the dense model and replayed block by block
    (:func:`check_replay`): a block whose replayed output differs from the model's own stops the job.
 2. For each block in turn: move it to the compute device; hook its prunable linears to accumulate
-   statistics (:class:`pruning.stats.LayerStats`); run the calibration windows through it; call the
+   statistics (:class:`pruning.stats.LayerStats`; linears reading one tensor, q/k/v and gate/up, share
+   one accumulation: :class:`_SharedInputs`); run the calibration windows through it; call the
    solver on every linear; remove the hooks; re-run the block with the pruned weights to produce the
    next block's inputs; move it back.
 
@@ -117,7 +118,7 @@ def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict) -
     ``cache`` keeps the last correction: linears reading the same input have bit-identical H and C."""
     t0 = time.perf_counter()
     w = layer.weight.data.float()
-    if not ("H" in cache and torch.equal(cache["H"], stats.H) and torch.equal(cache["C"], stats.C)):
+    if not ("H" in cache and (cache["H"] is stats.H or torch.equal(cache["H"], stats.H) and torch.equal(cache["C"], stats.C))):
         cache.update(H=stats.H, C=stats.C, correction=dense_target_correction(stats.H, stats.C, percdamp))
     target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["correction"])
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
@@ -319,6 +320,37 @@ def _hook_inputs(adapter, linears, group, fn) -> list:
     return handles
 
 
+class _SharedInputs:
+    """Which linears of a block read the very same input tensor (Llama's q/k/v and gate/up, OPT's q/k/v,
+    Gemma's too): their statistics are the same sums of the same products, so they are accumulated once
+    and shared, bit for bit what separate accumulation gives (H, C and G of the dense stream included).
+    The first calibration window decides; a linear that shared then must share in every later pass, else
+    the run stops (its statistics would otherwise mix another linear's inputs in).
+    Tensors seen in the running pass are kept referenced until it ends, so no later input of that pass
+    can reuse their memory and be taken for the same tensor."""
+
+    def __init__(self):
+        self.owners: dict[str, str] = {}  # linear -> the earlier linear whose input it reads
+        self.current: dict[tuple, tuple[str, torch.Tensor]] = {}
+
+    def new_pass(self) -> None:
+        self.current = {}
+
+    def owner(self, n: str, x: torch.Tensor, index: int, dense: bool) -> str | None:
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
+        first = self.current.setdefault(key, (n, x))[0]
+        if index == 0 and not dense:
+            if first != n:
+                self.owners[n] = first
+            return self.owners.get(n)
+        owner = self.owners.get(n)
+        if owner is not None and owner != first:
+            raise RuntimeError(f"block input sharing changed: linear {n} read {owner}'s input on the first calibration "
+                               "window but not on this one; the engine shares statistics only between linears that "
+                               "always read the same tensor")
+        return owner
+
+
 def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h, want_norms, device,
                       keep_outputs: bool = False, dense_inputs: list | None = None):
     """Run the calibration inputs through ``block`` with hooks accumulating the statistics of the
@@ -329,10 +361,15 @@ def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, w
     dense input, every linear's statistics get ``C = (2/n) Σ x_dense x_prunedᵀ`` (scaled as ``H``) and
     the returned outputs are the *dense* ones (the next block's dense inputs)."""
     stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=want_norms, device=device) for n in group}
-    batch = {"sequences": 1, "dense": False}  # of the forward pass running now: a flattened input holds that many
-    seen: dict[str, torch.Tensor] = {}
+    batch = {"sequences": 1, "dense": False, "index": 0}  # the forward pass running now (a flattened input holds
+    seen: dict[str, torch.Tensor] = {}                     # "sequences" sequences)
+    shares = _SharedInputs()
 
     def tap(n, x):
+        owner = shares.owner(n, x, batch["index"], batch["dense"])
+        if owner is not None:  # the same tensor as an earlier linear's input (q/k/v, gate/up): its statistics
+            stats[n] = stats[owner]
+            return
         if not batch["dense"]:
             stats[n].add_batch(x, batch["sequences"])
             if dense_inputs is not None:
@@ -344,10 +381,12 @@ def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, w
     outputs = []
     try:
         for i, (x, kw) in enumerate(zip(inputs, kwargs_list)):
-            batch["sequences"], batch["dense"] = x.shape[0], False
+            batch.update(sequences=x.shape[0], dense=False, index=i)
+            shares.new_pass()
             y = block(x, **kw)
             if dense_inputs is not None:
                 batch["dense"] = True
+                shares.new_pass()
                 y = block(dense_inputs[i], **kw)
             if keep_outputs:
                 outputs.append(_first_output(y))

@@ -161,6 +161,67 @@ def test_mamba_dt_proj_statistics_come_from_x_proj():
     assert len(dt) == 2 and all(0 < r["rel_error"] < 1 and "dead_columns" not in r for r in dt)
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_linears_reading_one_input_share_statistics_bit_for_bit(dense, monkeypatch):
+    """Llama's q/k/v and gate/up read one tensor: the engine accumulates their statistics once (one
+    ``add_batch``/``add_cross`` per distinct input and window) and every value equals what each linear's own
+    accumulation from its own hook gives."""
+    from pruning.engine import _block_statistics
+    from pruning.stats import LayerStats
+    lm = tiny("tiny-llama")
+    ids = windows()
+    inputs, kw = capture_block_inputs(lm.model, lm.adapter, ids)
+    block = lm.adapter.blocks(lm.model)[0]
+    linears = lm.adapter.prunable(block)
+    calls = []
+    real_add = LayerStats.add_batch
+    monkeypatch.setattr(LayerStats, "add_batch", lambda self, *a: calls.append(1) or real_add(self, *a))
+    dense_inputs = [x + 0.01 * torch.randn_like(x) for x in inputs] if dense else None
+    stats, _ = _block_statistics(block, 0, lm.adapter, linears, tuple(linears), inputs, kw.of(0), True, True, "cpu",
+                                 dense_inputs=dense_inputs)
+    groups = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+              ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+    assert sorted(n for g in groups for n in g) == sorted(linears)
+    for g in groups:
+        assert all(stats[n] is stats[g[0]] for n in g)
+    assert len({id(s) for s in stats.values()}) == 4 and len(calls) == 4 * len(inputs)
+
+    own = {n: LayerStats(m.in_features) for n, m in linears.items()}  # each linear's own hook, no sharing
+    pruned_in = {}
+    for x, xd, k in zip(inputs, dense_inputs or inputs, kw.of(0)):
+        hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: pruned_in.__setitem__(n, inp[0]))
+                 for n, m in linears.items()]
+        block(x, **k)
+        for n in linears:
+            real_add(own[n], pruned_in[n])
+        for h in hooks:
+            h.remove()
+        if dense:
+            hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: own[n].add_cross(inp[0], pruned_in[n]))
+                     for n, m in linears.items()]
+            block(xd, **k)
+            for h in hooks:
+                h.remove()
+    for n in linears:
+        for attr in ("H", "sq_norms", "C", "G"):
+            a, b = getattr(stats[n], attr), getattr(own[n], attr)
+            assert (a is None and b is None and attr in "CG" and not dense) or torch.equal(a, b), (n, attr)
+
+
+def test_input_sharing_that_changes_between_windows_stops_the_run():
+    from pruning.engine import _SharedInputs
+    shares = _SharedInputs()
+    x, y = torch.ones(2, 3), torch.zeros(2, 3)
+    shares.new_pass()
+    assert shares.owner("q", x, 0, False) is None and shares.owner("k", x, 0, False) == "q"
+    shares.new_pass()
+    assert shares.owner("q", y, 1, False) is None and shares.owner("k", y, 1, False) == "q"
+    shares.new_pass()
+    shares.owner("q", x, 2, False)
+    with pytest.raises(RuntimeError, match="linear k read q's input on the first calibration window but not"):
+        shares.owner("k", y, 2, False)
+
+
 def test_a_bypassed_linear_without_tap_is_a_loud_error():
     import dataclasses
     lm = tiny("tiny-mamba")
