@@ -35,6 +35,7 @@ them: how much of a solver's layer-error gain is fitted to its own calibration w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -352,42 +353,55 @@ class _SharedInputs:
 
 
 def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, want_h, want_norms, device,
-                      keep_outputs: bool = False, dense_inputs: list | None = None):
+                      keep_outputs: bool = False, dense_inputs: list | None = None, dense_weights: dict | None = None):
     """Run the calibration inputs through ``block`` with hooks accumulating the statistics of the
-    linears in ``group``; returns the statistics and (``keep_outputs``) the block's outputs.
+    linears in ``group``; returns the statistics and (``keep_outputs``) the block's outputs. A pass
+    whose outputs are not needed stops as soon as every linear of ``group`` has seen its input.
 
     ``dense_inputs`` (``method.output_target=dense``): the dense model's inputs of this block, window
-    for window beside ``inputs``; each window then also runs through the (still dense) block from its
-    dense input, every linear's statistics get ``C = (2/n) Σ x_dense x_prunedᵀ`` (scaled as ``H``) and
-    the returned outputs are the *dense* ones (the next block's dense inputs)."""
+    for window beside ``inputs``; each window then also runs through the dense block from its dense
+    input, every linear's statistics get ``C = (2/n) Σ x_dense x_prunedᵀ`` (scaled as ``H``) and the
+    returned outputs are the *dense* ones (the next block's dense inputs). ``dense_weights`` (the block's
+    linears' dense weights, by name; ``true_sequential``, where earlier groups are already pruned) are
+    put in place for that pass and the pruned ones back after it."""
     stats = {n: LayerStats(linears[n].in_features, hessian=want_h, norms=want_norms, device=device) for n in group}
-    batch = {"sequences": 1, "dense": False, "index": 0}  # the forward pass running now (a flattened input holds
-    seen: dict[str, torch.Tensor] = {}                     # "sequences" sequences)
+    batch = {"sequences": 1, "dense": False, "index": 0, "stop": False}  # the forward pass running now (a flattened
+    seen: dict[str, torch.Tensor] = {}                                    # input holds "sequences" sequences)
+    fired: set[str] = set()
     shares = _SharedInputs()
 
     def tap(n, x):
         owner = shares.owner(n, x, batch["index"], batch["dense"])
         if owner is not None:  # the same tensor as an earlier linear's input (q/k/v, gate/up): its statistics
             stats[n] = stats[owner]
-            return
-        if not batch["dense"]:
+        elif not batch["dense"]:
             stats[n].add_batch(x, batch["sequences"])
             if dense_inputs is not None:
                 seen[n] = x
         else:
             stats[n].add_cross(x, seen.pop(n), batch["sequences"])
+        fired.add(n)
+        if batch["stop"] and len(fired) == len(group):
+            raise _StopForward  # the rest of the block would compute nothing this pass needs
+
+    def run(x, kw, dense: bool):
+        batch.update(dense=dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
+        shares.new_pass()
+        fired.clear()
+        try:
+            return block(x, **kw)
+        except _StopForward:
+            return None
 
     handles = _hook_inputs(adapter, linears, group, tap)
     outputs = []
     try:
         for i, (x, kw) in enumerate(zip(inputs, kwargs_list)):
-            batch.update(sequences=x.shape[0], dense=False, index=i)
-            shares.new_pass()
-            y = block(x, **kw)
+            batch.update(sequences=x.shape[0], index=i)
+            y = run(x, kw, False)
             if dense_inputs is not None:
-                batch["dense"] = True
-                shares.new_pass()
-                y = block(dense_inputs[i], **kw)
+                with _weights(linears, dense_weights):
+                    y = run(dense_inputs[i], kw, True)
             if keep_outputs:
                 outputs.append(_first_output(y))
     finally:
@@ -400,6 +414,19 @@ def _block_statistics(block, bi, adapter, linears, group, inputs, kwargs_list, w
             f"calling the module, so forward hooks never fire. Add an input tap for them to the "
             f"{adapter.family} adapter (pruning/adapters.py)")
     return stats, outputs
+
+
+@contextlib.contextmanager
+def _weights(linears: dict, weights: dict | None):
+    """``weights`` (by linear name) in place of the linears' own for the duration; nothing when None."""
+    own = {n: linears[n].weight.data for n in (weights or {})}
+    try:
+        for n, w in (weights or {}).items():
+            linears[n].weight.data = w
+        yield
+    finally:
+        for n, w in own.items():
+            linears[n].weight.data = w
 
 
 @torch.no_grad()
@@ -450,9 +477,6 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     if dense_target and not solver.needs_hessian:
         raise ValueError("output_target=dense needs a solver that reads H (sparsegpt, apt, alps)")
     dense_stream = dense_target or dense_error  # the dense model's block inputs travel beside the pruned ones
-    if dense_stream and true_sequential:
-        raise ValueError("output_target=dense and dense_error need true_sequential=false (the dense inputs come "
-                         "from one pass through the still-dense block)")
     report = EngineReport()
     t_total = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -498,11 +522,14 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
             groups = [g for g in groups + [rest] if g]
         else:
             groups = [tuple(linears)]
-        for group in groups:
+        # true_sequential with the dense stream: later groups' dense passes need the block's dense weights
+        block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if dense_stream and len(groups) > 1 else None
+        for gi, group in enumerate(groups):
             t0 = time.perf_counter()
             stats, dense_out = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs.of(bi), want_h,
-                                                 solver.needs_norms, device, keep_outputs=dense_stream,
-                                                 dense_inputs=dense_inputs) if fit else ({}, None)
+                                                 solver.needs_norms, device,
+                                                 keep_outputs=dense_stream and gi == len(groups) - 1,
+                                                 dense_inputs=dense_inputs, dense_weights=block_dense) if fit else ({}, None)
             forward_s += time.perf_counter() - t0
             if held is not None:
                 t0 = time.perf_counter()

@@ -56,12 +56,6 @@ def validate(cfg: DictConfig) -> JobSpec:
     method, target = spec.method.name, spec.sparsity
     check_method(spec.method, target, EVAL_ONLY)
     _check_device(spec.engine.device)
-    dense_stream = [knob for knob, on in (
-        ("method.output_target=dense", spec.method.params.get("output_target") == "dense"),
-        ("engine.dense_error=true", spec.engine.dense_error)) if on]
-    if dense_stream and spec.engine.true_sequential:
-        raise ConfigError(f"{dense_stream[0]} with engine.true_sequential=true: the dense model's inputs come from one "
-                          "pass through the still-dense block; set engine.true_sequential=false")
     for name in spec.eval.perplexity.datasets:
         dataset_spec(name)
         spec.eval.perplexity.split(name)

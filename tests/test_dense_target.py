@@ -136,6 +136,43 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     assert not torch.allclose(C_ref, H_ref, rtol=1e-2)
 
 
+def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(monkeypatch):
+    """engine.true_sequential with output_target=dense: o_proj of block 1 gets H from its inputs in the block
+    whose q/k/v are already pruned, and C pairs them with its inputs in the dense model (the dense block on
+    the dense inputs, though the engine's copy of the block is partly pruned by then)."""
+    seen = []
+    real = engine.dense_target_weights
+    monkeypatch.setattr(engine, "dense_target_weights", lambda W, H, C, percdamp, alpha, correction=None:
+                        seen.append((H.clone(), C.clone())) or real(W, H, C, percdamp, alpha, correction=correction))
+    ids = windows(4, 32)
+    sp = parse_sparsity(0.5)
+    pruned, together = tiny("tiny-llama"), tiny("tiny-llama")
+    prune_model(pruned.model, pruned.adapter, ids, SOLVERS["sparsegpt"], sp, {"output_target": "dense"},
+                true_sequential=True)
+    seq = seen[:]
+    seen.clear()
+    prune_model(together.model, together.adapter, ids, SOLVERS["sparsegpt"], sp, {"output_target": "dense"})
+    order = [n for g in pruned.adapter.sequential_groups for n in g]
+    n0 = len(order)
+    H, C = seq[n0 + order.index("self_attn.o_proj")]  # block 1, after its q/k/v
+
+    def o_inputs(lm):  # block 1's o_proj input in a plain forward: depends on blocks 0-1's q/k/v, not on o_proj
+        got = []
+        o = lm.adapter.prunable(lm.adapter.blocks(lm.model)[1])["self_attn.o_proj"]
+        h = o.register_forward_hook(lambda m, inp, out: got.append(inp[0].detach()))
+        with torch.no_grad():
+            lm.model(input_ids=ids, use_cache=False)
+        h.remove()
+        x = got[0].double()
+        return x.reshape(-1, x.shape[-1])
+
+    xp, xd = o_inputs(pruned), o_inputs(tiny("tiny-llama"))
+    torch.testing.assert_close(H.double(), 2 / 4 * xp.t() @ xp, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(C.double(), 2 / 4 * xd.t() @ xp, rtol=1e-4, atol=1e-5)
+    H1, _ = seen[n0 + [*together.adapter.prunable(together.adapter.blocks(together.model)[1])].index("self_attn.o_proj")]
+    assert not torch.allclose(H1, H, rtol=1e-3)  # one pass through the still-dense block: another input
+
+
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
 def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, model):
     cfg = compose_cfg(tiny_overrides(model, tiny_data_root, "method=apt-refit-dense", "sparsity=2:4",
@@ -152,7 +189,6 @@ def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, mode
     (["method=wanda", "+method.output_target=dense"], "no parameter"),
     (["method=apt-refit", "+method.output_target=model"], "allowed: pruned | dense"),
     (["method=apt-refit-dense", "method.target_alpha=0"], r"allowed: a number in \(0, 1\]"),
-    (["method=apt-refit-dense", "engine.true_sequential=true"], "true_sequential"),
 ])
 def test_bad_output_target_settings_are_refused_before_loading(tiny_data_root, tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -191,9 +227,13 @@ def test_dense_error_diagnostic_reports_every_layer_and_changes_no_weight():
     assert all(0 < e < 1 for e in later) and "target_shift" not in report.layers[0]
     # an error against the dense output includes what earlier layers left: above the layer's own, on average
     assert sum(later) > sum(r["rel_error"] for r in report.layers[n0:])
-    with pytest.raises(ValueError, match="true_sequential"):
-        prune_model(tiny("tiny-llama").model, plain.adapter, ids, SOLVERS["sparsegpt"], sp, dense_error=True,
-                    true_sequential=True)
+    seq, seq_measured = tiny("tiny-llama"), tiny("tiny-llama")  # with true_sequential too
+    prune_model(seq.model, seq.adapter, ids, SOLVERS["sparsegpt"], sp, true_sequential=True)
+    report = prune_model(seq_measured.model, seq_measured.adapter, ids, SOLVERS["sparsegpt"], sp, dense_error=True,
+                         true_sequential=True)
+    for a, b in zip(seq.model.parameters(), seq_measured.model.parameters()):
+        assert torch.equal(a, b)
+    assert all(0 < r["dense_rel_error"] < 1 for r in report.layers[n0:])
 
 
 def test_dense_error_job_records_its_mean_and_keeps_old_hashes(tiny_data_root, tmp_path):
@@ -212,5 +252,3 @@ def test_dense_error_job_records_its_mean_and_keeps_old_hashes(tiny_data_root, t
     without_key = {**off, "engine": {k: v for k, v in off["engine"].items() if k != "dense_error"}}
     assert config_hash(off) == config_hash(without_key)
     assert config_hash(OmegaConf.to_container(cfg, resolve=True)) != config_hash(off)
-    with pytest.raises(ConfigError, match="engine.dense_error=true with engine.true_sequential=true"):
-        run_job(compose_cfg([*over, "engine.dense_error=true", "engine.true_sequential=true"]), tmp_path / "bad")
