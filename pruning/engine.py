@@ -25,7 +25,8 @@ reference default); ``true_sequential=True`` re-runs the block per group of subl
 With ``method.output_target=dense`` (not in the references) the dense model's inputs travel too: each
 calibration window also runs through the still-dense block from its dense input, hooks pair the two
 inputs of every linear token for token (``C``, :meth:`pruning.stats.LayerStats.add_cross`), and each
-solver gets ``W*`` instead of ``W`` (:mod:`pruning.solvers.dense_target`).
+solver gets ``W*`` instead of ``W`` (:mod:`pruning.solvers.dense_target`). With ``true_sequential`` each
+group's dense pass runs the block with its dense weights put back (the earlier groups are pruned by then).
 
 With ``heldout`` windows (not in the references) a second set of inputs travels through the same
 blocks beside the calibration inputs; their Hessians are accumulated at the same points but never

@@ -87,6 +87,17 @@ def test_shapes_that_do_not_fit_are_refused():
         dense_target_weights(torch.zeros(3, 4), torch.eye(5), torch.eye(5))
 
 
+def _block_input(lm, ids, block: int, name: str) -> torch.Tensor:
+    """The input of linear ``name`` of ``block`` in a plain forward of ``ids``, float64 ``[tokens, columns]``."""
+    got = []
+    h = lm.adapter.prunable(lm.adapter.blocks(lm.model)[block])[name].register_forward_hook(
+        lambda m, inp, out: got.append(inp[0].detach()))
+    with torch.no_grad():
+        lm.model(input_ids=ids, use_cache=False)
+    h.remove()
+    return got[0].double().reshape(-1, got[0].shape[-1])
+
+
 def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     """The engine's H and C of a layer in block 1 are those of the pruned model's and the dense model's
     inputs of that layer (computed here from plain forward passes of both models); block 0's inputs are
@@ -117,19 +128,9 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     for a, b in zip(b0(pruned).parameters(), b0(plain).parameters()):
         assert torch.equal(a, b)  # block 0: the same solve
 
-    def q_inputs(lm):
-        got = []
-        q = lm.adapter.prunable(lm.adapter.blocks(lm.model)[1])["self_attn.q_proj"]
-        h = q.register_forward_hook(lambda m, inp, out: got.append(inp[0].detach()))
-        with torch.no_grad():
-            lm.model(input_ids=ids, use_cache=False)
-        h.remove()
-        return got[0].double()  # [4, 32, d]
-
-    xd, xp = q_inputs(dense), q_inputs(pruned)  # block 1's q_proj input depends on block 0 and a norm only
-    d = xp.shape[-1]
-    H_ref = 2 / 4 * xp.reshape(-1, d).t() @ xp.reshape(-1, d)
-    C_ref = 2 / 4 * xd.reshape(-1, d).t() @ xp.reshape(-1, d)
+    # block 1's q_proj input depends on block 0 and a norm only
+    xd, xp = (_block_input(lm, ids, 1, "self_attn.q_proj") for lm in (dense, pruned))
+    H_ref, C_ref = 2 / 4 * xp.t() @ xp, 2 / 4 * xd.t() @ xp
     H, C = seen[n0]  # the first layer of block 1 is q_proj
     torch.testing.assert_close(H.double(), H_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(C.double(), C_ref, rtol=1e-4, atol=1e-5)
@@ -155,18 +156,8 @@ def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(mo
     order = [n for g in pruned.adapter.sequential_groups for n in g]
     n0 = len(order)
     H, C = seq[n0 + order.index("self_attn.o_proj")]  # block 1, after its q/k/v
-
-    def o_inputs(lm):  # block 1's o_proj input in a plain forward: depends on blocks 0-1's q/k/v, not on o_proj
-        got = []
-        o = lm.adapter.prunable(lm.adapter.blocks(lm.model)[1])["self_attn.o_proj"]
-        h = o.register_forward_hook(lambda m, inp, out: got.append(inp[0].detach()))
-        with torch.no_grad():
-            lm.model(input_ids=ids, use_cache=False)
-        h.remove()
-        x = got[0].double()
-        return x.reshape(-1, x.shape[-1])
-
-    xp, xd = o_inputs(pruned), o_inputs(tiny("tiny-llama"))
+    # block 1's o_proj input in a plain forward: depends on blocks 0-1's q/k/v, not on o_proj
+    xp, xd = (_block_input(lm, ids, 1, "self_attn.o_proj") for lm in (pruned, tiny("tiny-llama")))
     torch.testing.assert_close(H.double(), 2 / 4 * xp.t() @ xp, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(C.double(), 2 / 4 * xd.t() @ xp, rtol=1e-4, atol=1e-5)
     H1, _ = seen[n0 + [*together.adapter.prunable(together.adapter.blocks(together.model)[1])].index("self_attn.o_proj")]
