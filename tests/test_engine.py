@@ -129,6 +129,22 @@ def test_true_sequential_differs_and_is_valid():
                                b.model.model.layers[0].self_attn.q_proj.weight)
 
 
+@pytest.mark.parametrize("params, dense_passes", [({}, 0), ({"output_target": "dense"}, 1)])
+def test_a_pass_stops_once_its_group_has_its_inputs(params, dense_passes):
+    """true_sequential: the passes for q/k/v, o and gate/up stop before down_proj, which then runs only in
+    its own group's passes (and the dense pass kept as the next block's input) and in the final re-run
+    (without stopping: 4 pruned-input passes and 4 dense ones per window)."""
+    lm = tiny("tiny-llama")
+    ids = windows()
+    calls = []
+    hooks = [b.mlp.down_proj.register_forward_hook(lambda m, i, o: calls.append(1)) for b in lm.model.model.layers]
+    prune_model(lm.model, lm.adapter, ids, SOLVERS["sparsegpt"], parse_sparsity(0.5), params, true_sequential=True)
+    for h in hooks:
+        h.remove()
+    replay = 2  # check_replay: one window through the model, then block by block
+    assert len(calls) == len(lm.model.model.layers) * (len(ids) * (2 + dense_passes) + replay)
+
+
 def test_nm_width_error_names_the_layer():
     lm = tiny("tiny-mamba")  # dt_proj has 4 inputs: 4:8 cannot apply
     with pytest.raises(ConfigError, match="M=8 does not divide the input width 4 of mixer.dt_proj"):
