@@ -29,7 +29,7 @@ from analysis.collect import collect, layers_of
 from analysis.tables import METHOD_NAMES, label_by_params, method_key, select_rows, sparsity_name, sparsity_order
 
 MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X",
-           "apt-refit-dense": "p"}
+           "apt-refit-dense": "p", "apt-refit-dense-seq": "h"}
 
 
 def _one_model(frame: pd.DataFrame) -> str:

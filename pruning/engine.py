@@ -472,6 +472,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     params = dict(params or {})
     output_target = params.pop("output_target", "pruned")  # engine knobs of the method (solvers.ENGINE_KNOBS)
     alpha = params.pop("target_alpha", 1.0)
+    true_sequential = bool(params.pop("true_sequential", False)) or true_sequential
     dense_target = output_target == "dense"
     if output_target not in OUTPUT_TARGETS:
         raise ValueError(f"output_target={output_target!r}; allowed: {', '.join(OUTPUT_TARGETS)}")

@@ -165,11 +165,13 @@ def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(mo
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
-def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, model):
-    cfg = compose_cfg(tiny_overrides(model, tiny_data_root, "method=apt-refit-dense", "sparsity=2:4",
+@pytest.mark.parametrize("method", ["apt-refit-dense", "apt-refit-dense-seq"])
+def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, model, method):
+    cfg = compose_cfg(tiny_overrides(model, tiny_data_root, f"method={method}", "sparsity=2:4",
                                      "method.blocksize=16", "calibration.nsamples=4", "calibration.seqlen=32"))
     rec = run_job(cfg, tmp_path)
-    assert rec["status"] == "complete" and rec["method"]["label"] == "apt-refit-dense"
+    assert rec["status"] == "complete" and rec["method"]["label"] == method
+    assert rec["method"]["params"].get("true_sequential", False) == method.endswith("-seq")
     assert rec["method"]["params"]["output_target"] == "dense" and rec["sparsity"]["actual"] == pytest.approx(0.5)
     assert rec["method"]["params"]["target_alpha"] == 0.25
     assert any(r.get("target_shift", 0) > 0 for r in rec["layers"])
@@ -180,10 +182,25 @@ def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, mode
     (["method=wanda", "+method.output_target=dense"], "no parameter"),
     (["method=apt-refit", "+method.output_target=model"], "allowed: pruned | dense"),
     (["method=apt-refit-dense", "method.target_alpha=0"], r"allowed: a number in \(0, 1\]"),
+    (["method=apt-refit-dense-seq", "method.true_sequential=1"], "method.true_sequential=1; allowed: true | false"),
 ])
 def test_bad_output_target_settings_are_refused_before_loading(tiny_data_root, tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, *overrides)), tmp_path)
+
+
+def test_the_method_knob_true_sequential_is_the_engine_option():
+    """apt-refit-dense-seq's ``true_sequential: true`` prunes exactly as engine.true_sequential=true does, and
+    not as the one-pass default."""
+    ids, sp = windows(4, 32), parse_sparsity(0.5)
+    knob, option, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
+    dense = {"output_target": "dense", "target_alpha": 0.25}
+    prune_model(knob.model, knob.adapter, ids, SOLVERS["sparsegpt"], sp, {**dense, "true_sequential": True})
+    prune_model(option.model, option.adapter, ids, SOLVERS["sparsegpt"], sp, dense, true_sequential=True)
+    prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp, dense)
+    for a, b in zip(knob.model.parameters(), option.model.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(knob.model.parameters(), plain.model.parameters()))
 
 
 def test_dense_output_error_from_the_statistics_equals_the_direct_one():

@@ -69,12 +69,14 @@ class Solver:
 # what is allowed. output_target: whose layer outputs the solver reproduces on the pruned model's inputs —
 # "pruned" (absent = this): the layer's own dense weights' (every reference); "dense": the dense model's,
 # which also corrects the error the earlier pruned layers left in the inputs; target_alpha: the share of
-# that correction applied (pruning/solvers/dense_target.py).
+# that correction applied (pruning/solvers/dense_target.py); true_sequential: the method calibrates each
+# block group by group whatever engine.true_sequential says (either one turns it on).
 OUTPUT_TARGETS = ("pruned", "dense")
 ENGINE_KNOBS: dict[str, tuple[Callable[[object], bool], str]] = {
     "output_target": (lambda v: v in OUTPUT_TARGETS, " | ".join(OUTPUT_TARGETS)),
     "target_alpha": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1,
                      "a number in (0, 1]"),
+    "true_sequential": (lambda v: isinstance(v, bool), "true | false"),
 }
 
 # Ranges of the knobs several solvers share (checked with the config, before any model is loaded).
