@@ -63,15 +63,21 @@ def ppl_datasets(frame, evaluated_only: bool = False) -> list[str]:
 
 def flatten(record: dict, path: Path) -> dict:
     """One row of the frame from one complete record. A non-uniform allocation is part of the label
-    (``sparsegpt+owl``), so tables give it its own row; the ``allocation`` column names it too."""
+    (``sparsegpt+owl``), so tables give it its own row; the ``allocation`` column names it too. So is
+    ``engine.true_sequential=true`` on a method that does not set it itself (``sparsegpt+seq``); the
+    ``true_sequential`` column says whether the blocks were calibrated group by group, either way."""
     cfg = record.get("config") or {}
     allocation = allocation_of(record)
+    engine_seq = bool((cfg.get("engine") or {}).get("true_sequential"))
+    method_seq = bool((record["method"].get("params") or {}).get("true_sequential"))
     target = record["sparsity"]["target"]
     calib = (record.get("protocol") or {}).get("calibration") or {}
     row = {
         "model": (record.get("model") or {}).get("name") or cfg.get("model", {}).get("name"),
         "method": record["method"]["name"],
-        "label": method_label(record["method"]) + ("" if allocation == "uniform" else f"+{allocation}"),
+        "label": method_label(record["method"]) + ("" if allocation == "uniform" else f"+{allocation}")
+        + ("+seq" if engine_seq and not method_seq else ""),
+        "true_sequential": engine_seq or method_seq,
         "allocation": allocation,
         "allocation_params": ",".join(f"{k}={v}" for k, v in sorted((cfg.get("allocation") or {}).items())
                                       if k != "name") if allocation != "uniform" else "",

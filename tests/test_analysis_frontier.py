@@ -99,6 +99,24 @@ def test_dense_target_rows_mark_their_layer_error_and_show_the_dense_output_erro
     assert "| 0.0200 | 0.2000 |" in frontier_markdown(collect(frontier).frame)
 
 
+def test_engine_true_sequential_gets_its_own_row_and_a_seq_method_does_not(frontier):
+    """A record with engine.true_sequential on a method that does not set it is another configuration than the
+    method's own records (``sparsegpt+seq``); apt-refit-dense-seq sets it itself and keeps its label."""
+    seq = frontier_record("sparsegpt", 0.5, 0, 43.0, 69.0, 10.0) | {"config_hash": "sparsegpt-seq"}
+    seq["config"]["engine"] = {"true_sequential": True}
+    own = frontier_record("apt-refit-dense-seq", 0.5, 0, 38.0, 55.0, 18.0)
+    own["method"]["params"] = {"output_target": "dense", "true_sequential": True}
+    write(frontier, "sgpt_seq", seq)
+    write(frontier, "own_seq", own)
+    frame = collect(frontier).frame
+    labels = {p.rsplit("/", 1)[-1]: lab for p, lab in zip(frame["path"], frame["label"])}
+    assert labels["sgpt_seq"] == "sparsegpt+seq" and labels["own_seq"] == "apt-refit-dense-seq"
+    assert labels["sparsegpt_0.5_0"] == "sparsegpt" and frame["true_sequential"].sum() == 2
+    long = frontier_long(frame)
+    row = long[(long.label == "apt-refit-dense-seq")].iloc[0]
+    assert row.ratio_wikitext2 == pytest.approx(38 / 44)  # paired with plain SparseGPT, not sparsegpt+seq
+
+
 def test_duplicate_seed_of_one_label_is_an_error(frontier):
     write(frontier, "again", frontier_record("apt-refit", 0.5, 0, 39.0, 66.0, 15.0) | {"config_hash": "other"})
     with pytest.raises(ValueError, match="several records for one calibration seed"):
