@@ -256,7 +256,7 @@ def test_magnitude_without_error_report_needs_no_data(tiny_data_root, tmp_path, 
     assert rec["sparsity"]["actual"] >= 0.5 and all(r["rel_error"] is None for r in rec["layers"])
 
 
-@pytest.mark.parametrize("method", ["apt", "apt-exact", "apt-refit", "apt-swap", "alps"])
+@pytest.mark.parametrize("method", ["apt", "apt-exact", "apt-refit", "apt-refit-dense", "apt-refit-dense-seq", "apt-swap", "alps"])
 def test_reconstruction_job_end_to_end(tiny_data_root, tmp_path, method):
     blocks = [] if method == "alps" else ["method.blocksize=16"]
     cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, f"method={method}", "sparsity=0.6",
