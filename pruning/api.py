@@ -188,14 +188,14 @@ def calibration_windows(tokenizer, calibration, *, nsamples: int, seqlen: int, s
                       "non-empty list of texts, or a [nsamples, seqlen] tensor of token ids")
 
 
-def prune(model, tokenizer=None, *, method: str = "apt-refit-dense", sparsity: float | str = 0.5,
+def prune(model, tokenizer=None, *, method: str = "apt-refit-dense-seq", sparsity: float | str = 0.5,
           calibration="c4", nsamples: int = 128, seqlen: int = 2048, seed: int = 0,
           allocation: str | dict = "uniform", data_root=None, data_source: str = "auto",
           verify_checksums: bool = True, device=None, batch_size: int = 1, true_sequential: bool = False,
           report_error: bool = True, heldout_nsamples: int = 0, dense_error: bool = False, **params) -> PruneReport:
     """Prune ``model`` in place and return the per-layer :class:`PruneReport`.
 
-    ``method``: a method config (``apt-refit-dense`` default, ``apt-refit``, ``apt``, ``apt-swap``, ``alps``,
+    ``method``: a method config (``apt-refit-dense-seq`` default, ``apt-refit-dense``, ``apt-refit``, ``apt``, ``apt-swap``, ``alps``,
     ``sparsegpt``, ``wanda``, ``magnitude`` ...); ``**params`` override its knobs (e.g. ``blocksize=64``).
     ``sparsity``: a ratio (``0.5``, ``"50%"``) or an N:M pattern (``"2:4"``). ``allocation``: ``uniform``,
     ``owl`` or a dict such as ``{"name": "owl", "M": 5, "lambda": 0.08}``. ``device``: where each block

@@ -91,12 +91,13 @@ def test_cli_multirun_tiny_sweep(tiny_data_root, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     import json
     for model in ("tiny-llama", "tiny-opt", "tiny-mamba"):
-        found = list((sweep / "quick" / model / "apt-refit-dense_s0.5_c4").rglob("results.json"))
-        assert len(found) == 1  # below apt-refit-dense_s0.5_c4/: one directory naming the extra overrides
+        found = list((sweep / "quick" / model / "apt-refit-dense-seq_s0.5_c4").rglob("results.json"))
+        assert len(found) == 1  # below apt-refit-dense-seq_s0.5_c4/: one directory naming the extra overrides
         assert "eval.perplexity.seqlen=64" in found[0].parent.name
         rec = json.loads(found[0].read_text())
         assert rec["status"] == "complete" and rec["model"]["name"] == model
-        assert rec["method"]["label"] == "apt-refit-dense" and rec["method"]["params"]["refine_iters"] == 8
+        assert rec["method"]["label"] == "apt-refit-dense-seq" and rec["method"]["params"]["refine_iters"] == 8
+        assert rec["method"]["params"]["true_sequential"] is True
         assert rec["method"]["params"]["output_target"] == "dense" and rec["metrics"]["mean_dense_rel_error"] > 0
 
 

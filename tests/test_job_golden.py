@@ -18,6 +18,8 @@ JOBS = {
     "opt-apt-refit-2of4": ("tiny-opt", ["method=apt-refit", "sparsity=2:4", "method.dtype=float64"]),
     # the default method (dense-output target), in float64 for the same reason
     "llama-apt-refit-dense-50": ("tiny-llama", ["method=apt-refit-dense", "sparsity=0.5", "method.dtype=float64"]),
+    "llama-apt-refit-dense-seq-50": ("tiny-llama", ["method=apt-refit-dense-seq", "sparsity=0.5",
+                                                    "method.dtype=float64"]),
     "mamba-wanda-owl-60": ("tiny-mamba", ["method=wanda", "sparsity=0.6", "allocation=owl"]),
     "llama-dense": ("tiny-llama", ["method=dense"]),
 }

@@ -40,7 +40,7 @@ def test_eval_defaults_are_the_eval_configs():
 
 def test_the_default_job_parses_into_frozen_typed_sections():
     spec = parse_job(compose_cfg([]))
-    assert isinstance(spec, JobSpec) and spec.method.label == "apt-refit-dense" and str(spec.sparsity) == "0.5"
+    assert isinstance(spec, JobSpec) and spec.method.label == "apt-refit-dense-seq" and str(spec.sparsity) == "0.5"
     assert spec.calibration == CalibrationSpec("c4", "train", 32, 512, 0)  # the quick protocol
     assert spec.eval.perplexity.max_windows == 16 and not spec.eval.zero_shot_on
     with pytest.raises(AttributeError):

@@ -52,7 +52,7 @@ def test_zeroshot_table_preset_turns_zero_shot_on():
     assert cfg.eval.zero_shot.enabled and cfg.sweep_name == "zeroshot-table"
     assert cfg.eval.zero_shot.limit == 400  # eval=zeroshot_quick: the CPU protocol; eval=zeroshot for full sets
     assert dict(cfg.hydra.sweeper.params) == {
-        "method": "dense,magnitude,wanda,sparsegpt,apt,apt-refit,apt-refit-dense", "sparsity": "0.5,2:4"}
+        "method": "dense,magnitude,wanda,sparsegpt,apt,apt-refit-dense-seq", "sparsity": "0.5,2:4"}
     full = compose_cfg(["+experiment=zeroshot_table", "eval=zeroshot"])
     assert full.eval.zero_shot.limit is None
     gemma = compose_cfg(["+experiment=zeroshot_table_gemma"], return_hydra_config=True)
