@@ -117,11 +117,12 @@ class _Stream:
 def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict) -> tuple[float, float]:
     """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
     before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``.
-    ``cache`` keeps the last correction: linears reading the same input have bit-identical H and C."""
+    ``cache`` keeps the last correction: linears reading the same input share one statistics object
+    (:class:`_SharedInputs`), so one correction serves them all."""
     t0 = time.perf_counter()
     w = layer.weight.data.float()
-    if not ("H" in cache and (cache["H"] is stats.H or torch.equal(cache["H"], stats.H) and torch.equal(cache["C"], stats.C))):
-        cache.update(H=stats.H, C=stats.C, correction=dense_target_correction(stats.H, stats.C, percdamp))
+    if cache.get("stats") is not stats:
+        cache.update(stats=stats, correction=dense_target_correction(stats.H, stats.C, percdamp))
     target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["correction"])
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
     layer.weight.data = target.to(layer.weight.dtype)
@@ -524,14 +525,16 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
             groups = [g for g in groups + [rest] if g]
         else:
             groups = [tuple(linears)]
-        # true_sequential with the dense stream: later groups' dense passes need the block's dense weights
-        block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if dense_stream and len(groups) > 1 else None
+        # the block's dense weights: the reference of the dense-output and held-out errors, and (true_sequential with
+        # the dense stream) what later groups' dense passes run with
+        block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if dense_stream or held is not None else None
         for gi, group in enumerate(groups):
             t0 = time.perf_counter()
             stats, dense_out = _block_statistics(block, bi, adapter, linears, group, inputs, kwargs.of(bi), want_h,
                                                  solver.needs_norms, device,
                                                  keep_outputs=dense_stream and gi == len(groups) - 1,
-                                                 dense_inputs=dense_inputs, dense_weights=block_dense) if fit else ({}, None)
+                                                 dense_inputs=dense_inputs,
+                                                 dense_weights=block_dense if len(groups) > 1 else None) if fit else ({}, None)
             forward_s += time.perf_counter() - t0
             if held is not None:
                 t0 = time.perf_counter()
@@ -539,7 +542,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
                                                   True, False, device)
                 heldout_s += time.perf_counter() - t0
             for n in group:
-                dense_w = linears[n].weight.data.clone() if held is not None or dense_stream else None
+                dense_w = block_dense[n] if block_dense is not None else None
                 shift_s, shift = (_to_dense_target(linears[n], stats[n], params.get("percdamp", 0.01), alpha, shared)
                                   if dense_target else (0.0, None))
                 row, dt = _solve_layer(solver, adapter, bi, n, linears[n], targets(bi, n) if targets else sparsity,
