@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.collect import ppl_datasets
+from analysis.render import EXPLODED
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
@@ -141,30 +142,35 @@ DENSE_CAPTION = (" ‡ Fitted to the dense model's layer outputs (method.output_
                  "dense-output error ‖W X_dense − W' X‖²/‖W X_dense‖² is, and includes what earlier layers left.")
 
 
-def _caption(shown: pd.DataFrame, baseline: str) -> str:
+def _caption(shown: pd.DataFrame, baseline: str, explode: float) -> str:
+    exploded = any(EXPLODED in str(v) for c in shown.columns if c.endswith(" ppl") for v in shown[c])
     return (CAPTION.format(base=METHOD_NAMES.get(baseline, baseline))
             + (HELDOUT_CAPTION if "held-out layer error" in shown.columns else "")
-            + (DENSE_CAPTION if "dense-output error" in shown.columns else ""))
+            + (DENSE_CAPTION if "dense-output error" in shown.columns else "")
+            + (f" {EXPLODED} Exploded: NaN or above {explode:g} (its ratio and Δ are computed from the value)."
+               if exploded else ""))
 
 
 def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
     shown = frontier_display(frame, baseline, explode)
-    return _caption(shown, baseline) + "\n\n" + to_markdown(shown)
+    return _caption(shown, baseline, explode) + "\n\n" + to_markdown(shown)
 
 
 def latex_table(shown: pd.DataFrame, caption: str) -> str:
     """A display table (strings with ±, ÷, Δ, %, ×) as a LaTeX table with its caption."""
     shown = shown.map(lambda v: str(v).replace("±", r"$\pm$").replace("÷", r"/").replace("Δ", r"$\Delta$")
-                      .replace("%", r"\%").replace("×", r"$\times$").replace("‡", r"$^\ddagger$"))
+                      .replace("%", r"\%").replace("×", r"$\times$").replace("‡", r"$^\ddagger$")
+                      .replace(EXPLODED, r"$^\dagger$"))
     shown.columns = [c.replace("÷", "/").replace("Δ", r"$\Delta$").replace("%", r"\%") for c in shown.columns]
     body = shown.to_latex(index=False, escape=False)
-    caption = caption.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("‡", r"$^\ddagger$")
+    caption = (caption.replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("‡", r"$^\ddagger$")
+               .replace(EXPLODED, r"$^\dagger$"))
     return "\\begin{table}\n\\centering\\small\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n"
 
 
 def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
     shown = frontier_display(frame, baseline, explode)
-    return latex_table(shown, _caption(shown, baseline))
+    return latex_table(shown, _caption(shown, baseline, explode))
 
 
 def _x_position(sparsity: str) -> float:

@@ -229,3 +229,14 @@ def test_baseline_option_with_labelled_ablations(tmp_path, capsys):
     md = capsys.readouterr().out
     assert "| apt-refit (percdamp=0.1) | 0 | 39.60 | 0.900 |" in md  # 39.6 / 44: paired with the chosen row
     assert "| sparsegpt (percdamp=0.1) | 0 | 43.00 | 0.977 |" in md
+
+
+def test_exploded_perplexities_are_marked_and_explained(frontier):
+    md = frontier_markdown(collect(frontier).frame)
+    assert "†" not in md and "Exploded" not in md  # nothing above the threshold yet
+    write(frontier, "exploded", frontier_record("wanda", 0.5, 0, 6.3e4, 7.1e4, 1.0))
+    frame = collect(frontier).frame
+    md = frontier_markdown(frame)
+    assert "| 6.3e+04† |" in md and "† Exploded: NaN or above 10000" in md
+    tex = frontier_latex(frame)
+    assert "†" not in tex and "6.3e+04$^\\dagger$" in tex and "$^\\dagger$ Exploded" in tex
