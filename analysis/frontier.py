@@ -223,10 +223,13 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
         ratios = sub[f"ratio_{dataset}"].dropna()
         if len(ratios) and ratios.max() > RATIO_TOP:  # e.g. Wanda's 20x must not flatten the band where solvers differ
             bottom.set_ylim(min(0.95 * ratios.min(), 0.95), RATIO_TOP)
+            placed: list[float] = []  # labels of nearby cells (e.g. 2:4 and 50%) are stacked, not overprinted
             for _, r in sub[sub[f"ratio_{dataset}"] > RATIO_TOP].iterrows():
                 x = _x_position(r["sparsity"])
+                below = sum(abs(x - other) < 4 for other in placed)
+                placed.append(x)
                 bottom.annotate(f"{METHOD_NAMES.get(r['label'], r['label'])} {r[f'ratio_{dataset}']:.1f}×", (x, RATIO_TOP),
-                                xytext=(0, -10), textcoords="offset points", fontsize=7,
+                                xytext=(0, -10 - 9 * below), textcoords="offset points", fontsize=7,
                                 ha="right" if x >= max(100 * sparsity_order(v)[1] for v in sub["sparsity"]) else "center")
         bottom.set_ylabel(f"÷ {METHOD_NAMES.get(baseline, baseline)} (same windows)")
         bottom.set_xlabel("sparsity (%)")
