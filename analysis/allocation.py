@@ -16,7 +16,7 @@ import math
 
 import pandas as pd
 
-from analysis.frontier import evaluated_datasets, exploded_note, latex_table, matched, plus_minus
+from analysis.frontier import evaluated_datasets, exploded_caption, latex_table, matched, plus_minus
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "base", "calib_seed"]
@@ -88,9 +88,9 @@ CAPTION = ("Perplexity mean ± std over calibration seeds (seeds listed); \"÷ u
 
 def allocation_markdown(frame: pd.DataFrame, explode: float = 1e4) -> str:
     shown = allocation_display(frame, explode)
-    return CAPTION + exploded_note(shown, explode) + "\n\n" + to_markdown(shown)
+    return CAPTION + exploded_caption(shown, explode) + "\n\n" + to_markdown(shown)
 
 
 def allocation_latex(frame: pd.DataFrame, explode: float = 1e4) -> str:
     shown = allocation_display(frame, explode)
-    return latex_table(shown, CAPTION + exploded_note(shown, explode))
+    return latex_table(shown, CAPTION + exploded_caption(shown, explode))

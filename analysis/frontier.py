@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.collect import ppl_datasets
-from analysis.render import EXPLODED
+from analysis.render import EXPLODED, exploded_note
 from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
@@ -142,17 +142,17 @@ DENSE_CAPTION = (" ‡ Fitted to the dense model's layer outputs (method.output_
                  "dense-output error ‖W X_dense − W' X‖²/‖W X_dense‖² is, and includes what earlier layers left.")
 
 
-def exploded_note(shown: pd.DataFrame, explode: float) -> str:
-    """The caption's sentence for perplexity cells marked exploded, or "" when the table has none."""
+def exploded_caption(shown: pd.DataFrame, explode: float) -> str:
+    """The caption's note for perplexity cells marked exploded, or "" when the table has none."""
     exploded = any(EXPLODED in str(v) for c in shown.columns if c.endswith(" ppl") for v in shown[c])
-    return f" {EXPLODED} Exploded: NaN or above {explode:g} (ratios are computed from the value)." if exploded else ""
+    return f" {exploded_note(explode)} (ratios are computed from the value)." if exploded else ""
 
 
 def _caption(shown: pd.DataFrame, baseline: str, explode: float) -> str:
     return (CAPTION.format(base=METHOD_NAMES.get(baseline, baseline))
             + (HELDOUT_CAPTION if "held-out layer error" in shown.columns else "")
             + (DENSE_CAPTION if "dense-output error" in shown.columns else "")
-            + exploded_note(shown, explode))
+            + exploded_caption(shown, explode))
 
 
 def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:

@@ -19,6 +19,11 @@ EXPLODED = "†"
 MISSING = "–"
 
 
+def exploded_note(explode: float) -> str:
+    """The note under (or in the caption of) a table whose values above ``explode`` are marked."""
+    return f"{EXPLODED} exploded: NaN or above {explode:g}"
+
+
 @dataclass
 class Table:
     values: pd.DataFrame  # float cells; index: row labels, columns: column labels
@@ -79,7 +84,7 @@ class Table:
         if self.explode is not None and any(self.exploded(self.values.at[r, c]) and bool(self.present.at[r, c])
                                             for r in self.values.index for c in self.values.columns
                                             if r not in self.signed_rows):
-            notes.append(f"{EXPLODED} exploded: NaN or above {self.explode:g}")
+            notes.append(exploded_note(self.explode))
         return notes
 
     # ------------------------------------------------------------------ renderers

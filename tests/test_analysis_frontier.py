@@ -166,8 +166,8 @@ def test_the_allocation_table_pairs_each_solver_with_its_uniform_record(tmp_path
     assert wanda.ratio_wikitext2 == pytest.approx(0.75)
     text = allocation_markdown(collect(root).frame)
     assert "| smollm2-135m | 70% | SparseGPT | owl | 0,1 |" in text and "÷ uniform" in text
-    assert "Exploded" not in text  # no perplexity above 10000 here; one below is
-    assert "† Exploded: NaN or above 1000 (" in allocation_markdown(collect(root).frame, explode=1000)
+    assert "exploded" not in text  # no perplexity above 10000 here; one below is
+    assert "† exploded: NaN or above 1000 (" in allocation_markdown(collect(root).frame, explode=1000)
     assert tables_main([str(root), "--table", "allocation", "--format", "latex"]) in (None, 0)
 
 
@@ -235,10 +235,10 @@ def test_baseline_option_with_labelled_ablations(tmp_path, capsys):
 
 def test_exploded_perplexities_are_marked_and_explained(frontier):
     md = frontier_markdown(collect(frontier).frame)
-    assert "†" not in md and "Exploded" not in md  # nothing above the threshold yet
+    assert "†" not in md and "exploded" not in md  # nothing above the threshold yet
     write(frontier, "exploded", frontier_record("wanda", 0.5, 0, 6.3e4, 7.1e4, 1.0))
     frame = collect(frontier).frame
     md = frontier_markdown(frame)
-    assert "| 6.3e+04† |" in md and "† Exploded: NaN or above 10000 (ratios" in md
+    assert "| 6.3e+04† |" in md and "† exploded: NaN or above 10000 (ratios" in md
     tex = frontier_latex(frame)
-    assert "†" not in tex and "6.3e+04$^\\dagger$" in tex and "$^\\dagger$ Exploded" in tex
+    assert "†" not in tex and "6.3e+04$^\\dagger$" in tex and "$^\\dagger$ exploded" in tex
