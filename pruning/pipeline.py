@@ -394,7 +394,7 @@ class _Job:
         if spec.eval.zero_shot_on:
             t_zs = time.perf_counter()
             zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, spec.eval.zero_shot, spec.data,
-                                    spec.runtime.zero_shot_logits_gb)
+                                    spec.runtime.zero_shot_logits_gb, spec.runtime.zero_shot_shared_context)
             # per-document correctness beside the record (paired tests between methods; analysis.significance)
             write_json_atomic(self.out_dir / ZERO_SHOT_SAMPLES, zs.pop("samples"))
             zs["samples_file"] = ZERO_SHOT_SAMPLES

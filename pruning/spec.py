@@ -156,6 +156,12 @@ class RuntimeSpec:
     offload_dir: str | None = None
     max_fallback_share: float = 0.1
     zero_shot_logits_gb: float | None = field(default=4.0, metadata=_above(0))
+    zero_shot_shared_context: bool = False  # needs zero_shot_logits_gb (the budgeted lm-eval model)
+
+    def __post_init__(self):
+        if self.zero_shot_shared_context and self.zero_shot_logits_gb is None:
+            raise ConfigError("runtime.zero_shot_shared_context=true needs runtime.zero_shot_logits_gb (a number of "
+                              "GB; null is lm-eval's own path throughout)")
 
 
 @dataclass(frozen=True)

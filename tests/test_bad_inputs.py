@@ -41,6 +41,9 @@ BAD_CONFIGS = [
     ("runtime.threads=0", "runtime.threads=0: need an integer >= 1 or null"),
     ("runtime.offload=ram", "runtime.offload='ram'; allowed: null, disk"),
     ("runtime.zero_shot_logits_gb=0", "runtime.zero_shot_logits_gb=0.0: need a number > 0 or null"),
+    ("runtime.zero_shot_shared_context=maybe", "runtime.zero_shot_shared_context='maybe': need true or false"),
+    ("runtime.zero_shot_shared_context=true runtime.zero_shot_logits_gb=null",
+     "runtime.zero_shot_shared_context=true needs runtime.zero_shot_logits_gb"),
     ("engine.report_error=maybe", "engine.report_error='maybe': need true or false"),
     ("calibration.seqlen=1.5", "calibration.seqlen=1.5: need an integer"),
 ]

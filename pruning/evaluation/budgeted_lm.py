@@ -7,14 +7,24 @@ vocabulary (Gemma) a fixed batch of 32 needs tens of GB, and lm-eval's own ``bat
 the size by running out of memory, which on a CPU host is the kernel's OOM killer rather than an
 exception. Here every batch is sized by its first request (lm-eval orders requests longest first),
 and the model returns logits only for the trailing positions that hold the batch's continuations.
+
+With ``share_context`` (``runtime.zero_shot_shared_context``, off by default) requests that share their
+context tokens are scored with the context run once (:mod:`pruning.evaluation.shared_context`), after
+a check against lm-eval's own path on a spread of the run's groups; a model that fails the check (or
+whose cache cannot be repeated) is scored by lm-eval's path throughout, and the record says why.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from functools import lru_cache
 
 import torch
+
+from pruning.evaluation.shared_context import group_by_context, score_batch
+
+log = logging.getLogger(__name__)
 
 LOGIT_COPIES = 3  # float32 [batch, length, vocab] tensors alive at once: the logits, a softcap/upcast temporary,
                   # lm-eval's log_softmax (measured: Gemma-3-270M, batch 32, peak RSS 20.5 GB on short requests)
@@ -34,6 +44,10 @@ def vocab_size(model) -> int:
     return int(model.config.vocab_size)
 
 
+CHECK_GROUPS = 8  # context groups per run scored both ways before the shared path is trusted
+CHECK_ATOL, CHECK_RTOL = 1e-3, 1e-4  # |shared - lm-eval| allowed per log-likelihood (float rounding only)
+
+
 def _input_of(request, max_length: int) -> list[int]:
     """The tokens lm-eval feeds for a ``(string, context, continuation)`` request (its causal path)."""
     _, context_enc, continuation_enc = request
@@ -46,8 +60,12 @@ def budgeted_hflm_class():
     from lm_eval.models.huggingface import HFLM
 
     class BudgetedHFLM(HFLM):
-        def __init__(self, *, logits_gb: float, **kwargs):
+        def __init__(self, *, logits_gb: float, share_context: bool = False, **kwargs):
             super().__init__(batch_size="auto", **kwargs)
+            self.share_context = share_context
+            self.shared = {"enabled": share_context, "used": False, "requests": 0, "groups": 0,
+                           "checked_groups": 0, "max_abs_diff": None, "fallback": None}
+            self.tokens = [0, 0]  # tokens run by the shared path, tokens lm-eval would have run for them
             self.logits_gb, self.most = logits_gb, kwargs["max_batch_size"]
             self.vocab = vocab_size(self.model)
             self.trims = "logits_to_keep" in inspect.signature(self.model.forward).parameters
@@ -101,9 +119,103 @@ def budgeted_hflm_class():
                 need = max(need, padded - len(inp) + len(request[2]))
             return need if 0 < need < padded else None
 
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
+            stock = super()._loglikelihood_tokens
+            if (not self.share_context or self.shared["fallback"] or override_bs is not None
+                    or self.backend != "causal" or self.mixed_precision_dtype is not None):
+                return stock(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+            groups, rest = group_by_context(requests, self.max_length)
+            if not groups or not self._shared_path_agrees(requests, groups):
+                return stock(requests, disable_tqdm=disable_tqdm)
+            results: list = [None] * len(requests)
+            if rest:
+                for i, answer in zip(rest, stock([requests[i] for i in rest], disable_tqdm=True)):
+                    results[i] = answer
+            from tqdm import tqdm
+
+            with tqdm(total=len(requests) - len(rest), disable=disable_tqdm or self.rank != 0,
+                      desc="Running loglikelihood requests (shared contexts)") as bar:
+                for batch in self._shared_batches(requests, groups):
+                    for group, answers in zip(batch, self._score_shared(requests, batch)):
+                        for i, answer in zip(group, answers):
+                            results[i] = answer
+                            if requests[i][0] is not None:
+                                self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                        bar.update(len(group))
+            self.shared.update(used=True, requests=self.shared["requests"] + len(requests) - len(rest),
+                               groups=self.shared["groups"] + len(groups))
+            return results
+
+        def _shared_batches(self, requests, groups):
+            """Groups ordered by context length, longest first (as lm-eval orders requests), packed into
+            batches of at most ``most`` contexts and ``most`` continuations whose logits fit the budget."""
+            order = sorted(groups, key=lambda g: -len(requests[g[0]][1]))
+            batch, rows, width = [], 0, 0
+            for group in order:
+                w = max(width, max(len(requests[i][2]) for i in group))
+                cap = logits_batch_size(w, self.vocab, self.logits_gb, self.most)
+                if batch and (rows + len(group) > cap or len(batch) == self.most):
+                    yield batch
+                    batch, rows, w = [], 0, max(len(requests[i][2]) for i in group)
+                batch.append(group)
+                rows, width = rows + len(group), w
+            if batch:
+                yield batch
+
+        def _score_shared(self, requests, batch):
+            items = [(requests[g[0]][1], [requests[i][2] for i in g]) for g in batch]
+            prefix = max(len(c) - 1 for c, _ in items)
+            rows = sum(len(cs) for _, cs in items)
+            width = max(len(c) for _, cs in items for c in cs)
+            self.positions[0] += len(items) * (1 if self.trims else prefix) + rows * width
+            self.positions[1] += len(items) * prefix + rows * width
+            self.tokens[0] += len(items) * prefix + rows * width
+            self.tokens[1] += sum(len(ctx) + len(c) - 1 for ctx, cs in items for c in cs)
+            self.used.append(rows)
+            return score_batch(self.model, items, trims=self.trims, softmax_dtype=self.softmax_dtype,
+                               pad_id=self._pad_id())
+
+        def _pad_id(self) -> int:
+            pad = getattr(self.tokenizer, "pad_token_id", None)
+            return int(pad) if pad is not None else 0
+
+        def _shared_path_agrees(self, requests, groups) -> bool:
+            """Score ``CHECK_GROUPS`` groups spread over the run both ways, the shared ones in one padded batch;
+            False (and lm-eval's path from then on) if any log-likelihood differs beyond float rounding or the
+            shared path fails."""
+            picks = sorted({round(k * (len(groups) - 1) / max(1, CHECK_GROUPS - 1)) for k in range(CHECK_GROUPS)})
+            checked = [groups[k] for k in picks]
+            reference = super()._loglikelihood_tokens([requests[i] for g in checked for i in g], disable_tqdm=True)
+            try:  # one batch of contexts of different lengths: the padding is checked too
+                shared = [a for answers in score_batch(
+                    self.model, [(requests[g[0]][1], [requests[i][2] for i in g]) for g in checked],
+                    trims=self.trims, softmax_dtype=self.softmax_dtype, pad_id=self._pad_id()) for a in answers]
+            except Exception as e:  # e.g. a cache that cannot be gathered along the batch
+                return self._fall_back(f"{type(e).__name__}: {e}")
+            worst = 0.0
+            for (ours, _), (theirs, _) in zip(shared, reference, strict=True):
+                diff = abs(ours - theirs)
+                worst = max(worst, diff) if diff == diff else float("nan")
+                if not diff <= CHECK_ATOL + CHECK_RTOL * abs(theirs):
+                    self.shared["max_abs_diff"] = worst
+                    return self._fall_back(f"log-likelihood {ours:.6f} against lm-eval's {theirs:.6f}")
+            self.shared["checked_groups"] += len(checked)
+            self.shared["max_abs_diff"] = max(worst, self.shared["max_abs_diff"] or 0.0)
+            return True
+
+        def _fall_back(self, why: str) -> bool:
+            self.shared["fallback"] = why
+            log.warning("zero-shot: scoring with lm-eval's own path, the shared-context one disagrees with it "
+                        "on this model (%s)", why)
+            return False
+
         def batching_info(self) -> dict:
             kept, total = self.positions
-            return {"logits_gb": self.logits_gb, "batch_sizes_used": sorted(set(self.used)),
-                    "logit_positions_share": round(kept / total, 4) if total else None}
+            info = {"logits_gb": self.logits_gb, "batch_sizes_used": sorted(set(self.used)),
+                    "logit_positions_share": round(kept / total, 4) if total else None,
+                    "shared_context": dict(self.shared)}
+            if self.tokens[1]:
+                info["shared_context"]["token_share"] = round(self.tokens[0] / self.tokens[1], 4)
+            return info
 
     return BudgetedHFLM

@@ -132,11 +132,14 @@ def per_document(samples: list[dict]) -> dict[str, list]:
     return out
 
 
-def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
+def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None, share_context: bool = False):
     """lm-eval's ``HFLM`` around the in-memory model: batches of ``zs.batch_size``, or with ``logits_gb``
-    sized to that memory for their logits (``pruning/evaluation/budgeted_lm.py``)."""
+    sized to that memory for their logits and, with ``share_context``, each shared context run once
+    (``pruning/evaluation/budgeted_lm.py``)."""
     if logits_gb is not None and not logits_gb > 0:
         raise ConfigError(f"runtime.zero_shot_logits_gb={logits_gb!r}: need a number > 0, or null for a fixed batch size")
+    if share_context and logits_gb is None:
+        raise ConfigError("runtime.zero_shot_shared_context=true needs runtime.zero_shot_logits_gb (a number of GB)")
     device = next(model.parameters()).device
     max_length = zs.max_length
     context = getattr(model.config, "max_position_embeddings", None)
@@ -149,7 +152,8 @@ def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None):
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(batch_size=zs.batch_size, **common), max_length
-    return budgeted_hflm_class()(logits_gb=logits_gb, max_batch_size=zs.batch_size, **common), max_length
+    return budgeted_hflm_class()(logits_gb=logits_gb, share_context=share_context, max_batch_size=zs.batch_size,
+                                 **common), max_length
 
 
 @contextlib.contextmanager
@@ -172,18 +176,20 @@ def _no_forked_bootstrap():
 
 
 def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataSpec | Mapping | None = None,
-                       logits_gb: float | None = None) -> dict:
+                       logits_gb: float | None = None, share_context: bool = False) -> dict:
     """Score ``zs.tasks`` with lm-eval; returns the ``metrics.zero_shot`` block of the record.
 
     ``logits_gb``: memory for one batch's logits (``runtime.zero_shot_logits_gb``); the batch then
-    shrinks for long requests and large vocabularies, ``zs.batch_size`` being the most (``_lm``)."""
+    shrinks for long requests and large vocabularies, ``zs.batch_size`` being the most (``_lm``).
+    ``share_context`` (``runtime.zero_shot_shared_context``, with ``logits_gb`` only): requests with
+    the same context run it once (``pruning/evaluation/shared_context.py``)."""
     import lm_eval
     from lm_eval.tasks import get_task_dict
 
     zs, data = validate_zero_shot(zs), as_data(data)
     sources = task_sources(list(zs.tasks), data)
     t0 = time.perf_counter()
-    lm, max_length = _lm(model, tokenizer, zs, logits_gb)
+    lm, max_length = _lm(model, tokenizer, zs, logits_gb, share_context)
     seed = zs.seed
     seeds = {} if seed is None else {k: int(seed) for k in
                                       ("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed")}
