@@ -15,13 +15,30 @@ ALL_TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challen
 
 
 def test_requests_are_grouped_by_identical_context_tokens():
-    reqs = [(None, [1, 2, 3], [4]), (None, [1, 2, 3], [5, 6]), (None, [7], [8]), (None, [1, 2], [4]),
-            (None, [1, 2, 3], [9]), (None, [5] * 10, [1] * 3)]
+    a, b, c = [1] * 6, [2] * 6, [3] * 10
+    reqs = [(None, a, [4]), (None, a, [5, 6]), (None, [7], [8, 9]), (None, b, [4, 4]),
+            (None, a, [9]), (None, c, [1] * 3), (None, b, [3, 3]), (None, c, [2] * 3),
+            (None, [4] * 6, [1]), (None, [4] * 6, [2]), (None, [5] * 3, [1] * 4), (None, [5] * 3, [2] * 4)]
     groups, rest = group_by_context(reqs, max_length=11)
-    assert groups == [[0, 1, 4], [3]]
-    assert rest == [2, 5]  # a one-token context has nothing to share; 10 + 3 > 11 + 1 is truncated by lm-eval
+    assert groups == [[0, 1, 4], [3, 6]]
+    # a one-token context has nothing to share; 10 + 3 > 11 + 1 is truncated by lm-eval; one-token
+    # continuations only: lm-eval runs their context once already; a short context before long
+    # continuations saves less (2 tokens) than they cost (8)
+    assert rest == [2, 5, 7, 8, 9, 10, 11]
     groups, rest = group_by_context(reqs, max_length=12)
-    assert groups == [[0, 1, 4], [3], [5]] and rest == [2]
+    assert groups == [[0, 1, 4], [3, 6], [5, 7]] and rest == [2, 8, 9, 10, 11]
+    groups, rest = group_by_context(reqs[:6], max_length=12)
+    assert groups == [[0, 1, 4]] and rest == [2, 3, 5]  # a context of one request: nothing to share
+
+
+def test_sharing_is_chosen_where_it_saves_more_tokens_than_it_costs():
+    from pruning.evaluation.shared_context import worth_sharing
+
+    assert worth_sharing(40, [3, 5, 4, 6])  # ARC: 117 context tokens saved, 18 continuation tokens
+    assert not worth_sharing(14, [30, 28])  # PIQA: 13 saved, 58 paid
+    assert not worth_sharing(300, [1, 1])  # BoolQ: lm-eval runs it once already
+    assert not worth_sharing(300, [7])  # one request
+    assert worth_sharing(400, [30, 28, 35, 31])  # 5-shot HellaSwag: 1197 saved, 124 paid
 
 
 def _stock_scores(lm_model, tokenizer, requests):

@@ -30,8 +30,9 @@ Request = tuple  # lm-eval's ((context str, continuation str) | None, context to
 
 def group_by_context(requests: Sequence[Request], max_length: int) -> tuple[list[list[int]], list[int]]:
     """Indices of ``requests`` grouped by identical context tokens (groups in first-seen order), and the
-    indices left to lm-eval's own path: a context of one token (nothing to share) or a request longer
-    than ``max_length + 1`` tokens (lm-eval truncates it from the left, which changes the context)."""
+    indices left to lm-eval's own path: a context of one token (nothing to share), a request longer than
+    ``max_length + 1`` tokens (lm-eval truncates it from the left, which changes the context), and groups
+    with too little to gain (:func:`worth_sharing`)."""
     groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
     rest = []
     for i, (_, context, continuation) in enumerate(requests):
@@ -39,7 +40,25 @@ def group_by_context(requests: Sequence[Request], max_length: int) -> tuple[list
             rest.append(i)
         else:
             groups[tuple(context)].append(i)
-    return list(groups.values()), rest
+    shared = []
+    for group in groups.values():
+        if worth_sharing(len(requests[group[0]][1]), [len(requests[i][2]) for i in group]):
+            shared.append(group)
+        else:
+            rest.extend(group)
+    return shared, sorted(rest)
+
+
+def worth_sharing(context: int, continuations: Sequence[int]) -> bool:
+    """Whether a context of ``context`` tokens shared by continuations of these lengths saves more than the
+    shared path costs: the repeated context tokens saved, ``(n - 1) * (context - 1)``, must reach the
+    continuations' own tokens, which padding to the longest of a batch can double. Not worth it: a context
+    of one request (WinoGrande puts its choices in the context), one-token continuations only (lm-eval
+    already runs their context once: BoolQ, RTE), short contexts with long continuations (PIQA, most of
+    0-shot HellaSwag); worth it: ARC, OpenBookQA and few-shot contexts."""
+    if len(continuations) < 2 or max(continuations) < 2:
+        return False
+    return (len(continuations) - 1) * (context - 1) >= sum(continuations)
 
 
 def _cache_keyword(model) -> str:
