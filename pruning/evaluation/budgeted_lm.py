@@ -11,7 +11,7 @@ and the model returns logits only for the trailing positions that hold the batch
 With ``share_context`` (``runtime.zero_shot_shared_context``, off by default) requests that share their
 context tokens are scored with the context run once (:mod:`pruning.evaluation.shared_context`), after
 a check against lm-eval's own path on a spread of the run's groups; a model that fails the check (or
-whose cache cannot be repeated) is scored by lm-eval's path throughout, and the record says why.
+whose cache cannot be gathered along the batch) is scored by lm-eval's path throughout, and the record says why.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def budgeted_hflm_class():
 
         def _fall_back(self, why: str) -> bool:
             self.shared["fallback"] = why
-            log.warning("zero-shot: scoring with lm-eval's own path, the shared-context one disagrees with it "
+            log.warning("zero-shot: scoring with lm-eval's own path, the shared-context one failed its check "
                         "on this model (%s)", why)
             return False
 
