@@ -34,7 +34,7 @@ from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
-from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete,
+from pruning.results import (FAILED_FILE, RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete,
                              peak_memory, read_record, reset_peak_memory, reusable_record, utc_now, versions,
                              write_json_atomic, write_text_atomic)
 from pruning.solvers import check_method
@@ -273,7 +273,7 @@ class _Job:
         self.method, self.target = spec.method.name, spec.sparsity
         self.path = out_dir / RESULTS_FILE
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
-        self.heldout = None
+        self.heldout, self.zero_shot_samples = None, None
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
         self.record = {
@@ -395,8 +395,9 @@ class _Job:
             t_zs = time.perf_counter()
             zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, spec.eval.zero_shot, spec.data,
                                     spec.runtime.zero_shot_logits_gb, spec.runtime.zero_shot_shared_context)
-            # per-document correctness beside the record (paired tests between methods; analysis.significance)
-            write_json_atomic(self.out_dir / ZERO_SHOT_SAMPLES, zs.pop("samples"))
+            # per-document correctness beside the record (paired tests between methods; analysis.significance),
+            # written with the record (finish): a re-run that fails later keeps the samples of the record that stays
+            self.zero_shot_samples = zs.pop("samples")
             zs["samples_file"] = ZERO_SHOT_SAMPLES
             record["metrics"]["zero_shot"] = zs
             record["timings"]["eval_zeroshot_s"] = round(time.perf_counter() - t_zs, 3)
@@ -423,6 +424,8 @@ class _Job:
         if problems:  # a bug in this code, not in the job's input: never write a record readers cannot trust
             raise RuntimeError(f"the record breaks its schema (pruning/record.py): {'; '.join(problems)}")
         reusable_record(self.path, self.chash, self.spec.force)  # again, right before writing
+        if self.zero_shot_samples is not None:
+            write_json_atomic(self.out_dir / ZERO_SHOT_SAMPLES, self.zero_shot_samples)
         write_json_atomic(self.path, record)
         self.tracker.log_summary(_summary(record))
         self.tracker.finish()
@@ -438,10 +441,11 @@ class _Job:
         record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
         record["memory"].update(peak_memory())
         try:
-            other = read_record(self.path)
-            if is_complete(other) and other.get("config_hash") != self.chash:  # never over another config's result
-                log.error("%s holds another config's complete record; this job's failure is not written there",
-                          self.path)
+            # a complete record stays (force=true over this config's result, or another config's): a failed
+            # re-run loses nothing; its failure goes beside it
+            if is_complete(read_record(self.path)):
+                write_json_atomic(self.path.with_name(FAILED_FILE), record)
+                log.error("%s holds a complete record, kept; this run's failure is in %s", self.path, FAILED_FILE)
             else:
                 write_json_atomic(self.path, record)
         finally:

@@ -234,6 +234,7 @@ def read_record(path: str | os.PathLike) -> dict | None:
 
 
 STALE_FILE = "results.stale.json"  # a stale record, moved aside when its job re-runs
+FAILED_FILE = "results.failed.json"  # a failed run's record where a complete record already stands
 
 
 def reusable_record(path: str | os.PathLike, chash: str, force: bool) -> dict | None:

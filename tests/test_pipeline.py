@@ -41,6 +41,27 @@ def test_complete_job_is_skipped_unless_forced(tiny_data_root, tmp_path):
     assert read_record(tmp_path / "results.json")["job"]["started"] == forced["job"]["started"]
 
 
+def test_a_forced_rerun_that_fails_keeps_the_complete_record_and_its_samples(tiny_data_root, tmp_path, monkeypatch):
+    import pruning.pipeline as pipeline
+
+    zs = ("eval=zeroshot", "eval.zero_shot.tasks=[piqa]", "eval.zero_shot.limit=2")
+    first = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, *zs)), tmp_path)
+    samples = (tmp_path / "zero_shot_samples.json").read_text()
+
+    def broken(*args, **kwargs):  # the last step before the record: after the zero-shot evaluation
+        raise RuntimeError("sparsity check broke")
+
+    monkeypatch.setattr(pipeline, "measure_stored_sparsity", broken)
+    with pytest.raises(RuntimeError, match="sparsity check broke"):
+        run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root, *zs, "force=true")), tmp_path)
+    kept = read_record(tmp_path / "results.json")
+    assert kept["status"] == "complete" and kept["job"]["started"] == first["job"]["started"]
+    assert (tmp_path / "zero_shot_samples.json").read_text() == samples  # the samples of the record that stays
+    failed = read_record(tmp_path / "results.failed.json")
+    assert failed["status"] == "failed" and "sparsity check broke" in failed["error"]
+    assert failed["config_hash"] == first["config_hash"]
+
+
 def test_another_config_gets_its_own_directory_and_resumes_there(tiny_data_root, tmp_path):
     job = tmp_path / "job"
     first = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), job)
