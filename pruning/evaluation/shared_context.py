@@ -13,7 +13,7 @@ Pure functions over a model and token lists; :mod:`pruning.evaluation.budgeted_l
 requests take this path, batches the groups and checks the path against lm-eval's own on a spread of
 each run's groups. It saves the repeated contexts' tokens but costs two forward passes per batch and
 padding: it pays off where contexts are long against their continuations (few-shot), not for short
-0-shot contexts (docs/evaluation.md, "Shared contexts").
+0-shot contexts (docs/evaluation.md, "Zero-shot evaluation in detail").
 """
 
 from __future__ import annotations
