@@ -26,17 +26,13 @@ TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge",
 def compare(model_name: str, limit: int, tasks: list[str], num_fewshot: int = 0, logits_gb: float = 4.0) -> dict:
     """Score the dense ``model_name`` on the first ``limit`` documents of ``tasks``, without and with
     shared contexts; the record of both runs."""
-    from hydra import compose, initialize_config_dir
-
+    from pruning.api import conf_node
     from pruning.evaluation.zero_shot import evaluate_zero_shot
     from pruning.models import load_model
 
-    conf = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={model_name}"])
-    loaded = load_model(cfg.model)
+    loaded = load_model(conf_node("model", model_name))
     zs = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "batch_size": 32, "seed": 0}
-    data = {"root": cfg.data.root, "verify_checksums": False}
+    data = {"root": None, "verify_checksums": False}  # the default data root (PRUNING_DATA_ROOT or ../shared/data)
     runs = {}
     for share in (True, False):  # lm-eval's path second: what the first run warmed up favours it
         out = evaluate_zero_shot(loaded.model, loaded.tokenizer, zs, data, logits_gb=logits_gb, share_context=share)

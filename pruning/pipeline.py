@@ -34,8 +34,8 @@ from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
-from pruning.results import (FAILED_FILE, RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, is_complete,
-                             peak_memory, read_record, reset_peak_memory, reusable_record, utc_now, versions,
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, peak_memory,
+                             reset_peak_memory, reusable_record, utc_now, versions, write_failed_record,
                              write_json_atomic, write_text_atomic)
 from pruning.solvers import check_method
 from pruning.spec import JobSpec, parse_job
@@ -252,9 +252,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
     try:
         spec = validate(cfg)
     except (ConfigError, DataError, ModelLoadError) as e:  # a record says why, also in a multirun (nothing computed)
-        if is_complete(read_record(path)):  # force=true over a complete record: keep it, just fail
-            raise
-        write_json_atomic(path, {"schema_version": SCHEMA_VERSION, "status": "failed", "stage": "validation",
+        write_failed_record(path, {"schema_version": SCHEMA_VERSION, "status": "failed", "stage": "validation",
                                  "config_hash": chash, "error": f"{type(e).__name__}: {e}",
                                  "traceback": traceback.format_exc(), "config": config,
                                  "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(),
@@ -441,12 +439,6 @@ class _Job:
         record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
         record["memory"].update(peak_memory())
         try:
-            # a complete record stays (force=true over this config's result, or another config's): a failed
-            # re-run loses nothing; its failure goes beside it
-            if is_complete(read_record(self.path)):
-                write_json_atomic(self.path.with_name(FAILED_FILE), record)
-                log.error("%s holds a complete record, kept; this run's failure is in %s", self.path, FAILED_FILE)
-            else:
-                write_json_atomic(self.path, record)
+            write_failed_record(self.path, record)
         finally:
             self.tracker.finish(exit_code=1)

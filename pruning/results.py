@@ -237,6 +237,19 @@ STALE_FILE = "results.stale.json"  # a stale record, moved aside when its job re
 FAILED_FILE = "results.failed.json"  # a failed run's record where a complete record already stands
 
 
+def write_failed_record(path: str | os.PathLike, record: dict) -> Path:
+    """Write a failed job's ``record`` to ``path``, or beside it as ``results.failed.json`` where a complete
+    record already stands there (a ``force=true`` re-run of its config, or another config's): a failure never
+    replaces a result. Returns where it went."""
+    path = Path(path)
+    if is_complete(read_record(path)):
+        path = path.with_name(FAILED_FILE)
+        log.error("%s holds a complete record, kept; this run's failure is in %s", path.with_name(RESULTS_FILE),
+                  FAILED_FILE)
+    write_json_atomic(path, record)
+    return path
+
+
 def reusable_record(path: str | os.PathLike, chash: str, force: bool) -> dict | None:
     """The complete record at ``path`` when it holds this config (the job is skipped), else None.
     A complete record of *another* config is never overwritten: :class:`ConfigError`. A stale record

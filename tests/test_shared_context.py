@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from pruning.evaluation.shared_context import group_by_context, score_batch, score_group
+from pruning.evaluation.shared_context import group_by_context, score_batch
 from tests.conftest import compose_cfg
 
 ALL_TASKS = ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa", "piqa"]
@@ -67,10 +67,10 @@ def test_scores_equal_lm_evals_own_path(model):
         assert ll == pytest.approx(theirs, abs=1e-4)
         assert greedy == their_greedy
     for (context, conts), answers in zip(items, batched):  # one context alone: the same numbers
-        for (ll, _), (alone, _) in zip(answers, score_group(lm.model, context, conts, trims=trims)):
+        for (ll, _), (alone, _) in zip(answers, score_batch(lm.model, [(context, conts)], trims=trims)[0]):
             assert ll == pytest.approx(alone, abs=1e-4)
     # and not by accident: another context gives other numbers
-    other = score_group(lm.model, items[0][0][1:], items[0][1][:1], trims=False)
+    other = score_batch(lm.model, [(items[0][0][1:], items[0][1][:1])], trims=False)[0]
     assert abs(other[0][0] - batched[0][0][0]) > 1e-3
 
 
@@ -138,10 +138,10 @@ def test_the_shared_context_knob_is_a_runtime_setting():
     assert config_hash(OmegaConf.to_container(on, resolve=True)) == config_hash(OmegaConf.to_container(off, resolve=True))
 
 
-def test_score_group_needs_no_gradient():
+def test_score_batch_needs_no_gradient():
     from pruning.models import load_model
 
     lm = load_model(compose_cfg(["model=tiny-llama"]).model)
     with torch.enable_grad():
-        scores = score_group(lm.model, [5, 6, 7], [[8], [9, 10]])
+        scores = score_batch(lm.model, [([5, 6, 7], [[8], [9, 10]])])[0]
     assert len(scores) == 2 and all(isinstance(ll, float) for ll, _ in scores)

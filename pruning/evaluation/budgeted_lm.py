@@ -21,6 +21,7 @@ import logging
 from functools import lru_cache
 
 import torch
+from tqdm import tqdm
 
 from pruning.evaluation.shared_context import group_by_context, score_batch
 
@@ -125,26 +126,27 @@ def budgeted_hflm_class():
                     or self.backend != "causal" or self.mixed_precision_dtype is not None):
                 return stock(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
             groups, rest = group_by_context(requests, self.max_length)
-            if not groups or not self._shared_path_agrees(requests, groups):
+            checked = self._shared_path_agrees(requests, groups) if groups else None
+            if checked is None:
                 return stock(requests, disable_tqdm=disable_tqdm)
-            results: list = [None] * len(requests)
+            # the checked groups keep lm-eval's answers (they were scored both ways); the rest of the groups
+            # take the shared path, the requests it leaves out lm-eval's
+            results: dict[int, tuple] = dict(checked)
             if rest:
-                for i, answer in zip(rest, stock([requests[i] for i in rest], disable_tqdm=True)):
-                    results[i] = answer
-            from tqdm import tqdm
-
-            with tqdm(total=len(requests) - len(rest), disable=disable_tqdm or self.rank != 0,
+                results.update(zip(rest, stock([requests[i] for i in rest], disable_tqdm=True)))
+            todo = [g for g in groups if g[0] not in checked]
+            with tqdm(total=sum(map(len, todo)), disable=disable_tqdm or self.rank != 0,
                       desc="Running loglikelihood requests (shared contexts)") as bar:
-                for batch in self._shared_batches(requests, groups):
+                for batch in self._shared_batches(requests, todo):
                     for group, answers in zip(batch, self._score_shared(requests, batch)):
-                        for i, answer in zip(group, answers):
-                            results[i] = answer
-                            if requests[i][0] is not None:
-                                self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                        results.update(zip(group, answers))
                         bar.update(len(group))
+            for i in range(len(requests)):
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], results[i])
             self.shared.update(used=True, requests=self.shared["requests"] + len(requests) - len(rest),
                                groups=self.shared["groups"] + len(groups))
-            return results
+            return [results[i] for i in range(len(requests))]
 
         def _shared_batches(self, requests, groups):
             """Groups ordered by context length, longest first (as lm-eval orders requests), packed into
@@ -162,8 +164,13 @@ def budgeted_hflm_class():
             if batch:
                 yield batch
 
+        @staticmethod
+        def _items(requests, groups) -> list[tuple]:
+            """``(context, continuations)`` of each group, as :func:`score_batch` takes them."""
+            return [(requests[g[0]][1], [requests[i][2] for i in g]) for g in groups]
+
         def _score_shared(self, requests, batch):
-            items = [(requests[g[0]][1], [requests[i][2] for i in g]) for g in batch]
+            items = self._items(requests, batch)
             prefix = max(len(c) - 1 for c, _ in items)
             rows = sum(len(cs) for _, cs in items)
             width = max(len(c) for _, cs in items for c in cs)
@@ -179,17 +186,18 @@ def budgeted_hflm_class():
             pad = getattr(self.tokenizer, "pad_token_id", None)
             return int(pad) if pad is not None else 0
 
-        def _shared_path_agrees(self, requests, groups) -> bool:
-            """Score ``CHECK_GROUPS`` groups spread over the run both ways, the shared ones in one padded batch;
-            False (and lm-eval's path from then on) if any log-likelihood differs beyond float rounding or the
-            shared path fails."""
+        def _shared_path_agrees(self, requests, groups) -> dict[int, tuple] | None:
+            """Score ``CHECK_GROUPS`` groups spread over the run both ways, the shared ones in one padded batch:
+            lm-eval's answers of the checked requests by index, or None (and lm-eval's path from then on) if
+            any log-likelihood differs beyond float rounding or the shared path fails."""
             picks = sorted({round(k * (len(groups) - 1) / max(1, CHECK_GROUPS - 1)) for k in range(CHECK_GROUPS)})
             checked = [groups[k] for k in picks]
-            reference = super()._loglikelihood_tokens([requests[i] for g in checked for i in g], disable_tqdm=True)
+            indices = [i for g in checked for i in g]
+            reference = super()._loglikelihood_tokens([requests[i] for i in indices], disable_tqdm=True)
             try:  # one batch of contexts of different lengths: the padding is checked too
-                shared = [a for answers in score_batch(
-                    self.model, [(requests[g[0]][1], [requests[i][2] for i in g]) for g in checked],
-                    trims=self.trims, softmax_dtype=self.softmax_dtype, pad_id=self._pad_id()) for a in answers]
+                shared = [a for answers in score_batch(self.model, self._items(requests, checked), trims=self.trims,
+                                                       softmax_dtype=self.softmax_dtype, pad_id=self._pad_id())
+                          for a in answers]
             except Exception as e:  # e.g. a cache that cannot be gathered along the batch
                 return self._fall_back(f"{type(e).__name__}: {e}")
             worst = 0.0
@@ -201,13 +209,13 @@ def budgeted_hflm_class():
                     return self._fall_back(f"log-likelihood {ours:.6f} against lm-eval's {theirs:.6f}")
             self.shared["checked_groups"] += len(checked)
             self.shared["max_abs_diff"] = max(worst, self.shared["max_abs_diff"] or 0.0)
-            return True
+            return dict(zip(indices, reference))
 
-        def _fall_back(self, why: str) -> bool:
+        def _fall_back(self, why: str) -> None:
             self.shared["fallback"] = why
             log.warning("zero-shot: scoring with lm-eval's own path, the shared-context one failed its check "
                         "on this model (%s)", why)
-            return False
+            return None
 
         def batching_info(self) -> dict:
             kept, total = self.positions

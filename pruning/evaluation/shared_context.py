@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections import defaultdict
+from functools import lru_cache
 from typing import Sequence
 
 import torch
@@ -61,9 +62,10 @@ def worth_sharing(context: int, continuations: Sequence[int]) -> bool:
     return (len(continuations) - 1) * (context - 1) >= sum(continuations)
 
 
-def _cache_keyword(model) -> str:
+@lru_cache(maxsize=None)
+def _cache_keyword(model_class: type) -> str:
     """The forward keyword of the key/value cache: ``cache`` (transformers >= 5.2x), else ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 @torch.no_grad()
@@ -98,7 +100,7 @@ def score_batch(model, items: Sequence[tuple[Sequence[int], Sequence[Sequence[in
     start = torch.tensor([len(prefixes[k]) for k in owner], device=device)
     positions = start[:, None] + torch.arange(width, device=device)[None, :]
     logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   **{_cache_keyword(model): cache}).logits
+                   **{_cache_keyword(type(model)): cache}).logits
     logprobs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
     conts = [cont for _, cs in items for cont in cs]
     flat = []
@@ -112,7 +114,3 @@ def score_batch(model, items: Sequence[tuple[Sequence[int], Sequence[Sequence[in
         at += len(cs)
     return scores
 
-
-def score_group(model, context: Sequence[int], continuations: Sequence[Sequence[int]], **kwargs) -> list[tuple[float, bool]]:
-    """:func:`score_batch` for one context."""
-    return score_batch(model, [(context, continuations)], **kwargs)[0]
