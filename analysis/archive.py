@@ -3,7 +3,9 @@
     python -m analysis.archive outputs/sweeps/frontier analysis/records/frontier   # keep a sweep's records
     python -m analysis.archive analysis/records/frontier outputs/sweeps/frontier   # resume it elsewhere
 
-Only ``results.json`` of complete, current records is copied (no logs, checkpoints or W&B runs): the
+Only ``results.json`` of complete, current records is copied, with the per-document zero-shot results
+kept beside a record (``zero_shot_samples.json``: the zero-shot table's paired tests read them), and no
+logs, checkpoints or W&B runs: the
 records behind ``docs/benchmarks.md`` live in ``analysis/records/`` this way, so its tables can be
 re-rendered without a run (``python -m analysis.tables analysis/records/frontier --table frontier``).
 Copied back below ``outputs/sweeps/<sweep_name>``, they make the sweep skip those jobs (a job skips
@@ -23,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis.significance import samples_path
 from pruning.record import stale_reason
 from pruning.results import RESULTS_FILE, is_complete, read_record, write_text_atomic
 
@@ -66,7 +69,11 @@ def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bo
             continue
         target = dst / rel
         existing = read_record(target)
+        samples = samples_path(path.parent, record)
         if existing == record:
+            kept = samples_path(target.parent, record)
+            if samples.is_file() and not kept.is_file() and not dry_run:
+                write_text_atomic(kept, samples.read_text(encoding="utf-8"))  # an archive from before samples were kept
             report.unchanged.append(rel)
             continue
         if is_complete(existing) and not replace:
@@ -77,6 +84,8 @@ def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bo
                         (record.get("job") or {}).get("finished"))
             continue
         if not dry_run:
+            if samples.is_file():  # first, so that a record at the destination always has its samples
+                write_text_atomic(samples_path(target.parent, record), samples.read_text(encoding="utf-8"))
             write_text_atomic(target, text)  # the source's bytes, not a re-serialisation
         report.copied.append(rel)
     return report

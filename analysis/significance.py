@@ -32,10 +32,15 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def samples_path(job_dir: str | Path, record: dict | None = None) -> Path:
+    """Where a job directory keeps its per-document zero-shot results (the record may name the file)."""
+    name = ((record or {}).get("metrics", {}).get("zero_shot") or {}).get("samples_file", "zero_shot_samples.json")
+    return Path(job_dir) / name
+
+
 def load_samples(job_dir: str | Path, record: dict | None = None) -> dict | None:
     """The per-document results of a job directory, or None when it kept none (jobs before this file)."""
-    name = ((record or {}).get("metrics", {}).get("zero_shot") or {}).get("samples_file", "zero_shot_samples.json")
-    path = Path(job_dir) / name
+    path = samples_path(job_dir, record)
     if not path.is_file():
         return None
     return json.loads(path.read_text())

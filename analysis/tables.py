@@ -296,6 +296,9 @@ def zeroshot_table(frame: pd.DataFrame, preset: str = "wanda", *, tasks: list[st
     unknown = [t for t in tasks if t not in metric_map]
     if unknown:
         raise ValueError(f"tasks {unknown} have no metric in preset {preset!r}; known: {', '.join(TASKS)}")
+    absent = [t for t in tasks if t not in available]
+    if absent and available:
+        raise ValueError(f"tasks {absent} are in none of these records; they have: {', '.join(available)}")
     if not tasks:
         raise ValueError("no zero-shot results in these records (metrics.zero_shot is empty)")
     zs_cols = [c for c in frame.columns if c.startswith("zs_")]
@@ -426,7 +429,7 @@ TABLES: dict[str, TableKind] = {
         f, o["dataset"], columns=o["columns"], compare=o["compare"], delta_vs_dense=o["delta_vs_dense"],
         explode=o["explode"]).render(fmt), "perplexity by method x sparsity (or x model)"),
     "zeroshot": TableKind(("md", "latex", "csv"), lambda f, fmt, o: zeroshot_table(
-        f, o["metrics"], compare=o["compare"]).render(fmt), "zero-shot accuracy per task"),
+        f, o["metrics"], tasks=o["tasks"], compare=o["compare"]).render(fmt), "zero-shot accuracy per task"),
     "benchmark": TableKind(("md", "csv"), lambda f, fmt, o: benchmark_markdown(f, o["dataset"], o["explode"])
                            if fmt == "md" else benchmark_long(f, o["dataset"]).to_csv(index=False), "the APT benchmark"),
     "calibration": TableKind(("md", "csv"), lambda f, fmt, o: calibration_markdown(f, o["explode"])
@@ -441,17 +444,20 @@ TABLES: dict[str, TableKind] = {
 
 def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
-          explode: float = 1e4, baseline: str | None = None, layers: pd.DataFrame | None = None) -> str:
+          explode: float = 1e4, baseline: str | None = None, layers: pd.DataFrame | None = None,
+          tasks: list[str] | None = None) -> str:
     """One table of :data:`TABLES` as text in ``fmt`` (md | latex | csv); ``baseline``: the method label
     the frontier and projections tables' ratios refer to (default SparseGPT); ``layers``: the per-layer
-    rows of ``frame``'s records (:func:`analysis.collect.layers_of`), for the tables that need them."""
+    rows of ``frame``'s records (:func:`analysis.collect.layers_of`), for the tables that need them;
+    ``tasks``: the zero-shot table's tasks (default: every task the records have)."""
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {', '.join(TABLES)}")
     kind = TABLES[table]
     if fmt not in kind.formats:
         raise ValueError(f"the {table} table is written as {' or '.join(kind.formats)}")
     options = {"dataset": dataset, "columns": columns, "metrics": metrics, "compare": compare,
-               "delta_vs_dense": delta_vs_dense, "explode": explode, "baseline": baseline, "layers": layers}
+               "delta_vs_dense": delta_vs_dense, "explode": explode, "baseline": baseline, "layers": layers,
+               "tasks": tasks}
     return kind.render(frame, fmt, options)
 
 
@@ -532,12 +538,16 @@ def main(argv=None) -> int:
     p.add_argument("--where", action="append", default=[], metavar="COLUMN=V1[,V2]",
                    help="keep only records whose column has one of the values (repeatable), "
                    "e.g. allocation=uniform or model=gemma3-270m")
+    p.add_argument("--tasks", help="zeroshot table: these tasks only, comma-separated (the mean and its tests "
+                   "are over them), e.g. to leave out a task the model answers by bias alone")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
     kind = TABLES[args.table]
     if args.baseline and not kind.baseline:
         p.error(f"--baseline applies to --table {' or '.join(k for k, v in TABLES.items() if v.baseline)} only "
                 f"(got --table {args.table})")
+    if args.tasks and args.table != "zeroshot":
+        p.error(f"--tasks applies to --table zeroshot only (got --table {args.table})")
     col = collect(*args.dirs, layers=kind.layers)
     frame = col.frame
     try:
@@ -547,7 +557,8 @@ def main(argv=None) -> int:
         text = build(frame, args.table, args.format, dataset=args.dataset, columns=args.columns,
                      metrics=args.metrics, compare=args.compare, delta_vs_dense=args.delta_vs_dense,
                      explode=args.explode, baseline=args.baseline,
-                     layers=layers_of(frame, col.layers) if kind.layers else None)
+                     layers=layers_of(frame, col.layers) if kind.layers else None,
+                     tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None)
     except ValueError as e:
         p.error(str(e))
     if args.out:

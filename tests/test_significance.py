@@ -6,7 +6,7 @@ import pytest
 
 from analysis.collect import collect
 from analysis.significance import (bootstrap_ci, mcnemar_exact, paired_bootstrap, paired_task_test)
-from analysis.tables import NOT_SIGNIFICANT, zeroshot_table
+from analysis.tables import NOT_SIGNIFICANT, main as tables_main, zeroshot_table
 from tests.test_analysis import record, write
 
 
@@ -71,3 +71,23 @@ def test_the_zero_shot_table_marks_differences_that_are_not_significant(tmp_path
     assert "[" in table.marks.at["SparseGPT", "Mean"]  # every row with samples: the mean's interval
     assert "not significantly different from SparseGPT" in text and "80.00" in text
     assert "the first 200 documents of each task" in text and "not comparable with full-set numbers" in text
+
+
+def test_the_zero_shot_table_can_leave_a_task_out_of_the_mean_and_its_tests(tmp_path, capsys):
+    """--tasks: a task the model answers by bias alone (BoolQ here) out of the columns, the mean and the tests."""
+    runs = {"sparsegpt": {"piqa": [1] * 120 + [0] * 80, "boolq": [0] * 200},
+            "apt": {"piqa": [1] * 121 + [0] * 79, "boolq": [1] * 200}}  # boolq: +100 docs, all from bias
+    for method, accs in runs.items():
+        path = write(tmp_path, method, _zs_record(method, accs))
+        (path.parent / "zero_shot_samples.json").write_text(json.dumps({t: _task(a) for t, a in accs.items()}))
+    both = zeroshot_table(collect(tmp_path).frame, tasks=["piqa", "boolq"])
+    assert not str(both.marks.at["APT", "Mean"]).startswith(NOT_SIGNIFICANT)  # the mean moved by BoolQ alone
+    assert tables_main([str(tmp_path), "--table", "zeroshot", "--tasks", "piqa"]) == 0
+    text = capsys.readouterr().out
+    assert "BoolQ" not in text and "| **60.50°** | **60.50° [" in text  # Mean = PIQA alone: not significant
+    with pytest.raises(SystemExit):
+        tables_main([str(tmp_path), "--table", "zeroshot", "--tasks", "piqa,rte"])
+    assert "tasks ['rte'] are in none of these records; they have: boolq, piqa" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        tables_main([str(tmp_path), "--table", "ppl", "--tasks", "piqa"])
+    assert "--tasks applies to --table zeroshot only" in capsys.readouterr().err

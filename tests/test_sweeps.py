@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from pruning.errors import ConfigError
 from pruning.placement import gpu_from_pool
@@ -194,3 +195,26 @@ def test_solver_timing_rejects_bad_input(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.solver_timing", "shapes=tiny", "method=dense",
                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "method='dense' has no solver to time" in out.stderr
+
+
+def test_solver_timing_times_the_dense_target_methods_as_the_engine_runs_them():
+    """Engine knobs are not solver arguments; with output_target=dense the timed work is W* then the solver."""
+    from experiments.solver_timing import cross_covariance, random_layer, time_solver
+    from omegaconf import OmegaConf
+    from pruning.solvers import SOLVERS
+    from pruning.solvers.dense_target import dense_target_weights
+    from pruning.spec import parse_method
+
+    cfg = compose_cfg(["method=apt-refit-dense-seq", "sparsity=2:4"])
+    spec, sparsity = parse_method(OmegaConf.to_container(cfg.method, resolve=True), cfg.sparsity, eval_only=())
+    params = dict(spec.params)
+    assert params["output_target"] == "dense" and params["true_sequential"] is True
+    w, H = random_layer(8, 32, 16, seed=3, device="cpu")
+    seconds, res = time_solver(spec.name, params, w, H, sparsity, repeats=2, seed=5)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    target = dense_target_weights(w, H, cross_covariance(H, 5), params["percdamp"], params["target_alpha"])
+    assert not torch.equal(target, w)  # the target moved: the timing includes a real correction
+    kwargs = {k: v for k, v in params.items() if k not in ("output_target", "target_alpha", "true_sequential")}
+    expected = SOLVERS[spec.name].fn(target, sparsity, H=H, **kwargs)
+    assert torch.equal(res.weight, expected.weight) and torch.equal(res.mask, expected.mask)
+    assert float(res.mask.float().mean()) == 0.5
