@@ -319,7 +319,8 @@ class _Job:
         record, runtime = self.record, self.spec.runtime
         if runtime.threads:
             torch.set_num_threads(runtime.threads)
-        record["job"]["torch_threads"] = torch.get_num_threads()  # after runtime.threads took effect
+        # after runtime.threads took effect (versions() ran before it, when the record was made)
+        record["job"]["torch_threads"] = record["versions"]["torch_threads"] = torch.get_num_threads()
         torch.manual_seed(self.spec.seed)
         if runtime.offload:
             self.offload_dir = Path(runtime.offload_dir or self.out_dir / "offload")

@@ -4,6 +4,7 @@ import json
 import os
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from pruning.errors import ConfigError, DataError
@@ -29,6 +30,15 @@ def test_dense_job_writes_complete_record(tiny_data_root, tmp_path):
     assert rec["memory"]["peak_scope"] == "job"
     assert (tmp_path / "config.resolved.yaml").is_file()
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_the_record_states_the_thread_count_the_job_ran_with(tiny_data_root, tmp_path):
+    before = torch.get_num_threads()
+    try:
+        rec = run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root) + ["runtime.threads=1"]), tmp_path)
+    finally:
+        torch.set_num_threads(before)
+    assert rec["job"]["torch_threads"] == 1 and rec["versions"]["torch_threads"] == 1
 
 
 def test_complete_job_is_skipped_unless_forced(tiny_data_root, tmp_path):
