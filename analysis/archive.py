@@ -4,8 +4,9 @@
     python -m analysis.archive analysis/records/frontier outputs/sweeps/frontier   # resume it elsewhere
 
 Only ``results.json`` of complete, current records is copied, with the per-document zero-shot results
-kept beside a record (``zero_shot_samples.json``: the zero-shot table's paired tests read them), and no
-logs, checkpoints or W&B runs: the
+kept beside a record (``zero_shot_samples.json``, the zero-shot table's paired tests read them; written
+in the compact form of :func:`pruning.results.write_samples_atomic` whatever form the source had), and
+no logs, checkpoints or W&B runs: the
 records behind ``docs/benchmarks.md`` live in ``analysis/records/`` this way, so its tables can be
 re-rendered without a run (``python -m analysis.tables analysis/records/frontier --table frontier``).
 Copied back below ``outputs/sweeps/<sweep_name>``, they make the sweep skip those jobs (a job skips
@@ -20,6 +21,7 @@ compare methods only where both ran on one machine.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from analysis.significance import samples_path
 from pruning.record import stale_reason
-from pruning.results import RESULTS_FILE, is_complete, read_record, write_text_atomic
+from pruning.results import RESULTS_FILE, is_complete, read_record, write_samples_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bo
         samples = samples_path(path.parent, record)
         if existing == record:
             kept = samples_path(target.parent, record)
-            if samples.is_file() and not kept.is_file() and not dry_run:
-                write_text_atomic(kept, samples.read_text(encoding="utf-8"))  # an archive from before samples were kept
+            if samples.is_file() and not kept.is_file() and not dry_run:  # an archive from before samples were kept
+                write_samples_atomic(kept, json.loads(samples.read_text(encoding="utf-8")))
             report.unchanged.append(rel)
             continue
         if is_complete(existing) and not replace:
@@ -85,7 +87,7 @@ def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bo
             continue
         if not dry_run:
             if samples.is_file():  # first, so that a record at the destination always has its samples
-                write_text_atomic(samples_path(target.parent, record), samples.read_text(encoding="utf-8"))
+                write_samples_atomic(samples_path(target.parent, record), json.loads(samples.read_text(encoding="utf-8")))
             write_text_atomic(target, text)  # the source's bytes, not a re-serialisation
         report.copied.append(rel)
     return report

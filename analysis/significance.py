@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pruning.results import ZERO_SHOT_SAMPLES
+
 ALPHA = 0.05
 
 
@@ -34,7 +36,7 @@ def mcnemar_exact(b: int, c: int) -> float:
 
 def samples_path(job_dir: str | Path, record: dict | None = None) -> Path:
     """Where a job directory keeps its per-document zero-shot results (the record may name the file)."""
-    name = ((record or {}).get("metrics", {}).get("zero_shot") or {}).get("samples_file", "zero_shot_samples.json")
+    name = ((record or {}).get("metrics", {}).get("zero_shot") or {}).get("samples_file", ZERO_SHOT_SAMPLES)
     return Path(job_dir) / name
 
 
@@ -51,7 +53,9 @@ def _aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
     ia = {d: i for i, d in enumerate(a["doc_id"])}
     shared = [(ia[d], j) for j, d in enumerate(b["doc_id"]) if d in ia]
     for i, j in shared:
-        if a["doc_hash"][i] and b["doc_hash"][j] and a["doc_hash"][i] != b["doc_hash"][j]:
+        ha, hb = a["doc_hash"][i], b["doc_hash"][j]
+        n = min(len(ha or ""), len(hb or ""))  # files keep a prefix of the hash (pruning.results.DOC_HASH_CHARS)
+        if n and ha[:n] != hb[:n]:
             raise ValueError(f"document {a['doc_id'][i]} differs between the two runs (other data or task version)")
     x = np.array([a[metric][i] for i, _ in shared], dtype=float)
     y = np.array([b[metric][j] for _, j in shared], dtype=float)

@@ -34,9 +34,9 @@ from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.models import load_model, model_preflight
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
-from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, claim_job_dir, config_hash, peak_memory,
-                             reset_peak_memory, reusable_record, utc_now, versions, write_failed_record,
-                             write_json_atomic, write_text_atomic)
+from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, ZERO_SHOT_SAMPLES, claim_job_dir, config_hash,
+                             peak_memory, reset_peak_memory, reusable_record, utc_now, versions,
+                             write_failed_record, write_json_atomic, write_samples_atomic, write_text_atomic)
 from pruning.solvers import check_method
 from pruning.spec import JobSpec, parse_job
 from pruning.tracking import make_tracker
@@ -182,7 +182,6 @@ def _check_numerics(record: dict, layers: list[dict], max_share: float) -> None:
                            f"not the method's. Check method.percdamp and the calibration data")
 
 
-ZERO_SHOT_SAMPLES = "zero_shot_samples.json"  # per task: doc_id, doc_hash, target, pred, acc, acc_norm
 NONE_TARGET = {"kind": "none", "ratio": None, "n": None, "m": None, "spec": "none"}  # method=none: as loaded
 
 
@@ -424,7 +423,7 @@ class _Job:
             raise RuntimeError(f"the record breaks its schema (pruning/record.py): {'; '.join(problems)}")
         reusable_record(self.path, self.chash, self.spec.force)  # again, right before writing
         if self.zero_shot_samples is not None:
-            write_json_atomic(self.out_dir / ZERO_SHOT_SAMPLES, self.zero_shot_samples)
+            write_samples_atomic(self.out_dir / ZERO_SHOT_SAMPLES, self.zero_shot_samples)
         write_json_atomic(self.path, record)
         self.tracker.log_summary(_summary(record))
         self.tracker.finish()

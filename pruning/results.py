@@ -194,6 +194,32 @@ def write_json_atomic(path: str | os.PathLike, obj) -> Path:
     return write_text_atomic(path, text + "\n")
 
 
+ZERO_SHOT_SAMPLES = "zero_shot_samples.json"  # per task: doc_id, doc_hash, target, pred, acc, acc_norm
+DOC_HASH_CHARS = 16  # 64 bits of lm-eval's SHA-256 document hash: enough to tell two documents apart
+
+
+def _compact_column(name: str, values: list) -> list:
+    if name == "doc_hash":
+        return [h[:DOC_HASH_CHARS] if isinstance(h, str) else h for h in values]
+    if name == "target":  # the right choice's index; a task whose target is its answer text keeps none
+        return [t if isinstance(t, int) else None for t in values]
+    return [int(v) if isinstance(v, float) and v.is_integer() else v for v in values]  # 0/1 scores as 0/1
+
+
+def write_samples_atomic(path: str | os.PathLike, samples: dict) -> Path:
+    """A zero-shot job's per-document results (task -> columns), compact and without task text: one line
+    per task, document hashes cut to :data:`DOC_HASH_CHARS` hex digits, targets as choice indices only
+    (WinoGrande's are its answer texts), 0/1 scores as integers. Written indented with full digests a
+    job's file was ~380 kB for 8 tasks x 400 documents; this way ~95 kB. Readers compare hashes on their
+    common prefix, so files written either way stay comparable."""
+    lines = []
+    for task, cols in samples.items():
+        cols = {name: _compact_column(name, values) for name, values in cols.items()}
+        body = json.dumps(_finite(cols), separators=(",", ":"), default=_json_default, allow_nan=False)
+        lines.append(f"  {json.dumps(task)}: {body}")
+    return write_text_atomic(path, "{\n" + ",\n".join(lines) + "\n}\n")
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -44,17 +44,19 @@ def test_copies_complete_current_records_only_keeping_the_layout(outputs, tmp_pa
 def test_zero_shot_samples_travel_with_their_record(outputs, tmp_path):
     """The zero-shot table's paired tests read each job's per-document results: kept beside the record."""
     samples = outputs / "quick/m/apt_0.5/zero_shot_samples.json"
-    samples.write_text('{"boolq": [{"doc_id": 0, "acc": 1.0}]}')
+    columns = {"doc_id": [0, 1], "doc_hash": ["a" * 64, "b" * 64], "target": [1, 0], "acc": [1.0, 0.0]}
+    samples.write_text(json.dumps({"boolq": columns}, indent=2))  # as jobs wrote them before the compact form
     (outputs / "quick/m/wanda_0.5/zero_shot_samples.json").write_text("{}")  # a failed record's: left out
     dst = tmp_path / "records"
     archive(outputs, dst)
     kept = dst / "quick/m/apt_0.5/zero_shot_samples.json"
-    assert kept.read_bytes() == samples.read_bytes()
+    compact = {"boolq": {**columns, "doc_hash": ["a" * 16, "b" * 16]}}
+    assert json.loads(kept.read_text()) == compact and kept.read_text().count("\n") == 3  # one line per task
     assert not (dst / "quick/m/sparsegpt_0.5/zero_shot_samples.json").exists()  # it kept none
     assert not (dst / "quick/m/wanda_0.5").exists()
     kept.unlink()  # an archive made before samples were kept: filled in, the record unchanged
     report = archive(outputs, dst)
-    assert report.copied == [] and kept.read_bytes() == samples.read_bytes()
+    assert report.copied == [] and json.loads(kept.read_text()) == compact
 
 
 def test_a_different_complete_record_is_kept_unless_replace(outputs, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Paired significance of zero-shot differences (analysis/significance.py) and its marks in the table."""
 
+import hashlib
 import json
 
 import pytest
@@ -32,6 +33,24 @@ def test_the_task_test_aligns_documents_by_id_and_refuses_different_documents():
     other = _task([1] * 6, hashes=[f"x{i}" for i in range(6)])
     with pytest.raises(ValueError, match="differs between the two runs"):
         paired_task_test(a, other, "acc")
+
+
+def test_documents_match_on_the_hash_prefix_a_compact_samples_file_keeps(tmp_path):
+    """Jobs write the first DOC_HASH_CHARS hex digits of lm-eval's document hash; older files the whole digest."""
+    from pruning.results import DOC_HASH_CHARS, write_samples_atomic
+
+    full = [hashlib.sha256(f"doc {i}".encode()).hexdigest() for i in range(6)]
+    old = _task([1, 1, 0, 1, 0, 1], hashes=full)
+    path = write_samples_atomic(tmp_path / "zero_shot_samples.json", {"piqa": _task([1, 0, 1, 0, 0, 0], hashes=full)})
+    new = json.loads(path.read_text())["piqa"]
+    assert all(len(h) == DOC_HASH_CHARS for h in new["doc_hash"]) and path.read_text().count("\n") == 3
+    assert paired_task_test(old, new, "acc")["n"] == 6
+    text = write_samples_atomic(tmp_path / "w.json", {"winogrande": {"target": ["the answer text", 1], "acc": [1.0, 0.0]}})
+    assert json.loads(text.read_text()) == {"winogrande": {"target": [None, 1], "acc": [1, 0]}}  # no task text kept
+    assert "answer" not in text.read_text() and "1.0" not in text.read_text()
+    other = _task([1] * 6, hashes=[hashlib.sha256(f"other {i}".encode()).hexdigest()[:DOC_HASH_CHARS] for i in range(6)])
+    with pytest.raises(ValueError, match="differs between the two runs"):
+        paired_task_test(old, other, "acc")
 
 
 def test_bootstrap_p_values_and_intervals():
