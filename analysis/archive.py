@@ -47,6 +47,11 @@ class ArchiveReport:
                 f"differing record(s) at the destination, left out {len(self.left_out)}")
 
 
+def _copy_samples(src: Path, dst: Path) -> None:
+    """A job's per-document results, written in the compact form whatever form the source had."""
+    write_samples_atomic(dst, json.loads(src.read_text(encoding="utf-8")))
+
+
 def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bool = False) -> ArchiveReport:
     """Copy every complete, current ``results.json`` below ``src`` to the same relative path below ``dst``."""
     src, dst = Path(src), Path(dst)
@@ -75,7 +80,7 @@ def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bo
         if existing == record:
             kept = samples_path(target.parent, record)
             if samples.is_file() and not kept.is_file() and not dry_run:  # an archive from before samples were kept
-                write_samples_atomic(kept, json.loads(samples.read_text(encoding="utf-8")))
+                _copy_samples(samples, kept)
             report.unchanged.append(rel)
             continue
         if is_complete(existing) and not replace:
@@ -87,7 +92,7 @@ def archive(src: str | Path, dst: str | Path, replace: bool = False, dry_run: bo
             continue
         if not dry_run:
             if samples.is_file():  # first, so that a record at the destination always has its samples
-                write_samples_atomic(samples_path(target.parent, record), json.loads(samples.read_text(encoding="utf-8")))
+                _copy_samples(samples, samples_path(target.parent, record))
             write_text_atomic(target, text)  # the source's bytes, not a re-serialisation
         report.copied.append(rel)
     return report
