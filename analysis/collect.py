@@ -16,7 +16,6 @@ directories) are resolved to the newest, with a warning.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from pruning.record import check_record, stale_reason
-from pruning.results import RESULTS_FILE
+from pruning.results import RESULTS_FILE, inspect_record
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +129,13 @@ def _number(value):
         return None
 
 
+def _layer_rows(row: dict, record: dict) -> list[dict]:
+    keys = {k: row[k] for k in ("model", "label", "sparsity", "config_hash", "path")}
+    return [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "heldout_rel_error", "solver_s")},
+             "target": _number(r.get("target")), "layer_sparsity": r.get("sparsity"), "numel": _numel(r.get("shape"))}
+            for r in record.get("layers") or []]
+
+
 def collect(*dirs: str | Path, layers: bool = False) -> Collection:
     """Every complete record below ``dirs``; ``layers=True`` also gathers the per-layer reports."""
     if not dirs:
@@ -140,10 +146,9 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
         if not d.exists():
             raise FileNotFoundError(f"{d}: no such output directory")
         for path in sorted(d.rglob(RESULTS_FILE)):
-            try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                skipped.append({"path": str(path), "status": "unreadable", "error": str(e)})
+            record, problem = inspect_record(path)
+            if record is None:  # a directory, not UTF-8, not JSON, or JSON but not an object
+                skipped.append({"path": str(path), "status": "unreadable", "error": problem or "vanished"})
                 continue
             if record.get("kind") == "solver_timing":  # synthetic-layer timings: analysis.solver_timing
                 continue
@@ -157,13 +162,14 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             problems = check_record(record)
             if problems:  # older or hand-made records: read what is there, say what is not
                 log.warning("%s does not follow the record schema: %s", path, "; ".join(problems[:5]))
-            rows.append(flatten(record, path))
-            if layers:
-                keys = {k: rows[-1][k] for k in ("model", "label", "sparsity", "config_hash", "path")}
-                layer_rows += [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error",
-                                                                 "heldout_rel_error", "solver_s")},
-                                "target": _number(r.get("target")), "layer_sparsity": r.get("sparsity"),
-                                "numel": _numel(r.get("shape"))} for r in record.get("layers") or []]
+            try:
+                row = flatten(record, path)
+                layer_rows += _layer_rows(row, record) if layers else []
+            except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:  # a field missing or mistyped
+                skipped.append({"path": str(path), "status": "malformed",
+                                "error": f"{type(e).__name__}: {e} (schema: {'; '.join(problems[:3]) or 'ok'})"})
+                continue
+            rows.append(row)
     frame = pd.DataFrame(rows)
     duplicates = []
     if not frame.empty:

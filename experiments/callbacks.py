@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -33,16 +34,20 @@ class BenchmarkTable(Callback):
 class SweepSummary(Callback):
     """Multirun bookkeeping (registered in ``conf/config.yaml`` for every run).
 
-    Start: clear the failure list of an earlier invocation of the same sweep (those jobs run again).
+    Start: clear the failure list of an earlier invocation of the same sweep (those jobs run again), and
+    make SIGTERM / SIGINT end the sweep's running jobs with their failed records (:mod:`experiments.termination`).
     End: log every failed job and exit non-zero, so a scheduler or shell script sees the failure.
     """
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from experiments.run import FAILED_JOBS
+        from experiments import termination
+        from experiments.run import FAILED_JOBS, SWEEP_PARENT
 
         path = Path(config.hydra.sweep.dir) / FAILED_JOBS
         if path.exists():
             path.unlink()
+        os.environ[SWEEP_PARENT] = str(os.getpid())  # inherited by the worker processes started from now on
+        termination.install()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from experiments.run import FAILED_JOBS

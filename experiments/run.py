@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -23,11 +24,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pruning.errors import ConfigError, DataError, ModelLoadError
+from pruning.results import JobCollision
 from pruning.sparsity import parse_sparsity
 
 log = logging.getLogger(__name__)
 
 FAILED_JOBS = "failed_jobs.jsonl"
+SWEEP_PARENT = "PRUNING_SWEEP_PARENT"  # the sweep's parent PID, inherited by its worker processes
 USER_ERRORS = (ConfigError, DataError, ModelLoadError)  # bad input: a message, no traceback
 
 
@@ -74,6 +77,11 @@ def main(cfg: DictConfig) -> None:
 
     hc = HydraConfig.get()
     runtime = cfg.get("runtime") or {}
+    if os.environ.get(SWEEP_PARENT, str(os.getpid())) != str(os.getpid()):
+        # a sweep's worker process: between jobs a terminal's Ctrl-C is the parent's to handle (it ends the
+        # running jobs one by one, experiments.termination); an idle worker dying of it would make loky kill
+        # every other worker, perhaps while it writes its record. During a job, the job's own handler rules.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with gpu_from_pool(runtime.get("gpus"), runtime.get("gpu_lock_dir") or cfg.paths.gpu_locks) as gpu:
             use_gpu(gpu)
@@ -82,8 +90,9 @@ def main(cfg: DictConfig) -> None:
         if hc.mode != RunMode.MULTIRUN:
             if isinstance(e, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 # a message for the person at the shell, not a traceback wall (the record keeps the traceback)
-                sys.exit(f"error: {type(e).__name__}: {e}\n(record: {Path(hc.runtime.output_dir) / 'results.json'}; "
-                         "HYDRA_FULL_ERROR=1 shows the traceback)")
+                where = ("this job wrote no record: the directory is the running job's" if isinstance(e, JobCollision)
+                         else f"record: {Path(hc.runtime.output_dir) / 'results.json'}")
+                sys.exit(f"error: {type(e).__name__}: {e}\n({where}; HYDRA_FULL_ERROR=1 shows the traceback)")
             raise
         log.error("job %d failed (%s: %s); the sweep goes on. Traceback:\n%s", hc.job.num, type(e).__name__, e,
                   traceback.format_exc())

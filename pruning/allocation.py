@@ -15,7 +15,9 @@ solvers run (``allocation=uniform|owl|profile``; docs/allocation.md).
 * ``profile``: per-layer ratios from a YAML/JSON file: ``{"default": 0.5, "layers": {KEY: ratio}}``;
   ``KEY`` is a block index (``"3"``) or a regular expression matched (``re.fullmatch``) against the
   layer's full name (``model.layers.3.mlp.down_proj``); the first matching key in file order wins;
-  layers matched by no key take ``default`` (an error when there is none).
+  layers matched by no key take ``default`` (an error when there is none). The ratios' mean weighted by
+  layer size must be the global ``sparsity`` (within :data:`PROFILE_TOLERANCE`): a job is filed under its
+  target, so a profile that prunes 30% under ``sparsity=0.5`` is an error, not a mislabelled row.
 
 N:M patterns are uniform by definition: ``owl`` or ``profile`` with an N:M target is an error.
 Pure functions here; the dense pass lives in :func:`pruning.engine.block_wanda_scores`.
@@ -36,6 +38,7 @@ from pruning.errors import ConfigError
 from pruning.sparsity import Sparsity
 
 ALLOCATIONS = ("uniform", "owl", "profile")
+PROFILE_TOLERANCE = 0.005  # a profile's size-weighted sparsity may differ this much from the global target
 
 
 @dataclass
@@ -187,5 +190,11 @@ def allocate(cfg: dict, profile_spec: dict | None, sparsity: Sparsity, model, ad
         alloc = profile(profile_spec, layers)
     targets = {full: alloc.target(bi, n).ratio for bi, names in layers.items() for n, full in names.items()}
     alloc.info["weighted_target"] = weighted_mean(targets, numels)
+    if abs(alloc.info["weighted_target"] - sparsity.ratio) > PROFILE_TOLERANCE:  # OWL is exact by construction
+        raise ConfigError(
+            f"allocation=profile: {profile_spec['path']} prunes {alloc.info['weighted_target']:.4f} of this model's "
+            f"prunable weights (weighted by layer size), but sparsity={sparsity}; the record and every table would "
+            f"file it under the wrong target. Set sparsity={alloc.info['weighted_target']:.4g}, or change the "
+            f"profile's ratios (allowed difference: {PROFILE_TOLERANCE})")
     alloc.info.setdefault("layer_targets", targets)
     return alloc

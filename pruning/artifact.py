@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,8 +43,40 @@ def staging_dir(out_dir: Path) -> Path:
     return tmp
 
 
+def stale_staging(out_dir: Path) -> list[Path]:
+    """Staging copies (``<name>.tmp<PID>``, ``<name>.old<PID>``) that a killed save left beside ``out_dir``."""
+    pattern = re.compile(re.escape(out_dir.name) + r"\.(tmp|old)\d+")
+    return sorted(p for p in out_dir.parent.glob(out_dir.name + ".*") if pattern.fullmatch(p.name) and p.is_dir())
+
+
+@contextmanager
+def staged(out_dir: Path):
+    """A fresh staging directory for a new copy of ``out_dir``; whatever goes wrong inside, it is removed (a
+    failed save of a 7B model would otherwise leave gigabytes behind), and a file-system error names the
+    directory being saved."""
+    tmp = staging_dir(out_dir)
+    try:
+        yield tmp
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(e.errno, f"{e.strerror or e} while saving the pruned model to {out_dir} (the partial copy "
+                               f"{tmp.name} was removed; an earlier copy at {out_dir}, if any, is unchanged)") from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _readable(tmp: Path) -> None:
+    """Files as the user's umask says (safetensors writes 0600): teammates on a cluster load the checkpoint."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for p in tmp.rglob("*"):
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
+
+
 def publish(tmp: Path, out_dir: Path) -> dict:
     """Move the complete copy ``tmp`` to ``out_dir`` (an existing one is replaced only now); what was written."""
+    _readable(tmp)
     old = out_dir.with_name(f"{out_dir.name}.old{os.getpid()}")
     if out_dir.exists():
         out_dir.rename(old)
@@ -84,23 +117,59 @@ def save_pruned(model, tokenizer, out_dir: str | os.PathLike, sidecar: dict | No
     """Save ``model`` (and ``tokenizer``) to ``out_dir`` with a ``sparsity.json`` sidecar; returns what was
     written (dir, files, bytes). An existing ``out_dir`` is replaced only once the new copy is complete."""
     out_dir = Path(out_dir)
-    tmp = staging_dir(out_dir)
-    with plain_config(model):
-        model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    linears = prunable_linears(model, adapter_for(model))
-    write_sidecar(tmp, sidecar, {name: (int((m.weight == 0).sum()), m.weight.numel()) for name, m in linears.items()})
-    return publish(tmp, out_dir)
+    with staged(out_dir) as tmp:
+        with plain_config(model):
+            model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        linears = prunable_linears(model, adapter_for(model))
+        write_sidecar(tmp, sidecar, {name: (int((m.weight == 0).sum()), m.weight.numel())
+                                     for name, m in linears.items()})
+        return publish(tmp, out_dir)
 
 
-def read_sidecar(model_dir: str | os.PathLike) -> dict | None:
-    """The ``sparsity.json`` of a saved model directory, or None."""
+def read_sidecar(model_dir: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """The ``sparsity.json`` of a saved model directory and None; ``(None, None)`` without one; ``(None, why)``
+    for a file that is there but unreadable (not UTF-8, not JSON, not an object), naming it."""
     path = Path(model_dir) / SIDECAR
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None, f"{path} is unreadable ({type(e).__name__}: {e}); the checkpoint's pruning history is unknown"
+    if not isinstance(meta, dict):
+        return None, f"{path} is JSON {type(meta).__name__}, not an object; the checkpoint's pruning history is unknown"
+    return meta, None
+
+
+SIDECAR_TOLERANCE = 0.005  # claimed vs measured sparsity: more than half a point apart is a lie, not rounding
+
+
+def sidecar_mismatch(meta: dict, measured: float, model, adapter, store) -> list[str]:
+    """Where a checkpoint's ``sparsity.json`` disagrees with its weights: the claimed actual sparsity or
+    unstructured target against ``measured``, and a claimed N:M pattern against every prunable linear."""
+    problems = []
+    claimed = meta.get("actual_sparsity")
+    if isinstance(claimed, (int, float)) and abs(claimed - measured) > SIDECAR_TOLERANCE:
+        problems.append(f"{SIDECAR} claims actual sparsity {claimed:.4f}, the weights have {measured:.4f}")
+    target = meta.get("sparsity") if isinstance(meta.get("sparsity"), dict) else {}
+    if target.get("kind") == "unstructured" and isinstance(target.get("ratio"), (int, float)) \
+            and measured + SIDECAR_TOLERANCE < target["ratio"]:
+        problems.append(f"{SIDECAR} claims a {target['ratio']:g} target, the weights have {measured:.4f}")
+    if target.get("kind") == "nm" and target.get("n") and target.get("m"):
+        bad = total = 0
+        for i, block in enumerate(adapter.blocks(model)):
+            store.hold(i, block)
+            for lin in adapter.prunable(block).values():
+                w = lin.weight
+                total += w.numel() // target["m"]
+                bad += nm_violations(w, target["n"], target["m"]) if w.shape[1] % target["m"] == 0 else 0
+            store.release(block)
+        if bad:
+            problems.append(f"{SIDECAR} claims {target['n']}:{target['m']}, but {bad} of {total} groups of "
+                            f"{target['m']} weights have fewer than {target['n']} zeros")
+    return [f"{p}: the record states the measured sparsity" for p in problems]
 
 
 class Comparison:

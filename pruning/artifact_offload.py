@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pruning.artifact import (ArtifactError, Comparison, plain_config, publish, staging_dir, verdict, window_loss,
+from pruning.artifact import (ArtifactError, Comparison, plain_config, publish, staged, verdict, window_loss,
                               write_sidecar)
 from pruning.sparsity import Sparsity
 
@@ -55,37 +55,37 @@ def save_offloaded(model, adapter, store, tokenizer, out_dir: str | os.PathLike,
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    tmp = staging_dir(out_dir)
-    tmp.mkdir(parents=True)
-    blocks = adapter.blocks(model)
-    n = len(blocks) + 1
-    weight_map, total, zeros = {}, 0, {}
+    with staged(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        blocks = adapter.blocks(model)
+        n = len(blocks) + 1
+        weight_map, total, zeros = {}, 0, {}
 
-    def write(k: int, tensors: dict[str, torch.Tensor]) -> None:
-        nonlocal total
-        save_file(tensors, str(tmp / _shard(k, n)), metadata={"format": "pt"})
-        weight_map.update({name: _shard(k, n) for name in tensors})
-        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        def write(k: int, tensors: dict[str, torch.Tensor]) -> None:
+            nonlocal total
+            save_file(tensors, str(tmp / _shard(k, n)), metadata={"format": "pt"})
+            weight_map.update({name: _shard(k, n) for name in tensors})
+            total += sum(t.numel() * t.element_size() for t in tensors.values())
 
-    with plain_config(model):
-        write(1, _outside_blocks(model, adapter))
-        for i, block in enumerate(blocks):
-            store.hold(i, block)
-            try:
-                for name, linear in adapter.prunable(block).items():
-                    zeros[f"{adapter.blocks_path}.{i}.{name}"] = (int((linear.weight == 0).sum()), linear.weight.numel())
-                write(i + 2, {f"{adapter.blocks_path}.{i}.{k}": v.detach().contiguous()
-                              for k, v in block.state_dict().items()})
-            finally:
-                store.release(block)
-        model.config.save_pretrained(tmp)
-        if getattr(model, "generation_config", None) is not None and model.can_generate():
-            model.generation_config.save_pretrained(tmp)
-    (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    write_sidecar(tmp, sidecar, zeros)
-    return publish(tmp, out_dir)
+        with plain_config(model):
+            write(1, _outside_blocks(model, adapter))
+            for i, block in enumerate(blocks):
+                store.hold(i, block)
+                try:
+                    for name, linear in adapter.prunable(block).items():
+                        zeros[f"{adapter.blocks_path}.{i}.{name}"] = (int((linear.weight == 0).sum()), linear.weight.numel())
+                    write(i + 2, {f"{adapter.blocks_path}.{i}.{k}": v.detach().contiguous()
+                                  for k, v in block.state_dict().items()})
+                finally:
+                    store.release(block)
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None and model.can_generate():
+                model.generation_config.save_pretrained(tmp)
+        (tmp / INDEX).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_sidecar(tmp, sidecar, zeros)
+        return publish(tmp, out_dir)
 
 
 def verify_offloaded(model_dir: str | os.PathLike, model, adapter, store, ids: torch.Tensor,

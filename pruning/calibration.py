@@ -68,11 +68,11 @@ def draw_documents(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed:
         raise DataError(f"calibration: all {len(docs)} documents are taken by the calibration windows; "
                         "none is left for held-out windows")
     rng = random.Random(seed)
-    max_draws = max_draws if max_draws is not None else max(10_000, 20 * len(docs))
+    max_draws = max_draws if max_draws is not None else max(10_000, 20 * len(docs))  # per window, not in all
     cache: dict[int, list[int]] = {}
     out, used = [], []
-    draws = 0
     for _ in range(nsamples):
+        draws = 0
         while True:
             i = rng.randint(0, len(docs) - 1)
             draws += 1
@@ -85,7 +85,8 @@ def draw_documents(docs: list[str], tokenizer, nsamples: int, seqlen: int, seed:
             if draws >= max_draws:
                 longest = max((len(v) for v in cache.values()), default=0)
                 raise DataError(
-                    f"calibration: {draws} document draws found none with more than seqlen={seqlen} tokens "
+                    f"calibration: window {len(out) + 1} of {nsamples}: {draws} document draws found none with "
+                    f"more than seqlen={seqlen} tokens "
                     f"(longest seen: {longest}"
                     + (f"; {len(exclude)} documents excluded as calibration documents" if exclude else "")
                     + "); lower calibration.seqlen or use a dataset with longer documents"
@@ -143,8 +144,8 @@ def draw_stream(ids: list[int], nsamples: int, seqlen: int, seed: int, avoid: li
     rng = random.Random(seed)
     taken = sorted(avoid)
     out, starts = [], []
-    draws = 0
     for _ in range(nsamples):
+        draws = 0  # the limit is per window: a large nsamples is no reason to give up
         while True:
             i = rng.randint(0, len(ids) - seqlen - 1)
             draws += 1

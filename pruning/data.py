@@ -159,6 +159,43 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path | None:
     return DEFAULT_LOCAL_ROOT if DEFAULT_LOCAL_ROOT.is_dir() else None
 
 
+def root_origin(root: str | os.PathLike | None = None) -> str:
+    """Where the data root comes from, for messages: ``data.root=…``, ``PRUNING_DATA_ROOT=…`` or the default."""
+    if root:
+        return f"data.root={str(root)!r}"
+    if os.environ.get(ENV_DATA_ROOT):
+        return f"{ENV_DATA_ROOT}={os.environ[ENV_DATA_ROOT]!r}"
+    return f"the default {DEFAULT_LOCAL_ROOT}"
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
+               for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _not_local(name: str, split: str, spec: DatasetSpec, data_root: Path, root) -> str:
+    wanted = [lf.path for lf in spec.local.get(split, [])] or ["(no local form)"]
+    return (f"{name}/{split} is not in the data root {data_root} (from {root_origin(root)}; looked for: "
+            f"{', '.join(wanted)})")
+
+
+def _probe_hub(name: str, split: str, spec: DatasetSpec, where: str) -> None:
+    """Before any model is loaded: the hub copy a job would fall back to is reachable (one request, 10 s),
+    else a :class:`DataError` saying what is missing locally and why the hub is no way out."""
+    if split not in spec.hub:
+        raise DataError(f"{where}, and {name}/{split} has no hub source; add the file to the data root")
+    if hub_offline():
+        raise DataError(f"{where}, and the hub is off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); add the file to the "
+                        "data root, or unset those variables to read it from the hub")
+    hub = spec.hub[split]
+    try:
+        from huggingface_hub import HfApi
+        HfApi().dataset_info(hub.path, revision=hub.revision, timeout=10)
+    except Exception as e:
+        raise DataError(f"{where}, and the hub copy {hub.path} is not reachable ({type(e).__name__}: "
+                        f"{str(e)[:200]}); add the file to the data root") from None
+
+
 def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; allowed: {', '.join(DATASETS)}")
@@ -250,6 +287,10 @@ def preflight(name: str, split: str, *, root: str | None = None, source: str = "
     if found is None:
         if source == "local":
             load_rows(name, split, root=root, source=source, verify=verify)  # raises, naming what is missing
+        if source == "auto":  # no local file: fail now if the hub cannot stand in, not after the model load
+            where = (_not_local(name, split, spec, data_root, root) if data_root is not None else
+                     f"there is no local data root (set {ENV_DATA_ROOT} or data.root)")
+            _probe_hub(name, split, spec, where)
         return "hub"
     path, lf = found
     if verify and lf.sha256:
@@ -262,7 +303,8 @@ def preflight(name: str, split: str, *, root: str | None = None, source: str = "
     return str(path)
 
 
-def _read_hub(spec: HubSpec) -> list[str]:
+def _read_hub(spec: HubSpec, local: str | None = None) -> list[str]:
+    """The rows from the hub; ``local`` says why the data root could not serve them (for the error)."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is a dependency
@@ -277,8 +319,9 @@ def _read_hub(spec: HubSpec) -> list[str]:
     except Exception as e:
         raise DataError(
             f"could not load {spec.path}{'/' + spec.name if spec.name else ''} split {spec.split!r} from the hub "
-            f"({type(e).__name__}: {e}). Without network access, set {ENV_DATA_ROOT} (or data.root) to a "
-            "folder holding the offline copies"
+            f"({type(e).__name__}: {e}). "
+            + (f"{local}: add the file there" if local else
+               f"Without network access, set {ENV_DATA_ROOT} (or data.root) to a folder holding the offline copies")
         ) from e
     return list(ds[spec.column])
 
@@ -309,10 +352,10 @@ def load_rows(name: str, split: str, *, root: str | None = None, source: str = "
                      "" if lf.exact else f" ({lf.note})")
             return TextData(rows, info)
         if source == "local":
-            wanted = [lf.path for lf in spec.local.get(split, [])] or ["(no local form)"]
-            raise DataError(f"{name}/{split} is not in the data root {data_root} (looked for: {', '.join(wanted)}); "
-                            "add the file there or allow the hub with data.source=auto|hub")
-        log.warning("%s/%s is not in the data root %s; falling back to the hub", name, split, data_root)
+            raise DataError(f"{_not_local(name, split, spec, data_root, root)}; add the file there or allow the hub "
+                            "with data.source=auto|hub")
+        local = _not_local(name, split, spec, data_root, root)
+        log.warning("%s; falling back to the hub", local)
     elif source == "local":
         raise DataError(
             f"no local data root: set {ENV_DATA_ROOT} or data.root, or place the data in {DEFAULT_LOCAL_ROOT}"
@@ -321,7 +364,7 @@ def load_rows(name: str, split: str, *, root: str | None = None, source: str = "
     if split not in spec.hub:
         raise DataError(f"{name}/{split} has no hub source; allowed local splits: {', '.join(spec.local)}")
     hub = spec.hub[split]
-    rows = _read_hub(hub)
+    rows = _read_hub(hub, local if data_root is not None else None)
     info = {"dataset": name, "split": split, "source": "hub", "hub_id": hub.path, "hub_config": hub.name,
             "data_files": hub.data_files, "revision": hub.revision, "exact": True, "rows": len(rows)}
     return TextData(rows, info)

@@ -24,18 +24,19 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pruning.calibration import build_calibration
-from pruning.artifact import read_sidecar
+from pruning.artifact import read_sidecar, sidecar_mismatch
 from pruning.data import dataset_spec, perplexity_text, preflight
 from pruning.allocation import check_config as check_allocation
 from pruning.api import mean_layer_value, needs_calibration, prune_loaded
 from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
-from pruning.models import load_model, model_preflight
+from pruning.inputs import job_inputs
+from pruning.models import load_model, model_preflight, resolve_device
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
-from pruning.results import (RESULTS_FILE, SCHEMA_VERSION, ZERO_SHOT_SAMPLES, claim_job_dir, config_hash,
-                             peak_memory, reset_peak_memory, reusable_record, utc_now, versions,
+from pruning.results import (FAILED_FILE, RESULTS_FILE, SCHEMA_VERSION, ZERO_SHOT_SAMPLES, claim_job_dir, config_hash,
+                             is_complete, peak_memory, read_record, reset_peak_memory, reusable_record, utc_now, versions,
                              write_failed_record, write_json_atomic, write_samples_atomic, write_text_atomic)
 from pruning.solvers import check_method
 from pruning.spec import JobSpec, parse_job
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 # Methods that prune nothing: `dense` evaluates the model as loaded (the baseline row), `none` evaluates a
 # checkpoint as it is (e.g. one this project saved) and records its measured sparsity.
 EVAL_ONLY = ("dense", "none")
+CONFIG_FILE = "config.resolved.yaml"  # the resolved config of the record beside it
+FAILED_CONFIG_FILE = "config.failed.yaml"  # ... of results.failed.json (a failed forced re-run)
 
 
 def validate(cfg: DictConfig) -> JobSpec:
@@ -56,6 +59,7 @@ def validate(cfg: DictConfig) -> JobSpec:
     method, target = spec.method.name, spec.sparsity
     check_method(spec.method, target, EVAL_ONLY)
     _check_device(spec.engine.device)
+    resolve_device(spec.model.device)  # model.device=cuda without CUDA: a config error now, not at load
     for name in spec.eval.perplexity.datasets:
         dataset_spec(name)
         spec.eval.perplexity.split(name)
@@ -151,20 +155,28 @@ class Terminated(BaseException):
 
 @contextmanager
 def _terminations_raise():
-    """While a job runs in the main thread, SIGTERM raises :class:`Terminated` (SIGINT already raises
-    KeyboardInterrupt), so the job's failure path writes a ``failed`` record with reason ``terminated``."""
+    """While a job runs in the main thread, SIGTERM and SIGINT raise :class:`Terminated`, so the job's failure
+    path writes a ``failed`` record with reason ``terminated``; a second signal while it does is ignored (it
+    must not cut the record short). The previous handlers come back only after the record is written: a
+    sweep's parent waits for that (:mod:`experiments.termination`)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
+    def ignore(signum, frame):
+        log.warning("%s ignored: the job is already ending", signal.Signals(signum).name)
+
     def handler(signum, frame):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, ignore)
         raise Terminated(f"signal {signal.Signals(signum).name}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, h in previous.items():
+            signal.signal(sig, h if h is not None else signal.SIG_DFL)
 
 
 def _check_numerics(record: dict, layers: list[dict], max_share: float) -> None:
@@ -219,11 +231,17 @@ def _first_window(spec: JobSpec, loaded, windows) -> tuple[torch.Tensor, str]:
 def _save_model(spec: JobSpec, loaded, record: dict, out_dir: Path, windows) -> dict:
     """save.enabled: the pruned model as a checkpoint with its sidecar, then (save.verify) reloaded and checked;
     an offloaded model block by block (:mod:`pruning.artifact_offload`)."""
-    from pruning.artifact import save_pruned, verify_saved
+    from pruning.artifact import save_pruned, stale_staging, verify_saved
     from pruning.artifact_offload import save_offloaded, verify_offloaded
 
     target = spec.sparsity
     where = Path(spec.save.dir or out_dir / "model")
+    for leftover in stale_staging(where):  # a killed save's partial copy
+        if spec.save.dir:  # not in the job's own directory: another host's save could be writing it
+            log.warning("%s looks like the partial copy of a killed save; remove it if no save is running", leftover)
+        else:  # the job owns its directory (its lock): nobody else writes there
+            log.warning("removing %s, the partial copy of a killed save", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
     sidecar = {"method": record["method"], "sparsity": record["sparsity"]["target"],
                "config_hash": record["config_hash"], "record": str((out_dir / RESULTS_FILE).resolve()),
                "model": {k: record["model"].get(k) for k in ("name", "source", "hub_id", "gguf", "gguf_sha256")
@@ -245,7 +263,8 @@ def _save_model(spec: JobSpec, loaded, record: dict, out_dir: Path, windows) -> 
 def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dict:
     """validate → skip if done → load → calibrate → prune → evaluate → save → record."""
     path = out_dir / RESULTS_FILE
-    existing = reusable_record(path, chash, bool(cfg.get("force", False)))
+    inputs = job_inputs(config)  # checksums of the profile / checkpoint files: a changed file re-runs the job
+    existing = reusable_record(path, chash, bool(cfg.get("force", False)), inputs)
     if existing is not None and not _save_missing(existing, config):
         return existing
     try:
@@ -259,25 +278,28 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         raise
     if spec.method.name in EVAL_ONLY and cfg.sparsity is not None:
         log.info("method=%s prunes nothing; sparsity=%s is ignored", spec.method.name, cfg.sparsity)
-    return _Job(spec, config, chash, out_dir).run()
+    return _Job(spec, config, chash, out_dir, inputs).run()
 
 
 class _Job:
     """The stages of one validated job around its record; any failure becomes a ``failed`` record."""
 
-    def __init__(self, spec: JobSpec, config: dict, chash: str, out_dir: Path):
+    def __init__(self, spec: JobSpec, config: dict, chash: str, out_dir: Path, inputs: dict):
         self.spec, self.config, self.chash, self.out_dir = spec, config, chash, out_dir
         self.method, self.target = spec.method.name, spec.sparsity
         self.path = out_dir / RESULTS_FILE
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
         self.heldout, self.zero_shot_samples = None, None
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out_dir / "config.resolved.yaml", OmegaConf.to_yaml(config))
+        # the config beside the record it belongs to: a forced re-run leaves a standing record's copy alone
+        # until it has its own record (finish), and a failure of it goes to config.failed.yaml (fail)
+        if not is_complete(read_record(self.path)):
+            write_text_atomic(out_dir / CONFIG_FILE, OmegaConf.to_yaml(config))
         self.record = {
             "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
             "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now(),
                     "slurm_job_id": os.environ.get("SLURM_JOB_ID")},  # set under a SLURM launcher
-            "versions": versions(), "config": config,
+            "versions": versions(), "config": config, "inputs": inputs,
             "method": {"name": self.method, "label": spec.method.label, "params": dict(spec.method.params)},
             "sparsity": {"target": NONE_TARGET if self.method == "none" else self.target.as_dict(), "actual": None},
             "protocol": {"name": spec.protocol.get("name"), "calibration": None,
@@ -327,7 +349,10 @@ class _Job:
         self.loaded = load_model(self.spec.model, offload_dir=self.offload_dir)
         record["model"] = self.loaded.info
         if self.method == "none" and self.loaded.info.get("source") == "local":
-            record["model"]["saved_sparsity"] = read_sidecar(self.spec.model.path)  # who pruned it, if we did
+            sidecar, problem = read_sidecar(self.spec.model.path)  # who pruned it, if we did
+            record["model"]["saved_sparsity"] = sidecar
+            if problem:
+                self._warn(problem)
         record["timings"]["load_s"] = self.loaded.info["load_seconds"]
         check_context(self.loaded.info, self.spec, calibrating=self.method not in EVAL_ONLY)
 
@@ -386,9 +411,7 @@ class _Job:
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
         for name, r in record["metrics"]["perplexity"].items():
             if not math.isfinite(r["ppl"]):
-                msg = f"{name} perplexity is not finite (mean log-loss {r['nll']:.4g}); recorded as null"
-                record["warnings"].append(msg)
-                log.warning(msg)
+                self._warn(f"{name} perplexity is not finite (mean log-loss {r['nll']:.4g}); recorded as null")
         if spec.eval.zero_shot_on:
             t_zs = time.perf_counter()
             zs = evaluate_zero_shot(loaded.model, loaded.tokenizer, spec.eval.zero_shot, spec.data,
@@ -405,12 +428,21 @@ class _Job:
             self.tracker.log_bar("zero_shot_acc", rows, "task", "acc", "zero-shot accuracy per task")
         self.record["sparsity"].update(  # actual, zeros, total, n_linears
             measure_stored_sparsity(loaded.model, loaded.adapter, loaded.store))
+        claimed = record["model"].get("saved_sparsity")
+        if self.method == "none" and claimed:
+            measured = self.record["sparsity"]["actual"]
+            for problem in sidecar_mismatch(claimed, measured, loaded.model, loaded.adapter, loaded.store):
+                self._warn(problem)
 
     def save(self) -> None:
         if self.spec.save.enabled:
             t_save = time.perf_counter()
             self.record["save"] = _save_model(self.spec, self.loaded, self.record, self.out_dir, self.windows)
             self.record["timings"]["save_s"] = round(time.perf_counter() - t_save, 3)
+
+    def _warn(self, msg: str) -> None:
+        self.record["warnings"].append(msg)
+        log.warning(msg)
 
     def finish(self) -> dict:
         record = self.record
@@ -424,6 +456,7 @@ class _Job:
         reusable_record(self.path, self.chash, self.spec.force)  # again, right before writing
         if self.zero_shot_samples is not None:
             write_samples_atomic(self.out_dir / ZERO_SHOT_SAMPLES, self.zero_shot_samples)
+        write_text_atomic(self.out_dir / CONFIG_FILE, OmegaConf.to_yaml(self.config))
         write_json_atomic(self.path, record)
         self.tracker.log_summary(_summary(record))
         self.tracker.finish()
@@ -439,6 +472,8 @@ class _Job:
         record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
         record["memory"].update(peak_memory())
         try:
-            write_failed_record(self.path, record)
+            where = write_failed_record(self.path, record)
+            if where.name == FAILED_FILE:  # a complete record stands: its config copy stays beside it
+                write_text_atomic(self.out_dir / FAILED_CONFIG_FILE, OmegaConf.to_yaml(self.config))
         finally:
             self.tracker.finish(exit_code=1)

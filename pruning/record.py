@@ -53,6 +53,7 @@ class Record(TypedDict, total=False):
     reason: str  # "terminated" (SIGTERM / SIGINT)
     config: dict[str, Any]
     config_hash: str
+    inputs: dict[str, Any]  # key -> {path, sha256, bytes, files}: the job's input files (pruning/inputs.py)
     job: dict[str, Any]  # output_dir, host, started, finished, torch_threads
     versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}, engine_revision, cpu, gpu
     model: dict[str, Any]
@@ -79,6 +80,7 @@ FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "reason": ((str,), False),
     "config": ((dict,), True),
     "config_hash": ((str,), True),
+    "inputs": ((dict,), False),  # since 0.x: checksums of the profile / checkpoint files; absent in older records
     "job": ((dict,), True),
     "versions": ((dict,), True),
     "model": ((dict,), True),

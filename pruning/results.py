@@ -29,6 +29,7 @@ import torch
 
 import pruning
 from pruning.errors import ConfigError
+from pruning.inputs import changed_inputs
 from pruning.record import ENGINE_REVISION, SCHEMA_VERSION, stale_reason  # noqa: F401  (the schema: pruning/record.py)
 
 log = logging.getLogger(__name__)
@@ -229,34 +230,70 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Temp file in the same directory, fsync, rename: readers see the old file or the whole new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; teammates on a shared cluster must read records
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # disk full, read-only, permissions: say which file (the old one, if any, is intact)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, f"{e.strerror or e} while writing {path} (any earlier version of it is unchanged)",
+                      str(path)) from e
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
 
-def read_record(path: str | os.PathLike) -> dict | None:
-    """The record at ``path``, or None if absent or unreadable (a torn file never counts as complete; a
-    file that is JSON but not an object is reported by path and treated as no record)."""
+def inspect_record(path: str | os.PathLike) -> tuple[dict | None, str | None]:
+    """``(record, None)`` for a readable record, ``(None, None)`` when there is no file, and ``(None, why)``
+    when a file is there but is no record: not UTF-8, not JSON (a torn or corrupt file), JSON but not an
+    object, or a directory."""
+    path = Path(path)
+    if path.is_dir():
+        return None, "it is a directory, not a file"
     try:
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
-    except (OSError, json.JSONDecodeError):
-        return None
+    except FileNotFoundError:
+        return None, None
+    except UnicodeDecodeError as e:
+        return None, f"not UTF-8 text ({e.reason} at byte {e.start})"
+    except json.JSONDecodeError as e:
+        return None, f"not JSON ({e.msg} at line {e.lineno} column {e.colno}; a torn or corrupt file)"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror or e})"
     if not isinstance(record, dict):
-        log.warning("%s is not a result record (JSON %s, not an object); treated as incomplete", path,
-                    type(record).__name__)
-        return None
+        return None, f"JSON {type(record).__name__}, not an object"
+    return record, None
+
+
+def read_record(path: str | os.PathLike) -> dict | None:
+    """The record at ``path``, or None if absent or unreadable (a torn file never counts as complete; a
+    file that is there but is no record is reported by path and treated as no record)."""
+    record, problem = inspect_record(path)
+    if problem:
+        log.warning("%s is not a readable result record (%s); treated as incomplete", path, problem)
     return record
+
+
+UNREADABLE_PREFIX = "results.unreadable"  # results.unreadable-<UTC time>.json: kept for inspection, never deleted
+
+
+def set_aside(path: Path, problem: str) -> Path:
+    """Move an unreadable record out of the job's way (renamed beside it, never deleted); where it went."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    aside = path.with_name(f"{UNREADABLE_PREFIX}-{stamp}.json")
+    os.replace(path, aside)
+    log.warning("%s is not a readable result record (%s): moved to %s, the job runs again", path, problem, aside.name)
+    return aside
 
 
 STALE_FILE = "results.stale.json"  # a stale record, moved aside when its job re-runs
@@ -276,17 +313,29 @@ def write_failed_record(path: str | os.PathLike, record: dict) -> Path:
     return path
 
 
-def reusable_record(path: str | os.PathLike, chash: str, force: bool) -> dict | None:
-    """The complete record at ``path`` when it holds this config (the job is skipped), else None.
+def reusable_record(path: str | os.PathLike, chash: str, force: bool, inputs: dict | None = None) -> dict | None:
+    """The complete record at ``path`` when it holds this config and was computed from the same input files
+    (``inputs``: :func:`pruning.inputs.job_inputs`; the job is skipped), else None.
     A complete record of *another* config is never overwritten: :class:`ConfigError`. A stale record
-    of this config (:func:`pruning.record.stale_reason`) is moved aside to ``results.stale.json`` and
-    the job runs again."""
-    existing = read_record(path)
+    of this config (:func:`pruning.record.stale_reason`, or input files whose checksums changed) is moved
+    aside to ``results.stale.json`` and the job runs again; so is an unreadable file, to
+    ``results.unreadable-<time>.json``. A directory in the record's place is an error, before any work."""
+    path = Path(path)
+    existing, problem = inspect_record(path)
+    if problem and path.is_dir():
+        raise ConfigError(f"{path} is a directory, where this job writes its result record; move it away or "
+                          "choose another hydra.run.dir")
+    if problem:
+        set_aside(path, problem)
+        return None
     if not is_complete(existing) or force:
         return None
-    if existing.get("config_hash") == chash and (reason := stale_reason(existing)):
-        os.replace(path, Path(path).with_name(STALE_FILE))
-        log.warning("%s is stale (%s): moved to %s, re-running the job", path, reason, STALE_FILE)
+    reason = stale_reason(existing) if existing.get("config_hash") == chash else None
+    changed = changed_inputs(existing, inputs or {}) if existing.get("config_hash") == chash else []
+    if reason or changed:
+        os.replace(path, path.with_name(STALE_FILE))
+        log.warning("%s is stale (%s): moved to %s, re-running the job", path, reason or "; ".join(changed),
+                    STALE_FILE)
         return None
     if existing.get("config_hash") == chash:
         log.info("complete record with the same config exists at %s: skipping (force=true re-runs)", path)

@@ -157,9 +157,12 @@ def test_profile_coverage_is_checked_against_the_model(tmp_path, data, match):
 def test_profile_job_prunes_each_layer_to_its_ratio(tiny_data_root, tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text('default: 0.5\nlayers:\n  "0": 0.25\n  ".*mlp\\\\.down_proj": 0.0\n')
+    # size-weighted: block 0 (36864 weights) at 0.25, block 1's down_proj (8192) at 0, its other 28672 at 0.5
     cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=wanda", "allocation=profile",
-                                     f"allocation.path={path}", "calibration.nsamples=4", "calibration.seqlen=32"))
+                                     f"allocation.path={path}", "calibration.nsamples=4", "calibration.seqlen=32",
+                                     "sparsity=0.32"))
     rec = run_job(cfg, tmp_path / "job")
+    assert rec["allocation"]["weighted_target"] == pytest.approx(23552 / 73728)
     by = {r["name"]: r for r in rec["layers"]}
     assert by["model.layers.0.mlp.up_proj"]["sparsity"] == 0.25 and by["model.layers.1.mlp.up_proj"]["sparsity"] == 0.5
     assert by["model.layers.0.mlp.down_proj"]["sparsity"] == 0.25  # the first matching key in file order wins

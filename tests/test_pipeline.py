@@ -231,7 +231,9 @@ def test_record_of_another_config_written_meanwhile_is_not_overwritten(tiny_data
 def test_a_record_that_is_not_an_object_counts_as_incomplete(tiny_data_root, tmp_path, caplog):
     (tmp_path / "results.json").write_text("[1, 2]")
     rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path)
-    assert rec["status"] == "complete" and "is not a result record" in caplog.text
+    assert rec["status"] == "complete" and "is not a readable result record (JSON list, not an object)" in caplog.text
+    aside = list(tmp_path.glob("results.unreadable-*.json"))  # moved aside, never deleted
+    assert len(aside) == 1 and aside[0].read_text() == "[1, 2]" and aside[0].name in caplog.text
 
 
 def test_written_records_follow_the_schema_and_the_docs_list_every_field(tiny_data_root, tmp_path):

@@ -218,3 +218,73 @@ def test_solver_timing_times_the_dense_target_methods_as_the_engine_runs_them():
     expected = SOLVERS[spec.name].fn(target, sparsity, H=H, **kwargs)
     assert torch.equal(res.weight, expected.weight) and torch.equal(res.mask, expected.mask)
     assert float(res.mask.float().mean()) == 0.5
+
+
+SLOW_EVAL = '''
+import os, time
+if os.environ.get("SLOW_EVAL_S"):  # tests: every job's perplexity evaluation takes this long
+    import pruning.pipeline as _p
+    _real = _p.evaluate_perplexity
+    def _slow(*a, **k):
+        print("evaluating", os.getpid(), flush=True)
+        time.sleep(float(os.environ["SLOW_EVAL_S"]))
+        return _real(*a, **k)
+    _p.evaluate_perplexity = _slow
+'''
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == pgid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="the sweep's signal handling reads /proc")
+def test_sigterm_to_a_local_launcher_sweep_ends_its_workers_with_failed_records_and_a_rerun_resumes(
+        tiny_data_root, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(SLOW_EVAL)
+    sweep = tmp_path / "sweep"
+    args = [sys.executable, "-m", "experiments.run", "-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2",
+            *_tiny(tiny_data_root, "method=magnitude"), "sparsity=0.5,0.6,0.7", f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}", "SLOW_EVAL_S": "600"}
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+    try:
+        evaluating, deadline = set(), time.monotonic() + 300
+        while len(evaluating) < 2:  # both workers are inside a job
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, "the sweep ended before two jobs ran"
+            if line.startswith("evaluating"):
+                evaluating.add(line.split()[1])
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+        took = time.monotonic() - t0
+        time.sleep(1.0)
+        left = _alive_in_group(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    for pid in left:  # never leave them running, whatever the assertions below say
+        os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGTERM and took < 60, (proc.returncode, took, out[-3000:])
+    assert not left, f"processes of the sweep still running after it ended: {left}"
+    assert "2 running job(s) ended" in out and "Re-run the same command to resume" in out, out[-3000:]
+    records = _records(sweep)
+    failed = [r for r in records.values() if r["status"] == "failed"]
+    assert len(failed) >= 2 and all(r["reason"] == "terminated" for r in failed), records
+    assert not [r for r in records.values() if r["status"] == "complete"]
+
+    again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600,
+                           env={**env, "SLOW_EVAL_S": ""})  # no JobCollision: the locks died with the workers
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    records = _records(sweep)
+    assert len(records) == 3 and all(r["status"] == "complete" for r in records.values())
