@@ -1,7 +1,10 @@
 """The pruned model as an artifact (save, reload-verify, evaluate a saved checkpoint) and the Python API."""
 
+import errno
 import json
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -33,8 +36,8 @@ def test_a_job_saves_and_verifies_its_model(tiny_data_root, tmp_path, model, met
     assert check["zero_pattern_equal"] and check["loss_rel_diff"] <= 1e-6
     assert check["window"] == "the first wikitext2 evaluation window" and check["window_tokens"] == 64
     assert check["nm_violations"] == (0 if sparsity == "2:4" else None)
-    side = read_sidecar(tmp_path / "job" / "model")
-    assert side["config_hash"] == rec["config_hash"] and side["method"]["name"] == method
+    side, problem = read_sidecar(tmp_path / "job" / "model")
+    assert problem is None and side["config_hash"] == rec["config_hash"] and side["method"]["name"] == method
     assert side["sparsity"]["spec"] == sparsity and side["record"].endswith("job/results.json")
     assert side["versions"]["torch"] == torch.__version__ and side["actual_sparsity"] == pytest.approx(
         rec["sparsity"]["actual"])
@@ -101,13 +104,25 @@ def test_save_replaces_an_old_copy_only_when_the_new_one_is_complete(tmp_path, m
     model, tok = _tiny()
     save_pruned(model, tok, tmp_path / "m", {"v": 1})
 
-    def broken(*a, **k):
-        raise OSError("disk full")
+    def broken(self, where, *a, **k):
+        Path(where).mkdir(parents=True, exist_ok=True)
+        (Path(where) / "model.safetensors").write_bytes(b"\0" * 1000)  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(type(model), "save_pretrained", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match=rf"No space left on device while saving the pruned model to {tmp_path / 'm'} "
+                                      r"\(the partial copy m.tmp\d+ was removed"):
         save_pruned(model, tok, tmp_path / "m", {"v": 2})
-    assert read_sidecar(tmp_path / "m")["v"] == 1 and (tmp_path / "m" / "model.safetensors").is_file()
+    assert read_sidecar(tmp_path / "m")[0]["v"] == 1 and (tmp_path / "m" / "model.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no partial copy left behind
+    mode = (tmp_path / "m" / "model.safetensors").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_umask(), oct(mode)  # as the user's umask says (safetensors writes 0600)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # ----------------------------------------------------------------------------- Python API

@@ -1,10 +1,12 @@
 """Bad inputs and faults: every one fails with a message naming the key/value/file, config errors fail
 before any model is loaded, and no complete record of another config is lost."""
 
+import hashlib
 import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +48,9 @@ BAD_CONFIGS = [
      "runtime.zero_shot_shared_context=true needs runtime.zero_shot_logits_gb"),
     ("engine.report_error=maybe", "engine.report_error='maybe': need true or false"),
     ("calibration.seqlen=1.5", "calibration.seqlen=1.5: need an integer"),
-]
+] + ([] if torch.cuda.is_available() else [
+    ("model.device=cuda", "model.device='cuda' but CUDA is not available here"),  # validation, not the load
+])
 
 
 @pytest.mark.parametrize("override, match", BAD_CONFIGS)
@@ -229,3 +233,165 @@ def test_a_bad_value_on_the_command_line_prints_a_message_not_a_traceback(tmp_pa
     full = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "HYDRA_FULL_ERROR": "1"})
     assert full.returncode != 0 and "Traceback" in full.stderr
+
+
+# ----------------------------------------------------------------------------- issue 43: contents, not paths
+def _wanda_profile(tiny_data_root, path, *extra):
+    return compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=wanda", "allocation=profile",
+                                      f"allocation.path={path}", "calibration.nsamples=4", "calibration.seqlen=32",
+                                      *extra))
+
+
+def test_an_edited_profile_reruns_the_job_and_says_why(tiny_data_root, tmp_path, caplog):
+    profile = tmp_path / "low.yaml"
+    profile.write_text("default: 0.5\n")
+    first = run_job(_wanda_profile(tiny_data_root, profile), tmp_path / "job")
+    assert first["inputs"]["allocation.path"]["sha256"] == hashlib.sha256(b"default: 0.5\n").hexdigest()
+    assert run_job(_wanda_profile(tiny_data_root, profile), tmp_path / "job")["job"] == first["job"]  # skipped
+    profile.write_text('layers:\n  "0": 0.4\n  "1": 0.6\n')  # same path, same global target, other contents
+    second = run_job(_wanda_profile(tiny_data_root, profile), tmp_path / "job")
+    assert second["inputs"] != first["inputs"] and {round(r["sparsity"], 1) for r in second["layers"]} == {0.4, 0.6}
+    assert "allocation.path" in caplog.text and "changed (sha256" in caplog.text
+    assert read_record(tmp_path / "job" / "results.stale.json")["job"] == first["job"]  # kept, not lost
+
+
+def test_a_profile_that_misses_the_global_target_is_an_error_naming_its_mean(tiny_data_root, tmp_path):
+    profile = tmp_path / "low.yaml"
+    profile.write_text("default: 0.3\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{profile} prunes 0.3000 of this model's prunable weights")
+                       + r".*but sparsity=0\.5.*Set sparsity=0\.3"):
+        run_job(_wanda_profile(tiny_data_root, profile), tmp_path / "job")
+    assert read_record(tmp_path / "job" / "results.json")["status"] == "failed"
+
+
+def _saved(tiny_data_root, tmp_path, sparsity: str):
+    run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=magnitude", f"sparsity={sparsity}",
+                                       "eval=none", "save.enabled=true")), tmp_path / f"prune{sparsity}")
+    return tmp_path / f"prune{sparsity}" / "model"
+
+
+def _score(tiny_data_root, model_dir, out):
+    return run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "model=local", f"model.path={model_dir}",
+                                              "method=none")), out)
+
+
+def test_a_replaced_checkpoint_is_scored_again_and_a_lying_sidecar_is_flagged(tiny_data_root, tmp_path, caplog):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(_saved(tiny_data_root, tmp_path, "0.5"), ckpt)
+    first = _score(tiny_data_root, ckpt, tmp_path / "score")
+    assert first["sparsity"]["actual"] == pytest.approx(0.5, abs=0.01) and first["inputs"]["model.path"]["files"] >= 3
+    shutil.rmtree(ckpt)
+    shutil.copytree(_saved(tiny_data_root, tmp_path, "0.7"), ckpt)  # the same path, another model
+    side = json.loads((ckpt / "sparsity.json").read_text())
+    side.update(actual_sparsity=0.9, sparsity={"kind": "nm", "ratio": 0.5, "n": 2, "m": 4, "spec": "2:4"})
+    (ckpt / "sparsity.json").write_text(json.dumps(side))  # and its sidecar lies
+    second = _score(tiny_data_root, ckpt, tmp_path / "score")
+    assert second["sparsity"]["actual"] == pytest.approx(0.7, abs=0.01)
+    assert "model.path" in caplog.text and "changed (sha256" in caplog.text
+    warnings = " | ".join(second["warnings"])
+    assert "sparsity.json claims actual sparsity 0.9000, the weights have 0.70" in warnings
+    assert "sparsity.json claims 2:4, but" in warnings and "groups of 4 weights have fewer than 2 zeros" in warnings
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage", b"not json at all", b"[1, 2]"])
+def test_an_unreadable_sidecar_is_named_in_a_warning(tiny_data_root, tmp_path, content):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(_saved(tiny_data_root, tmp_path, "0.5"), ckpt)
+    (ckpt / "sparsity.json").write_bytes(content)
+    rec = _score(tiny_data_root, ckpt, tmp_path / "score")
+    assert rec["status"] == "complete" and rec["model"]["saved_sparsity"] is None
+    assert any(f"{ckpt / 'sparsity.json'}" in w and "pruning history is unknown" in w for w in rec["warnings"])
+
+
+@pytest.mark.parametrize("content, why", [(os.urandom(300).replace(b"{", b"") + b"\xff", "not UTF-8 text"),
+                                          (b'{"status": "complete", "config_ha', "not JSON")])
+def test_an_unreadable_record_is_set_aside_named_and_the_job_reruns(tiny_data_root, tmp_path, caplog, content, why):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "results.json").write_bytes(content)
+    rec = run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), job)
+    assert rec["status"] == "complete"
+    aside = list(job.glob("results.unreadable-*.json"))
+    assert len(aside) == 1 and aside[0].read_bytes() == content  # moved, byte for byte
+    assert f"{job / 'results.json'} is not a readable result record ({why}" in caplog.text and aside[0].name in caplog.text
+    from analysis.collect import collect
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "results.json").write_bytes(content)
+    col = collect(tmp_path)  # analysis warns and skips; the good record is read
+    assert len(col.frame) == 1 and [s["status"] for s in col.skipped] == ["unreadable"] and why in col.skipped[0]["error"]
+
+
+@pytest.mark.parametrize("record", [[1, 2], {"status": "complete", "schema_version": 1}])
+def test_collect_skips_records_that_are_lists_or_lack_fields(tmp_path, record, caplog):
+    from analysis.collect import collect
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "results.json").write_text(json.dumps(record))
+    col = collect(tmp_path)
+    assert col.frame.empty and col.skipped[0]["status"] in ("unreadable", "malformed")
+    assert "left out" in caplog.text
+
+
+def test_a_directory_in_the_records_place_fails_before_any_work(tiny_data_root, tmp_path, monkeypatch):
+    (tmp_path / "job" / "results.json").mkdir(parents=True)
+    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path / 'job' / 'results.json'} is a directory")):
+        run_job(compose_cfg(tiny_overrides("tiny-opt", tiny_data_root)), tmp_path / "job")
+
+
+def test_calibration_draws_are_limited_per_window_not_in_all():
+    from pruning.calibration import draw_documents
+    from pruning.models import byte_tokenizer
+    docs = ["short"] * 9 + ["a long document " * 20]  # one in ten can hold a 64-token window
+    windows, used = draw_documents(docs, byte_tokenizer(), 300, 64, seed=0, max_draws=100)
+    assert windows.shape == (300, 64) and set(used) == {9}  # ~3000 draws in all, never 100 for one window
+
+
+def test_an_empty_data_root_fails_before_the_model_load_naming_where_it_came_from(tiny_data_root, tmp_path,
+                                                                                   monkeypatch):
+    from pruning.errors import DataError
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("PRUNING_DATA_ROOT", str(empty))
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "data.root=null", "data.source=auto"))
+    rec = _fails_before_load(monkeypatch, cfg, tmp_path / "job", DataError,
+                             rf"wikitext2/test is not in the data root {re.escape(str(empty))} \(from "
+                             rf"PRUNING_DATA_ROOT='{re.escape(str(empty))}'; looked for: .*and the hub is off")
+    assert "set PRUNING_DATA_ROOT" not in rec["error"]
+
+
+def test_a_collision_with_a_running_job_does_not_name_its_record_as_ours(tmp_path):
+    import fcntl
+    job = tmp_path / "job"
+    job.mkdir()
+    with open(job / ".job.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a live job (of unknown config) owns the directory
+        lock.write("busy")
+        lock.flush()
+        out = subprocess.run([sys.executable, "-m", "experiments.run", "model=tiny-llama", "method=dense",
+                              "logger=none", "eval=none", f"hydra.run.dir={job}"], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert out.returncode != 0 and "JobCollision" in out.stderr, out.stderr[-2000:]
+    assert "this job wrote no record" in out.stderr and "(record:" not in out.stderr
+
+
+def test_a_failed_forced_rerun_keeps_the_config_beside_the_standing_record(tiny_data_root, tmp_path, monkeypatch):
+    cfg = tiny_overrides("tiny-opt", tiny_data_root)
+    run_job(compose_cfg(cfg), tmp_path)
+    before = (tmp_path / "config.resolved.yaml").read_text()
+    monkeypatch.setattr(pipeline, "evaluate_perplexity", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_job(compose_cfg(cfg + ["force=true"]), tmp_path)
+    assert (tmp_path / "config.resolved.yaml").read_text() == before  # still the standing record's config
+    assert "force: true" in (tmp_path / "config.failed.yaml").read_text()
+    assert read_record(tmp_path / "results.failed.json")["status"] == "failed"
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import errno
+    from pruning.results import write_json_atomic
+    path = tmp_path / "results.json"
+    write_json_atomic(path, {"v": 1})
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(OSError, match=re.escape(f"No space left while writing {path}")):
+        write_json_atomic(path, {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
