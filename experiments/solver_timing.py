@@ -9,7 +9,7 @@ shape). At the end of a multirun :class:`experiments.callbacks.SolverTimingTable
 ``solver_timing.csv`` / ``.md`` with the ratio of each method to SparseGPT. Skips a job whose
 complete record exists for the same config (``force=true`` re-runs it).
 
-A method's engine knobs (``pruning.solvers.ENGINE_KNOBS``) are not solver arguments. With
+A method's engine knobs (``MethodSpec.fit``, split from its solver's knobs once) are not solver arguments. With
 ``output_target=dense`` the timed work is the engine's per layer: forming the target ``W*`` from ``H``
 and a cross-covariance ``C`` (here ``H`` plus a random 5% perturbation), then the solver on ``W*``;
 the engine shares one factorisation among linears reading the same input (q/k/v, gate/up), so this
@@ -31,10 +31,10 @@ from omegaconf import DictConfig, OmegaConf
 import experiments.run  # noqa: F401  (registers override_suffix)
 from pruning.errors import ConfigError
 from pruning.results import RESULTS_FILE, config_hash, reusable_record, utc_now, versions, write_json_atomic
-from pruning.solvers import ENGINE_KNOBS, SOLVERS, check_method
+from pruning.solvers import SOLVERS, check_method
 from pruning.solvers.dense_target import dense_target_weights
 from pruning.sparsity import parse_sparsity
-from pruning.spec import parse_method
+from pruning.spec import MethodSpec, parse_method
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def cross_covariance(H: torch.Tensor, seed: int) -> torch.Tensor:
     return H + 0.05 * float(H.diagonal().mean()) * noise
 
 
-def time_solver(method: str, params: dict, w, H, sparsity, repeats: int, seed: int = 0) -> tuple[list[float], object]:
-    solver = SOLVERS[method]
-    kwargs = {k: v for k, v in params.items() if k not in ENGINE_KNOBS}
-    dense_target = params.get("output_target", "pruned") == "dense"
+def time_solver(method: MethodSpec, w, H, sparsity, repeats: int, seed: int = 0) -> tuple[list[float], object]:
+    solver, fit = SOLVERS[method.name], method.fit
+    kwargs = dict(method.solver_params)
+    dense_target = fit.dense_target
     C = cross_covariance(H, seed) if dense_target else None
     if solver.needs_hessian:
         kwargs["H"] = H
@@ -78,7 +78,7 @@ def time_solver(method: str, params: dict, w, H, sparsity, repeats: int, seed: i
 
     def solve(wc):
         if dense_target:  # the engine's work per layer (pruning/engine.py): the target W*, then the solver on it
-            wc = dense_target_weights(wc, H, C, params.get("percdamp", 0.01), params.get("target_alpha", 1.0))
+            wc = dense_target_weights(wc, H, C, fit.percdamp, fit.target_alpha)
         return solver.fn(wc, sparsity, **kwargs)
 
     res = solve(w.clone())  # warm-up (allocations, kernels)
@@ -128,7 +128,7 @@ def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
     for i, name in enumerate(wanted):
         rows, cols, count = shapes[name]
         w, H = random_layer(rows, cols, int(cfg.hessian_rank), int(cfg.seed) + i, cfg.device)
-        seconds, res = time_solver(method, params, w, H, sparsity, int(cfg.repeats), int(cfg.seed) + i)
+        seconds, res = time_solver(spec, w, H, sparsity, int(cfg.repeats), int(cfg.seed) + i)
         median = statistics.median(seconds)
         total += median * count
         record["layers"].append({"layer": name, "rows": rows, "cols": cols, "count": count, "seconds": median,

@@ -20,7 +20,7 @@ solvers run (``allocation=uniform|owl|profile``; docs/allocation.md).
   target, so a profile that prunes 30% under ``sparsity=0.5`` is an error, not a mislabelled row.
 
 N:M patterns are uniform by definition: ``owl`` or ``profile`` with an N:M target is an error.
-Pure functions here; the dense pass lives in :func:`pruning.engine.block_wanda_scores`.
+Pure functions here; the dense pass lives in :func:`pruning.block_pass.block_wanda_scores`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Callable
 import torch
 import yaml
 
+from pruning.block_pass import block_wanda_scores
 from pruning.errors import ConfigError
 from pruning.sparsity import Sparsity
 
@@ -181,7 +182,6 @@ def allocate(cfg: dict, profile_spec: dict | None, sparsity: Sparsity, model, ad
     numels = {f"{adapter.blocks_path}.{bi}.{n}": m.weight.numel()
               for bi, b in enumerate(blocks) for n, m in adapter.prunable(b).items()}
     if cfg["name"] == "owl":
-        from pruning.engine import block_wanda_scores
         outliers = block_wanda_scores(model, adapter, windows, lambda bi, scores: outlier_ratio(list(scores.values()), cfg["M"]),
                                       device=device, batch_size=batch_size, store=store)
         params = [sum(numels[f] for f in layers[bi].values()) for bi in layers]

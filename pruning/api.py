@@ -27,8 +27,8 @@ from pruning.calibration import build_calibration, document_windows
 from pruning.engine import EngineReport, prune_model
 from pruning.errors import ConfigError
 from pruning.solvers import SOLVERS
-from pruning.sparsity import Sparsity, measure_sparsity, parse_sparsity
-from pruning.spec import CalibrationSpec, DataSpec, PerplexitySpec, build
+from pruning.sparsity import Sparsity, measure_sparsity
+from pruning.spec import CalibrationSpec, DataSpec, EngineSpec, MethodSpec, PerplexitySpec, build, parse_method
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 # Splits the perplexity protocol evaluates (conf/eval/ppl.yaml).
@@ -135,19 +135,16 @@ def needs_calibration(method: str, *, report_error: bool, dense_error: bool, all
             or heldout_nsamples > 0)
 
 
-def prune_loaded(model, adapter, windows, method: str, target: Sparsity, params: dict, allocation: dict,
-                 profile: dict | None = None, *, device=None, batch_size: int = 1, true_sequential: bool = False,
-                 report_error: bool = True, store=None, heldout=None, dense_error: bool = False):
-    """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`.
-    ``heldout``: windows on which every layer's error is measured too; ``dense_error``: every layer's error
-    against the dense model's own output too. Returns ``(EngineReport, Allocation)``."""
-    alloc = allocate(allocation, profile, target, model, adapter, windows, device=device, batch_size=batch_size,
-                     store=store)
-    report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method], target, params, device=device,
-                                       true_sequential=true_sequential, report_error=report_error,
-                                       batch_size=batch_size, store=store,
-                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout,
-                                       dense_error=dense_error)
+def prune_loaded(model, adapter, windows, method: MethodSpec, target: Sparsity, allocation: dict,
+                 profile: dict | None, engine: EngineSpec, *, store=None, heldout=None):
+    """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`. ``method``
+    and ``engine`` travel whole to :func:`pruning.engine.prune_model`; ``heldout``: windows on which every
+    layer's error is measured too. Returns ``(EngineReport, Allocation)``."""
+    alloc = allocate(allocation, profile, target, model, adapter, windows, device=engine.device,
+                     batch_size=engine.batch_size, store=store)
+    report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
+                                       engine, method.fit, store=store,
+                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout)
     return report, alloc
 
 
@@ -205,9 +202,12 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense-seq", sparsit
     (``dense_rel_error``; one more dense block forward per calibration window; the weights are unchanged).
     """
     name, label, knobs = method_config(method, params)
-    target = parse_sparsity(sparsity)
+    spec, target = parse_method({"name": name, "label": label, **knobs}, sparsity, eval_only=())
     if target.kind == "dense":
         raise ConfigError(f"sparsity={sparsity!r} prunes nothing")
+    engine = build(EngineSpec, {"true_sequential": true_sequential, "report_error": report_error,
+                                "dense_error": dense_error, "batch_size": batch_size,
+                                "device": None if device is None else str(device)}, "prune")
     alloc_cfg = conf_node("allocation", allocation) if isinstance(allocation, str) and CONF_DIR.is_dir() else (
         {"name": allocation} if isinstance(allocation, str) else dict(allocation))
     profile = check_allocation(alloc_cfg, target)
@@ -225,9 +225,8 @@ def prune(model, tokenizer=None, *, method: str = "apt-refit-dense-seq", sparsit
     model.config.use_cache = False
     try:
         with torch.no_grad():
-            report, alloc = prune_loaded(model, adapter, windows, name, target, knobs, alloc_cfg, profile,
-                                         device=device, batch_size=batch_size, true_sequential=true_sequential,
-                                         report_error=report_error, heldout=heldout, dense_error=dense_error)
+            report, alloc = prune_loaded(model, adapter, windows, spec, target, alloc_cfg, profile, engine,
+                                         heldout=heldout)
     finally:
         model.train(was_training)
         if use_cache is not None:

@@ -379,13 +379,11 @@ class _Job:
         if self.method in EVAL_ONLY:
             record["timings"]["prune_s"] = 0.0
             return
-        spec, eng = self.spec, self.spec.engine
+        spec = self.spec
         t0 = time.perf_counter()
-        report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, self.method, self.target,
-                                     dict(spec.method.params), dict(spec.allocation), spec.profile, device=eng.device,
-                                     batch_size=eng.batch_size, true_sequential=eng.true_sequential,
-                                     report_error=eng.report_error, store=loaded.store, heldout=self.heldout,
-                                     dense_error=eng.dense_error)
+        report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, spec.method, self.target,
+                                     dict(spec.allocation), spec.profile, spec.engine, store=loaded.store,
+                                     heldout=self.heldout)
         record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
         record["allocation"] = alloc.info
         record["layers"] = report.layers

@@ -15,6 +15,7 @@ tracking backend, and their own modules check them (:func:`pruning.allocation.ch
 from __future__ import annotations
 
 import collections.abc
+import inspect
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -184,11 +185,41 @@ class PathsSpec:
 
 
 @dataclass(frozen=True)
+class FitSpec:
+    """What a method asks of the engine beside its solver: its engine knobs (``output_target``,
+    ``target_alpha``, ``true_sequential``; checked as :data:`pruning.solvers.ENGINE_KNOBS`) and the damping
+    the dense-output target is solved with (the method's ``percdamp``, else its solver's default)."""
+    output_target: str = "pruned"  # "dense": fit each layer to the dense model's layer output (solvers/dense_target.py)
+    target_alpha: float = 1.0  # how far towards the dense target (1: all the way)
+    true_sequential: bool = False  # the method calibrates each block group by group (either this or engine's)
+    percdamp: float = 0.01
+
+    @property
+    def dense_target(self) -> bool:
+        return self.output_target == "dense"
+
+
+@dataclass(frozen=True)
 class MethodSpec:
-    """``method``: the solver's name, the row label, and every knob of the solver."""
+    """``method``: the solver's name, the row label, and its knobs as configured (``params``: what a record
+    states), split once into the solver's own (``solver_params``) and what the engine reads (``fit``)."""
     name: str
     label: str
     params: Mapping[str, Any]
+    solver_params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    fit: FitSpec = field(default_factory=FitSpec)
+
+
+def split_params(name: str, params: Mapping[str, Any]) -> tuple[Mapping[str, Any], FitSpec]:
+    """A method's knobs as the solver's own and the engine's (:class:`FitSpec`)."""
+    from pruning.solvers import ENGINE_KNOBS, SOLVERS
+
+    knobs = dict(params)
+    fit = {k: knobs.pop(k) for k in ENGINE_KNOBS if k in knobs}
+    solver = SOLVERS.get(name)
+    default = inspect.signature(solver.fn).parameters.get("percdamp") if solver is not None else None
+    percdamp = knobs.get("percdamp", default.default if default is not None else FitSpec.percdamp)
+    return MappingProxyType(knobs), FitSpec(**fit, percdamp=percdamp)
 
 
 @dataclass(frozen=True)
@@ -312,8 +343,9 @@ def parse_method(node, sparsity, *, eval_only: tuple[str, ...] = ("dense", "none
     label = method.pop("label", None) or name
     target = parse_sparsity(sparsity)  # checked even where it is ignored (eval-only methods)
     if name in eval_only:
-        target = Sparsity("dense", 0.0)
-    return MethodSpec(name, label, MappingProxyType(method)), target
+        return MethodSpec(name, label, MappingProxyType(method)), Sparsity("dense", 0.0)
+    solver_params, fit = split_params(name, method)  # the knobs' values are checked by check_method
+    return MethodSpec(name, label, MappingProxyType(method), solver_params, fit), target
 
 
 def parse_job(cfg: DictConfig | Mapping, *, eval_only: tuple[str, ...] = ("dense", "none")) -> JobSpec:

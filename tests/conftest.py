@@ -15,6 +15,9 @@ import experiments.run  # noqa: F401  (registers the config resolvers)
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
+# One tiny random model per supported family (conf/model/tiny-*.yaml): the family-parametrised tests use
+# this list, and tests/test_models.py checks it against conf/ and pruning/adapters.py.
+TINY_FAMILIES = ("tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3")
 
 _WORDS = ("the model prunes weights of every layer while the loss stays low and the "
           "solver updates the remaining weights to compensate for the removed ones").split()

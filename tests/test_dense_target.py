@@ -5,13 +5,14 @@ import torch
 
 from pruning import engine
 from pruning.engine import prune_model
+from pruning.spec import EngineSpec, FitSpec
 from pruning.errors import ConfigError
 from pruning.pipeline import run_job
 from pruning.solvers import SOLVERS
 from pruning.solvers.dense_target import dense_output_error, dense_target_correction, dense_target_weights
 from pruning.sparsity import parse_sparsity
 from pruning.stats import LayerStats
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.conftest import TINY_FAMILIES, compose_cfg, tiny_overrides
 from tests.test_engine import tiny, windows
 
 
@@ -117,7 +118,7 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     dense, pruned, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
     ids = windows(4, 32)
     sp = parse_sparsity(0.5)
-    report = prune_model(pruned.model, pruned.adapter, ids, SOLVERS["sparsegpt"], sp, {"output_target": "dense"})
+    report = prune_model(pruned.model, pruned.adapter, ids, SOLVERS["sparsegpt"], sp, fit=FitSpec("dense"))
     prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp)
     n0 = len(pruned.adapter.prunable(pruned.adapter.blocks(pruned.model)[0]))
     assert [r["target_shift"] for r in report.layers[:n0]] == [0.0] * n0
@@ -148,11 +149,11 @@ def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(mo
     ids = windows(4, 32)
     sp = parse_sparsity(0.5)
     pruned, together = tiny("tiny-llama"), tiny("tiny-llama")
-    prune_model(pruned.model, pruned.adapter, ids, SOLVERS["sparsegpt"], sp, {"output_target": "dense"},
-                true_sequential=True)
+    prune_model(pruned.model, pruned.adapter, ids, SOLVERS["sparsegpt"], sp, engine=EngineSpec(true_sequential=True),
+                fit=FitSpec("dense"))
     seq = seen[:]
     seen.clear()
-    prune_model(together.model, together.adapter, ids, SOLVERS["sparsegpt"], sp, {"output_target": "dense"})
+    prune_model(together.model, together.adapter, ids, SOLVERS["sparsegpt"], sp, fit=FitSpec("dense"))
     order = [n for g in pruned.adapter.sequential_groups for n in g]
     n0 = len(order)
     H, C = seq[n0 + order.index("self_attn.o_proj")]  # block 1, after its q/k/v
@@ -164,7 +165,7 @@ def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(mo
     assert not torch.allclose(H1, H, rtol=1e-3)  # one pass through the still-dense block: another input
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
+@pytest.mark.parametrize("model", TINY_FAMILIES)
 @pytest.mark.parametrize("method", ["apt-refit-dense", "apt-refit-dense-seq"])
 def test_apt_refit_dense_job_runs_on_every_family(tiny_data_root, tmp_path, model, method):
     cfg = compose_cfg(tiny_overrides(model, tiny_data_root, f"method={method}", "sparsity=2:4",
@@ -194,10 +195,12 @@ def test_the_method_knob_true_sequential_is_the_engine_option():
     not as the one-pass default."""
     ids, sp = windows(4, 32), parse_sparsity(0.5)
     knob, option, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
-    dense = {"output_target": "dense", "target_alpha": 0.25}
-    prune_model(knob.model, knob.adapter, ids, SOLVERS["sparsegpt"], sp, {**dense, "true_sequential": True})
-    prune_model(option.model, option.adapter, ids, SOLVERS["sparsegpt"], sp, dense, true_sequential=True)
-    prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp, dense)
+    dense = FitSpec("dense", target_alpha=0.25)
+    prune_model(knob.model, knob.adapter, ids, SOLVERS["sparsegpt"], sp,
+                fit=FitSpec("dense", target_alpha=0.25, true_sequential=True))
+    prune_model(option.model, option.adapter, ids, SOLVERS["sparsegpt"], sp, engine=EngineSpec(true_sequential=True),
+                fit=dense)
+    prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp, fit=dense)
     for a, b in zip(knob.model.parameters(), option.model.parameters()):
         assert torch.equal(a, b)
     assert any(not torch.equal(a, b) for a, b in zip(knob.model.parameters(), plain.model.parameters()))
@@ -224,7 +227,7 @@ def test_dense_error_diagnostic_reports_every_layer_and_changes_no_weight():
     sp = parse_sparsity(0.5)
     plain, measured = tiny("tiny-llama"), tiny("tiny-llama")
     base = prune_model(plain.model, plain.adapter, ids, SOLVERS["sparsegpt"], sp)
-    report = prune_model(measured.model, measured.adapter, ids, SOLVERS["sparsegpt"], sp, dense_error=True)
+    report = prune_model(measured.model, measured.adapter, ids, SOLVERS["sparsegpt"], sp, engine=EngineSpec(dense_error=True))
     for a, b in zip(plain.model.parameters(), measured.model.parameters()):
         assert torch.equal(a, b)
     assert [r["rel_error"] for r in report.layers] == [r["rel_error"] for r in base.layers]
@@ -236,9 +239,9 @@ def test_dense_error_diagnostic_reports_every_layer_and_changes_no_weight():
     # an error against the dense output includes what earlier layers left: above the layer's own, on average
     assert sum(later) > sum(r["rel_error"] for r in report.layers[n0:])
     seq, seq_measured = tiny("tiny-llama"), tiny("tiny-llama")  # with true_sequential too
-    prune_model(seq.model, seq.adapter, ids, SOLVERS["sparsegpt"], sp, true_sequential=True)
-    report = prune_model(seq_measured.model, seq_measured.adapter, ids, SOLVERS["sparsegpt"], sp, dense_error=True,
-                         true_sequential=True)
+    prune_model(seq.model, seq.adapter, ids, SOLVERS["sparsegpt"], sp, engine=EngineSpec(true_sequential=True))
+    report = prune_model(seq_measured.model, seq_measured.adapter, ids, SOLVERS["sparsegpt"], sp,
+                         engine=EngineSpec(dense_error=True, true_sequential=True))
     for a, b in zip(seq.model.parameters(), seq_measured.model.parameters()):
         assert torch.equal(a, b)
     assert all(0 < r["dense_rel_error"] < 1 for r in report.layers[n0:])

@@ -40,3 +40,16 @@ def test_a_solver_registered_from_outside_runs_as_a_job_and_through_the_api(tiny
     lm = load_model(compose_cfg(["model=tiny-llama"]).model)
     report = prune(lm.model, method="smallest_inputs", sparsity=0.5, calibration=torch.randint(0, 256, (4, 32)))
     assert report.actual["actual"] == 0.5
+
+
+def test_the_development_guides_layout_lists_every_module_and_no_other():
+    import re
+
+    from tests.conftest import REPO
+    guide = (REPO / "docs" / "development.md").read_text()
+    layout = guide[guide.index("## Layout"):guide.index("## Tests\n")]
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", layout, flags=re.M))
+    tree = {p.relative_to(REPO).as_posix() for root in ("pruning", "experiments", "analysis")
+            for p in (REPO / root).rglob("*.py") if p.name != "__init__.py" or p.parent.name == "solvers"}
+    assert not tree - listed, f"modules missing from docs/development.md's layout: {sorted(tree - listed)}"
+    assert not listed - tree, f"docs/development.md lists modules that do not exist: {sorted(listed - tree)}"

@@ -4,13 +4,15 @@ import pytest
 import torch
 
 from pruning.adapters import prunable_linears
-from pruning.engine import capture_block_inputs, prune_model
+from pruning.capture import capture_block_inputs
+from pruning.engine import prune_model
+from pruning.spec import EngineSpec, FitSpec
 from pruning.errors import ConfigError
 from pruning.models import load_model
 from pruning.pipeline import run_job
 from pruning.solvers import SOLVERS, Solver
 from pruning.sparsity import nm_violations, parse_sparsity
-from tests.conftest import compose_cfg, tiny_overrides
+from tests.conftest import TINY_FAMILIES, compose_cfg, tiny_overrides
 
 
 def tiny(name):
@@ -32,12 +34,12 @@ def test_capture_keeps_every_kwarg():
     assert type(lm.adapter.blocks(lm.model)[0]).__name__ == "LlamaDecoderLayer"  # the stand-ins are gone
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
+@pytest.mark.parametrize("model", TINY_FAMILIES)
 def test_block_by_block_forward_matches_the_model(model):
     """The engine's block-by-block forward with the captured arguments reproduces every block's output
     in the model's own forward. On Gemma-3 the full-attention block gets other rotary embeddings and
     another mask than the sliding-window ones: block 0's arguments for every block would not do."""
-    from pruning.engine import _first_output
+    from pruning.capture import first_output as _first_output
     lm = tiny(model)
     blocks = lm.adapter.blocks(lm.model)
     ids = windows(4, 32)
@@ -59,19 +61,19 @@ def test_block_by_block_forward_matches_the_model(model):
 
 
 def test_replay_check_passes_on_every_family_and_stops_a_wrong_capture(monkeypatch):
-    from pruning import engine
-    for model in ("tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"):
+    from pruning import capture
+    for model in TINY_FAMILIES:
         lm = tiny(model)
-        assert engine.check_replay(lm.model, lm.adapter, windows(1, 32)) <= engine.REPLAY_RTOL
-    monkeypatch.setattr(engine, "_same", lambda a, b: True)  # the references' capture: block 0's arguments for all
+        assert capture.check_replay(lm.model, lm.adapter, windows(1, 32)) <= capture.REPLAY_RTOL
+    monkeypatch.setattr(capture, "_same", lambda a, b: True)  # the references' capture: block 0's arguments for all
     lm = tiny("tiny-gemma3")
     with pytest.raises(RuntimeError, match="differs from the model's own at block 1 of the gemma3 model"):
-        engine.check_replay(lm.model, lm.adapter, windows(1, 32))
+        capture.check_replay(lm.model, lm.adapter, windows(1, 32))
     with pytest.raises(RuntimeError, match="at block 1"):  # a job stops before it calibrates on such inputs
         prune_model(lm.model, lm.adapter, windows(2, 32), SOLVERS["sparsegpt"], parse_sparsity(0.5))
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
+@pytest.mark.parametrize("model", TINY_FAMILIES)
 @pytest.mark.parametrize("method, spec", [("magnitude", 0.5), ("wanda", 0.5), ("sparsegpt", 0.5), ("apt", 0.5),
                                           ("alps", 0.5), ("wanda", "2:4"), ("sparsegpt", "2:4"), ("apt", "2:4"),
                                           ("alps", "2:4")])
@@ -120,7 +122,7 @@ def test_true_sequential_differs_and_is_valid():
     a, b = tiny("tiny-llama"), tiny("tiny-llama")
     sp = parse_sparsity(0.5)
     prune_model(a.model, a.adapter, windows(), SOLVERS["sparsegpt"], sp)
-    prune_model(b.model, b.adapter, windows(), SOLVERS["sparsegpt"], sp, true_sequential=True)
+    prune_model(b.model, b.adapter, windows(), SOLVERS["sparsegpt"], sp, engine=EngineSpec(true_sequential=True))
     wa = a.model.model.layers[0].self_attn.o_proj.weight
     wb = b.model.model.layers[0].self_attn.o_proj.weight
     assert not torch.equal(wa, wb)  # o_proj saw the pruned q/k/v outputs
@@ -129,8 +131,8 @@ def test_true_sequential_differs_and_is_valid():
                                b.model.model.layers[0].self_attn.q_proj.weight)
 
 
-@pytest.mark.parametrize("params, dense_passes", [({}, 0), ({"output_target": "dense"}, 1)])
-def test_a_pass_stops_once_its_group_has_its_inputs(params, dense_passes):
+@pytest.mark.parametrize("fit, dense_passes", [(FitSpec(), 0), (FitSpec("dense"), 1)])
+def test_a_pass_stops_once_its_group_has_its_inputs(fit, dense_passes):
     """true_sequential: the passes for q/k/v, o and gate/up stop before down_proj, which then runs only in
     its own group's passes (and the dense pass kept as the next block's input) and in the final re-run
     (without stopping: 4 pruned-input passes and 4 dense ones per window)."""
@@ -138,7 +140,8 @@ def test_a_pass_stops_once_its_group_has_its_inputs(params, dense_passes):
     ids = windows()
     calls = []
     hooks = [b.mlp.down_proj.register_forward_hook(lambda m, i, o: calls.append(1)) for b in lm.model.model.layers]
-    prune_model(lm.model, lm.adapter, ids, SOLVERS["sparsegpt"], parse_sparsity(0.5), params, true_sequential=True)
+    prune_model(lm.model, lm.adapter, ids, SOLVERS["sparsegpt"], parse_sparsity(0.5),
+                engine=EngineSpec(true_sequential=True), fit=fit)
     for h in hooks:
         h.remove()
     replay = 2  # check_replay: one window through the model, then block by block
@@ -182,7 +185,7 @@ def test_linears_reading_one_input_share_statistics_bit_for_bit(dense, monkeypat
     """Llama's q/k/v and gate/up read one tensor: the engine accumulates their statistics once (one
     ``add_batch``/``add_cross`` per distinct input and window) and every value equals what each linear's own
     accumulation from its own hook gives."""
-    from pruning.engine import _block_statistics
+    from pruning.block_pass import BlockPass
     from pruning.stats import LayerStats
     lm = tiny("tiny-llama")
     ids = windows()
@@ -193,8 +196,8 @@ def test_linears_reading_one_input_share_statistics_bit_for_bit(dense, monkeypat
     real_add = LayerStats.add_batch
     monkeypatch.setattr(LayerStats, "add_batch", lambda self, *a: calls.append(1) or real_add(self, *a))
     dense_inputs = [x + 0.01 * torch.randn_like(x) for x in inputs] if dense else None
-    stats, _ = _block_statistics(block, 0, lm.adapter, linears, tuple(linears), inputs, kw.of(0), True, True, "cpu",
-                                 dense_inputs=dense_inputs)
+    stats, _ = BlockPass(block, 0, lm.adapter, linears, kw.of(0), True, True, torch.device("cpu")).statistics(
+        tuple(linears), inputs, dense_inputs=dense_inputs)
     groups = [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
               ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
     assert sorted(n for g in groups for n in g) == sorted(linears)
@@ -225,7 +228,7 @@ def test_linears_reading_one_input_share_statistics_bit_for_bit(dense, monkeypat
 
 
 def test_input_sharing_that_changes_between_windows_stops_the_run():
-    from pruning.engine import _SharedInputs
+    from pruning.block_pass import _SharedInputs
     shares = _SharedInputs()
     x, y = torch.ones(2, 3), torch.zeros(2, 3)
     shares.new_pass()

@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from pruning.engine import prune_model
+from pruning.spec import EngineSpec
 from pruning.models import load_model
 from pruning.solvers import SOLVERS, Solver, SolverResult
 from pruning.sparsity import parse_sparsity
-from tests.conftest import compose_cfg
+from tests.conftest import TINY_FAMILIES, compose_cfg
 
 BLOCKS = {"llama": lambda m: m.model.layers, "opt": lambda m: m.model.decoder.layers, "mamba": lambda m: m.backbone.layers,
           "gemma3": lambda m: m.model.layers}
@@ -141,7 +142,7 @@ def _recorder(store):
     return Solver(keep, needs_hessian=True, needs_norms=True)
 
 
-@pytest.mark.parametrize("model", ["tiny-llama", "tiny-opt", "tiny-mamba", "tiny-gemma3"])
+@pytest.mark.parametrize("model", TINY_FAMILIES)
 def test_dense_propagation_feeds_every_layer_what_the_full_model_feeds_it(model):
     """With a solver that prunes nothing, every layer's statistics equal those of its inputs in one forward
     pass of the whole model (for Mamba's dt_proj: the time-step slice the model itself splits off)."""
@@ -199,7 +200,7 @@ def test_with_true_sequential_later_groups_see_the_pruned_earlier_ones():
 
     fresh = _tiny("tiny-llama")
     prune_model(lm.model, lm.adapter, _windows(), Solver(prune_and_record, True, False), parse_sparsity(0.5),
-                true_sequential=True)
+                engine=EngineSpec(true_sequential=True))
     order = [n for group in lm.adapter.sequential_groups for n in group]
     o_proj_h = got[order.index("self_attn.o_proj")]  # block 0
     # the same block with only q/k/v pruned (as the engine left them), o_proj's input from the full model
@@ -225,8 +226,8 @@ def test_batched_calibration_gives_the_statistics_of_one_window_at_a_time(model)
     """engine.batch_size > 1: the running means over sequences are the same, whatever the batching."""
     one, three = [], []
     a, b = _tiny(model), _tiny(model)
-    prune_model(a.model, a.adapter, _windows(), _recorder(one), parse_sparsity(0.5), batch_size=1)
-    prune_model(b.model, b.adapter, _windows(), _recorder(three), parse_sparsity(0.5), batch_size=3)
+    prune_model(a.model, a.adapter, _windows(), _recorder(one), parse_sparsity(0.5), engine=EngineSpec(batch_size=1))
+    prune_model(b.model, b.adapter, _windows(), _recorder(three), parse_sparsity(0.5), engine=EngineSpec(batch_size=3))
     assert len(one) == len(three) > 0
     for (h1, n1), (h3, n3) in zip(one, three):
         torch.testing.assert_close(h1, h3, rtol=1e-4, atol=1e-5)

@@ -7,7 +7,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from pruning.adapters import adapter_for, prunable_linears
 from pruning.errors import ConfigError, ModelLoadError
 from pruning.models import load_model, packaged_gguf_path
-from tests.conftest import compose_cfg
+from tests.conftest import CONF, TINY_FAMILIES, compose_cfg
 
 EXPECTED = {
     "tiny-llama": ("llama", 7, {"self_attn.q_proj", "mlp.down_proj"}),
@@ -17,7 +17,13 @@ EXPECTED = {
 }
 
 
-@pytest.mark.parametrize("name", list(EXPECTED))
+def test_the_tiny_families_are_one_model_per_adapter_family():
+    from pruning.adapters import ADAPTERS
+    assert set(EXPECTED) == set(TINY_FAMILIES) == {p.stem for p in (CONF / "model").glob("tiny-*.yaml")}
+    assert {EXPECTED[m][0] for m in TINY_FAMILIES} == {a.family for a in ADAPTERS}
+
+
+@pytest.mark.parametrize("name", TINY_FAMILIES)
 def test_adapter_finds_blocks_and_linears(name):
     family, per_block, some = EXPECTED[name]
     lm = load_model(compose_cfg([f"model={name}"]).model)

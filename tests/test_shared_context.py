@@ -100,7 +100,7 @@ def test_a_zero_shot_run_scores_the_same_with_shared_contexts(model, tiny_data_r
 
 
 def test_a_disagreeing_shared_path_hands_the_run_to_lm_eval(tiny_data_root, monkeypatch, caplog):
-    import pruning.evaluation.budgeted_lm as budgeted
+    import pruning.evaluation.budgeted_hflm as budgeted
 
     def off_by_one(*args, **kwargs):
         return [[(ll + 1.0, greedy) for ll, greedy in answers] for answers in score_batch(*args, **kwargs)]

@@ -210,11 +210,12 @@ def test_solver_timing_times_the_dense_target_methods_as_the_engine_runs_them():
     params = dict(spec.params)
     assert params["output_target"] == "dense" and params["true_sequential"] is True
     w, H = random_layer(8, 32, 16, seed=3, device="cpu")
-    seconds, res = time_solver(spec.name, params, w, H, sparsity, repeats=2, seed=5)
+    seconds, res = time_solver(spec, w, H, sparsity, repeats=2, seed=5)
     assert len(seconds) == 2 and all(s > 0 for s in seconds)
     target = dense_target_weights(w, H, cross_covariance(H, 5), params["percdamp"], params["target_alpha"])
     assert not torch.equal(target, w)  # the target moved: the timing includes a real correction
     kwargs = {k: v for k, v in params.items() if k not in ("output_target", "target_alpha", "true_sequential")}
+    assert kwargs == dict(spec.solver_params)
     expected = SOLVERS[spec.name].fn(target, sparsity, H=H, **kwargs)
     assert torch.equal(res.weight, expected.weight) and torch.equal(res.mask, expected.mask)
     assert float(res.mask.float().mean()) == 0.5

@@ -175,6 +175,23 @@ def _no_forked_bootstrap():
             os.environ["DISABLE_MULTIPROC"] = before
 
 
+def _task_scores(result: dict, name: str, task, source: str, data: DataSpec) -> tuple[dict, dict]:
+    """One task's row of ``metrics.zero_shot.tasks`` (metrics with their stderr, documents scored) and its
+    ``task_info`` (data provenance, version, shots, chance level) from lm-eval's result."""
+    scores = result["results"][name]
+    row = {}
+    for metric in METRICS:
+        if f"{metric},none" in scores:
+            row[metric] = _number(scores[f"{metric},none"])
+            row[f"{metric}_stderr"] = _number(scores.get(f"{metric}_stderr,none"))
+    n = (result.get("n-samples") or {}).get(name, {})
+    row["n_docs"] = n.get("effective")
+    info = task_info(name, data.root, verify=data.verify_checksums) if source == "local" else {"source": "hub"}
+    info.update(version=(result.get("versions") or {}).get(name), n_shot=(result.get("n-shot") or {}).get(name),
+                n_docs_total=n.get("original"), chance=_chance(task))
+    return row, info
+
+
 def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataSpec | Mapping | None = None,
                        logits_gb: float | None = None, share_context: bool = False) -> dict:
     """Score ``zs.tasks`` with lm-eval; returns the ``metrics.zero_shot`` block of the record.
@@ -213,20 +230,7 @@ def evaluate_zero_shot(model, tokenizer, zs: ZeroShotSpec | Mapping, data: DataS
                     **seeds)
             tasks = get_task_dict(names, manager)
             for name in names:
-                scores = result["results"][name]
-                row = {}
-                for metric in METRICS:
-                    if f"{metric},none" in scores:
-                        row[metric] = _number(scores[f"{metric},none"])
-                        row[f"{metric}_stderr"] = _number(scores.get(f"{metric}_stderr,none"))
-                n = (result.get("n-samples") or {}).get(name, {})
-                row["n_docs"] = n.get("effective")
-                info = (task_info(name, data.root, verify=data.verify_checksums)
-                        if source == "local" else {"source": "hub"})
-                info.update(version=(result.get("versions") or {}).get(name),
-                            n_shot=(result.get("n-shot") or {}).get(name), n_docs_total=n.get("original"),
-                            chance=_chance(tasks[name]))
-                out["tasks"][name], out["task_info"][name] = row, info
+                out["tasks"][name], out["task_info"][name] = _task_scores(result, name, tasks[name], source, data)
                 out["samples"][name] = per_document(result["samples"][name])
     finally:
         model.train(was_training)

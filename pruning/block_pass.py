@@ -1,0 +1,191 @@
+"""Step 2 of the engine (:mod:`pruning.engine`): one statistics pass over a block. Hooks on its prunable
+linears accumulate each one's statistics (:class:`pruning.stats.LayerStats`) while the calibration
+inputs run through the block; linears reading one tensor (q/k/v, gate/up) share one accumulation
+(:class:`_SharedInputs`). With the dense model's inputs beside them (``output_target=dense``,
+``engine.dense_error``) each window also runs through the dense block, and every linear gets the cross
+statistics of the two streams. :func:`block_wanda_scores` is OWL's pass through the dense model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from pruning.adapters import FamilyAdapter
+from pruning.capture import StopForward, capture_block_inputs, first_output, to_device
+from pruning.offload import ResidentStore
+from pruning.stats import LayerStats
+
+
+def _hook_inputs(adapter, linears, group, fn) -> list:
+    """Forward hooks calling ``fn(name, input)`` with the input of every linear in ``group`` (a tapped
+    linear's input is its source's output, ``adapter.input_taps``); returns the handles."""
+    taps = {t: src for t, src in adapter.input_taps if t in group and src in linears}
+    handles = [linears[n].register_forward_hook(lambda mod, inp, out, n=n: fn(n, inp[0].detach()))
+               for n in group if n not in taps]
+    handles += [linears[src].register_forward_hook(
+        lambda mod, inp, out, n=t: fn(n, out[..., :linears[n].in_features].detach())) for t, src in taps.items()]
+    return handles
+
+
+class _SharedInputs:
+    """Which linears of a block read the very same input tensor (Llama's q/k/v and gate/up, OPT's q/k/v,
+    Gemma's too): their statistics are the same sums of the same products, so they are accumulated once
+    and shared, bit for bit what separate accumulation gives (H, C and G of the dense stream included).
+    The first calibration window decides; a linear that shared then must share in every later pass, else
+    the run stops (its statistics would otherwise mix another linear's inputs in).
+    Tensors seen in the running pass are kept referenced until it ends, so no later input of that pass
+    can reuse their memory and be taken for the same tensor."""
+
+    def __init__(self):
+        self.owners: dict[str, str] = {}  # linear -> the earlier linear whose input it reads
+        self.current: dict[tuple, tuple[str, torch.Tensor]] = {}
+
+    def new_pass(self) -> None:
+        self.current = {}
+
+    def owner(self, n: str, x: torch.Tensor, index: int, dense: bool) -> str | None:
+        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
+        first = self.current.setdefault(key, (n, x))[0]
+        if index == 0 and not dense:
+            if first != n:
+                self.owners[n] = first
+            return self.owners.get(n)
+        owner = self.owners.get(n)
+        if owner is not None and owner != first:
+            raise RuntimeError(f"block input sharing changed: linear {n} read {owner}'s input on the first calibration "
+                               "window but not on this one; the engine shares statistics only between linears that "
+                               "always read the same tensor")
+        return owner
+
+
+class _Accumulator:
+    """The hooks' side of one statistics pass: routes each linear's input to its statistics (a shared one,
+    the pruned stream's ``H``/norms, or the dense stream's cross terms) and stops a forward pass once every
+    linear of the group has what the pass needs."""
+
+    def __init__(self, stats: dict, group: tuple, paired: bool):
+        self.stats, self.group, self.paired = stats, group, paired
+        self.shares, self.seen, self.fired = _SharedInputs(), {}, set()
+        self.sequences, self.index, self.dense, self.stop = 1, 0, False, False
+
+    def start(self, index: int, sequences: int, dense: bool, stop: bool) -> None:
+        self.index, self.sequences, self.dense, self.stop = index, sequences, dense, stop
+        self.shares.new_pass()
+        self.fired.clear()
+
+    def __call__(self, n: str, x: torch.Tensor) -> None:
+        owner = self.shares.owner(n, x, self.index, self.dense)
+        if owner is not None:  # the same tensor as an earlier linear's input (q/k/v, gate/up): its statistics
+            self.stats[n] = self.stats[owner]
+        elif not self.dense:
+            self.stats[n].add_batch(x, self.sequences)
+            if self.paired:
+                self.seen[n] = x
+        else:
+            self.stats[n].add_cross(x, self.seen.pop(n), self.sequences)
+        self.fired.add(n)
+        if self.stop and len(self.fired) == len(self.group):
+            raise StopForward  # the rest of the block would compute nothing this pass needs
+
+
+@dataclass
+class BlockPass:
+    """What every statistics pass over one block shares: the block, its index, the family adapter, its
+    prunable linears by name, the keyword arguments it receives per batch, which statistics to accumulate
+    (``hessian``: ``H``; ``norms``: the inputs' squared norms) and the device they live on."""
+    block: torch.nn.Module
+    index: int
+    adapter: FamilyAdapter
+    linears: dict
+    kwargs: list
+    hessian: bool
+    norms: bool
+    device: torch.device
+
+    def statistics(self, group: tuple, inputs: list, *, keep_outputs: bool = False, dense_inputs: list | None = None,
+                   dense_weights: dict | None = None) -> tuple[dict, list]:
+        """Run ``inputs`` through the block with hooks accumulating the statistics of the linears in ``group``;
+        returns the statistics and (``keep_outputs``) the block's outputs. A pass whose outputs are not needed
+        stops as soon as every linear of ``group`` has seen its input.
+
+        ``dense_inputs`` (``method.output_target=dense``, ``engine.dense_error``): the dense model's inputs of
+        this block, window for window beside ``inputs``; each window then also runs through the dense block
+        from its dense input, every linear's statistics get ``C = (2/n) Σ x_dense x_prunedᵀ`` (scaled as
+        ``H``) and the returned outputs are the *dense* ones (the next block's dense inputs).
+        ``dense_weights`` (the block's linears' dense weights, by name; ``true_sequential``, where earlier
+        groups are already pruned) are put in place for that pass and the pruned ones back after it."""
+        linears = self.linears
+        stats = {n: LayerStats(linears[n].in_features, hessian=self.hessian, norms=self.norms, device=self.device)
+                 for n in group}
+        acc = _Accumulator(stats, group, paired=dense_inputs is not None)
+
+        def run(i: int, x, kw, dense: bool):
+            acc.start(i, x.shape[0], dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
+            try:
+                return self.block(x, **kw)
+            except StopForward:
+                return None
+
+        handles = _hook_inputs(self.adapter, linears, group, acc)
+        outputs = []
+        try:
+            for i, (x, kw) in enumerate(zip(inputs, self.kwargs)):
+                y = run(i, x, kw, False)
+                if dense_inputs is not None:
+                    with _weights(linears, dense_weights):
+                        y = run(i, dense_inputs[i], kw, True)
+                if keep_outputs:
+                    outputs.append(first_output(y))
+        finally:
+            for h in handles:
+                h.remove()
+        self._check_reached(stats, group)
+        return stats, outputs
+
+    def _check_reached(self, stats: dict, group: tuple) -> None:
+        silent = [n for n in group if stats[n].nsamples == 0]
+        if silent:
+            raise RuntimeError(
+                f"block {self.index}: no calibration input reached {silent}: the model uses their weights without "
+                f"calling the module, so forward hooks never fire. Add an input tap for them to the "
+                f"{self.adapter.family} adapter (pruning/adapters.py)")
+
+
+@contextlib.contextmanager
+def _weights(linears: dict, weights: dict | None):
+    """``weights`` (by linear name) in place of the linears' own for the duration; nothing when None."""
+    own = {n: linears[n].weight.data for n in (weights or {})}
+    try:
+        for n, w in (weights or {}).items():
+            linears[n].weight.data = w
+        yield
+    finally:
+        for n, w in own.items():
+            linears[n].weight.data = w
+
+
+@torch.no_grad()
+def block_wanda_scores(model, adapter: FamilyAdapter, windows: torch.Tensor, score, *, device=None,
+                       batch_size: int = 1, store=None) -> list:
+    """One pass through the *dense* model (OWL's first pass): for each block, ``score(block_index,
+    {name: |W| · sqrt(‖X_j‖²)})`` on its prunable linears; the dense block's outputs feed the next block.
+    Returns the scores per block."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    store = store or ResidentStore()
+    inputs, kwargs = capture_block_inputs(model, adapter, windows, batch_size)
+    inputs = [to_device(x, device) for x in inputs]
+    kwargs = kwargs.to(device)
+    out = []
+    for bi, block in enumerate(tqdm(adapter.blocks(model), desc="outlier scores (dense)", unit="block")):
+        store.hold(bi, block, device)
+        linears = adapter.prunable(block)
+        stats, inputs = BlockPass(block, bi, adapter, linears, kwargs.of(bi), hessian=False, norms=True,
+                                  device=device).statistics(tuple(linears), inputs, keep_outputs=True)
+        out.append(score(bi, {n: linears[n].weight.detach().float().abs() * stats[n].sq_norms.sqrt().unsqueeze(0)
+                              for n in linears}))
+        store.put_back(bi, block)
+    return out
