@@ -17,7 +17,7 @@ import math
 import pandas as pd
 
 from analysis.frontier import evaluated_datasets, exploded_caption, latex_table, matched, plus_minus
-from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
+from analysis.names import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "base", "calib_seed"]
 

@@ -20,6 +20,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -60,42 +61,79 @@ def ppl_datasets(frame, evaluated_only: bool = False) -> list[str]:
             and (not evaluated_only or frame[c].notna().any())]
 
 
-def flatten(record: dict, path: Path) -> dict:
-    """One row of the frame from one complete record. A non-uniform allocation is part of the label
-    (``sparsegpt+owl``), so tables give it its own row; the ``allocation`` column names it too. So is
-    ``engine.true_sequential=true`` on a method that does not set it itself (``sparsegpt+seq``); the
-    ``true_sequential`` column says whether the blocks were calibrated group by group, either way."""
-    cfg = record.get("config") or {}
-    allocation = allocation_of(record)
-    engine_seq = bool((cfg.get("engine") or {}).get("true_sequential"))
-    method_seq = bool((record["method"].get("params") or {}).get("true_sequential"))
-    target = record["sparsity"]["target"]
+def _cfg(record: dict) -> dict:
+    return record.get("config") or {}
+
+
+def _calib(record: dict) -> dict:
+    """The calibration block when the job calibrated, else empty (its columns are then None)."""
     calib = (record.get("protocol") or {}).get("calibration") or {}
-    row = {
-        "model": (record.get("model") or {}).get("name") or cfg.get("model", {}).get("name"),
-        "method": record["method"]["name"],
-        "label": method_label(record["method"]) + ("" if allocation == "uniform" else f"+{allocation}")
-        + ("+seq" if engine_seq and not method_seq else ""),
-        "true_sequential": engine_seq or method_seq,
-        "allocation": allocation,
-        "allocation_params": ",".join(f"{k}={v}" for k, v in sorted((cfg.get("allocation") or {}).items())
-                                      if k != "name") if allocation != "uniform" else "",
-        "sparsity": target.get("spec") if target["kind"] != "dense" else "dense",
-        "sparsity_kind": target["kind"], "sparsity_ratio": target["ratio"],
-        "sparsity_n": target.get("n"), "sparsity_m": target.get("m"),
-        "sparsity_actual": record["sparsity"].get("actual"),
-        "protocol": (record.get("protocol") or {}).get("name"),
-        "calib_dataset": calib.get("dataset") if calib.get("used") else None,
-        "calib_nsamples": calib.get("nsamples") if calib.get("used") else None,
-        "calib_seqlen": calib.get("seqlen") if calib.get("used") else None,
-        "seed": cfg.get("seed"),
-        "calib_seed": calib.get("seed") if calib.get("used") else None,
-        "calib_heldout": (calib.get("heldout") or {}).get("nsamples", 0) if calib.get("used") else None,
-        "mean_rel_error": record["metrics"].get("mean_rel_error"),
-        "mean_heldout_rel_error": record["metrics"].get("mean_heldout_rel_error"),  # calibration.heldout_nsamples > 0
-        "mean_dense_rel_error": record["metrics"].get("mean_dense_rel_error"),  # method.output_target=dense
-    }
-    row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})
+    return calib if calib.get("used") else {}
+
+
+def _seq(record: dict) -> tuple[bool, bool]:
+    """(engine.true_sequential, the method's own true_sequential)."""
+    return (bool((_cfg(record).get("engine") or {}).get("true_sequential")),
+            bool((record["method"].get("params") or {}).get("true_sequential")))
+
+
+def _label_of(record: dict) -> str:
+    """A non-uniform allocation is part of the label (``sparsegpt+owl``), so tables give it its own row;
+    so is ``engine.true_sequential=true`` on a method that does not set it itself (``sparsegpt+seq``)."""
+    allocation, (engine_seq, method_seq) = allocation_of(record), _seq(record)
+    return (method_label(record["method"]) + ("" if allocation == "uniform" else f"+{allocation}")
+            + ("+seq" if engine_seq and not method_seq else ""))
+
+
+def _allocation_params(record: dict) -> str:
+    if allocation_of(record) == "uniform":
+        return ""
+    return ",".join(f"{k}={v}" for k, v in sorted((_cfg(record).get("allocation") or {}).items()) if k != "name")
+
+
+def _target(record: dict) -> dict:
+    return record["sparsity"]["target"]
+
+
+# The frame's fixed columns, in order: (column, how to read it from a record). Per-dataset perplexity,
+# per-task zero-shot and per-knob method columns follow them (:func:`flatten`).
+COLUMNS: list[tuple[str, Callable[[dict], object]]] = [
+    ("model", lambda r: (r.get("model") or {}).get("name") or _cfg(r).get("model", {}).get("name")),
+    ("method", lambda r: r["method"]["name"]),
+    ("label", _label_of),
+    ("true_sequential", lambda r: any(_seq(r))),
+    ("allocation", allocation_of),
+    ("allocation_params", _allocation_params),
+    ("sparsity", lambda r: _target(r).get("spec") if _target(r)["kind"] != "dense" else "dense"),
+    ("sparsity_kind", lambda r: _target(r)["kind"]),
+    ("sparsity_ratio", lambda r: _target(r)["ratio"]),
+    ("sparsity_n", lambda r: _target(r).get("n")),
+    ("sparsity_m", lambda r: _target(r).get("m")),
+    ("sparsity_actual", lambda r: r["sparsity"].get("actual")),
+    ("protocol", lambda r: (r.get("protocol") or {}).get("name")),
+    ("calib_dataset", lambda r: _calib(r).get("dataset")),
+    ("calib_nsamples", lambda r: _calib(r).get("nsamples")),
+    ("calib_seqlen", lambda r: _calib(r).get("seqlen")),
+    ("seed", lambda r: _cfg(r).get("seed")),
+    ("calib_seed", lambda r: _calib(r).get("seed")),
+    ("calib_heldout", lambda r: (_calib(r).get("heldout") or {}).get("nsamples", 0) if _calib(r) else None),
+    ("mean_rel_error", lambda r: r["metrics"].get("mean_rel_error")),
+    ("mean_heldout_rel_error", lambda r: r["metrics"].get("mean_heldout_rel_error")),  # calibration.heldout_nsamples > 0
+    ("mean_dense_rel_error", lambda r: r["metrics"].get("mean_dense_rel_error")),  # method.output_target=dense
+]
+TAIL_COLUMNS: list[tuple[str, Callable[[dict], object]]] = [
+    *[(k, lambda r, k=k: (r.get("timings") or {}).get(k)) for k in TIMING_KEYS],
+    ("peak_rss_gb", lambda r: (r.get("memory") or {}).get("peak_rss_bytes", 0) / 2 ** 30),
+    *[(f"v_{k}", lambda r, k=k: (r.get("versions") or {}).get(k)) for k in ("torch", "transformers", "lm_eval", "package")],
+    ("git_commit", lambda r: ((r.get("versions") or {}).get("git") or {}).get("commit")),
+    ("config_hash", lambda r: r.get("config_hash")),
+    ("finished", lambda r: (r.get("job") or {}).get("finished")),
+]
+
+
+def _metric_columns(record: dict) -> dict:
+    """``ppl_<dataset>`` (with ``_windows`` and ``_seqlen``) and ``zs_<task>_<metric>`` columns."""
+    row = {}
     for name, r in record["metrics"].get("perplexity", {}).items():
         ppl = _number(r.get("ppl"))
         if ppl is None and _number(r.get("nll")) is not None:
@@ -108,13 +146,17 @@ def flatten(record: dict, path: Path) -> dict:
         row["zeroshot_limit"] = (zero_shot.get("config") or {}).get("limit")  # None: the full task sets
     for task, metrics in (zero_shot.get("tasks") or {}).items():  # acc, acc_stderr, acc_norm, acc_norm_stderr
         row.update({f"zs_{task}_{k}": _number(v) for k, v in metrics.items()})
-    row.update({k: record.get("timings", {}).get(k) for k in TIMING_KEYS})
-    row["peak_rss_gb"] = (record.get("memory") or {}).get("peak_rss_bytes", 0) / 2 ** 30
-    versions = record.get("versions") or {}
-    row.update({f"v_{k}": versions.get(k) for k in ("torch", "transformers", "lm_eval", "package")})
-    row["git_commit"] = (versions.get("git") or {}).get("commit")
-    row.update(config_hash=record.get("config_hash"), finished=(record.get("job") or {}).get("finished"),
-               path=str(path.parent))
+    return row
+
+
+def flatten(record: dict, path: Path) -> dict:
+    """One row of the frame from one complete record: :data:`COLUMNS`, the method's knobs (``param_*``), the
+    metrics' columns, :data:`TAIL_COLUMNS` and the job directory."""
+    row = {name: get(record) for name, get in COLUMNS}
+    row.update({f"param_{k}": v for k, v in (record["method"].get("params") or {}).items()})
+    row.update(_metric_columns(record))
+    row.update({name: get(record) for name, get in TAIL_COLUMNS})
+    row["path"] = str(path.parent)
     return row
 
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 from analysis.collect import ppl_datasets
 from analysis.render import EXPLODED, exploded_note
-from analysis.tables import DATASET_NAMES, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
+from analysis.names import DATASET_NAMES, MARKERS, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
 PAIRED_RATIOS = [("solver_s", "solver_x"), ("mean_rel_error", "error_x"),
@@ -193,7 +193,6 @@ def frontier_figure(frame: pd.DataFrame, dataset: str = "wikitext2", baseline: s
     models = list(dict.fromkeys(long["model"]))
     fig, axes = plt.subplots(2, len(models), figsize=(6.5 * len(models), 7.4), squeeze=False, sharex="col",
                              gridspec_kw={"height_ratios": [3, 2]})
-    from analysis.plots import MARKERS  # plots imports this module's figure; avoid a cycle at import time
     dense = frame[frame.sparsity == "dense"]
     name = DATASET_NAMES.get(dataset, dataset)
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]

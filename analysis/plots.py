@@ -26,10 +26,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from analysis.collect import collect, layers_of
-from analysis.tables import METHOD_NAMES, label_by_params, method_key, select_rows, sparsity_name, sparsity_order
+from analysis.frontier import frontier_figure
+from analysis.names import MARKERS, METHOD_NAMES, method_key, sparsity_name, sparsity_order
+from analysis.rows import label_by_params, select_rows
 
-MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X",
-           "apt-refit-dense": "p", "apt-refit-dense-seq": "h"}
 
 
 def _one_model(frame: pd.DataFrame) -> str:
@@ -234,7 +234,6 @@ def main(argv=None) -> int:
             tag = sparsity_name(args.layer_sparsity).replace("%", "pct").replace(":", "of")
             written += save(block_sparsity(col.layers, args.layer_sparsity), args.out_dir, f"block_sparsity_{tag}{suffix}", formats)
         if "frontier" in figures:
-            from analysis.frontier import frontier_figure
             written += save(frontier_figure(col.frame, args.dataset), args.out_dir, f"frontier_{args.dataset}{suffix}", formats)
     except ValueError as e:
         p.error(str(e))

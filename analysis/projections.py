@@ -17,7 +17,7 @@ import math
 import pandas as pd
 
 from analysis.frontier import latex_table, matched
-from analysis.tables import METHOD_NAMES, method_key, sparsity_name, sparsity_order, to_markdown
+from analysis.names import METHOD_NAMES, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed", "layer"]
 ERRORS = [("rel_error", "layer error"), ("heldout_rel_error", "held-out layer error")]

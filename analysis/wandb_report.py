@@ -17,7 +17,8 @@ import sys
 import pandas as pd
 
 from analysis.collect import collect, ppl_datasets
-from analysis.tables import ppl_table, zeroshot_table
+from analysis.ppl_tables import ppl_table
+from analysis.zeroshot_table import zeroshot_table
 from pruning.tracking import make_tracker
 
 

@@ -21,7 +21,7 @@ class BenchmarkTable(Callback):
         self.dataset = dataset
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from analysis.tables import write_benchmark
+        from analysis.ppl_tables import write_benchmark
 
         try:
             for path in write_benchmark(config.hydra.sweep.dir, self.dataset):

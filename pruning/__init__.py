@@ -8,7 +8,7 @@ sampler (:mod:`pruning.calibration`), evaluation (:mod:`pruning.evaluation`), th
 work without Hydra.
 """
 
-__version__ = "0.2.0"
+from pruning.version import __version__  # noqa: F401
 
 __all__ = ["prune", "evaluate_perplexity", "PruneReport", "save_pruned", "verify_saved"]
 

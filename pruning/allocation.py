@@ -37,6 +37,7 @@ import yaml
 from pruning.block_pass import block_wanda_scores
 from pruning.errors import ConfigError
 from pruning.sparsity import Sparsity
+from pruning.spec import EngineSpec
 
 ALLOCATIONS = ("uniform", "owl", "profile")
 PROFILE_TOLERANCE = 0.005  # a profile's size-weighted sparsity may differ this much from the global target
@@ -172,9 +173,11 @@ def check_config(cfg: dict, sparsity: Sparsity) -> dict | None:
     return load_profile(cfg["path"])
 
 
-def allocate(cfg: dict, profile_spec: dict | None, sparsity: Sparsity, model, adapter, windows, *, device=None,
-             batch_size: int = 1, store=None) -> Allocation:
-    """The allocation of a job, from its checked config (:func:`check_config`) and the loaded model."""
+def allocate(cfg: dict, profile_spec: dict | None, sparsity: Sparsity, model, adapter, windows,
+             engine: EngineSpec | None = None, store=None) -> Allocation:
+    """The allocation of a job, from its checked config (:func:`check_config`) and the loaded model; OWL's
+    dense pass runs where and in the batches ``engine`` says."""
+    engine = engine or EngineSpec()
     if cfg["name"] == "uniform":
         return uniform(sparsity)
     blocks = adapter.blocks(model)
@@ -183,7 +186,7 @@ def allocate(cfg: dict, profile_spec: dict | None, sparsity: Sparsity, model, ad
               for bi, b in enumerate(blocks) for n, m in adapter.prunable(b).items()}
     if cfg["name"] == "owl":
         outliers = block_wanda_scores(model, adapter, windows, lambda bi, scores: outlier_ratio(list(scores.values()), cfg["M"]),
-                                      device=device, batch_size=batch_size, store=store)
+                                      device=engine.device, batch_size=engine.batch_size, store=store)
         params = [sum(numels[f] for f in layers[bi].values()) for bi in layers]
         alloc = owl(sparsity, outliers, params, cfg["M"], cfg["lambda"])
     else:

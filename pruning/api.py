@@ -140,8 +140,7 @@ def prune_loaded(model, adapter, windows, method: MethodSpec, target: Sparsity, 
     """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`. ``method``
     and ``engine`` travel whole to :func:`pruning.engine.prune_model`; ``heldout``: windows on which every
     layer's error is measured too. Returns ``(EngineReport, Allocation)``."""
-    alloc = allocate(allocation, profile, target, model, adapter, windows, device=engine.device,
-                     batch_size=engine.batch_size, store=store)
+    alloc = allocate(allocation, profile, target, model, adapter, windows, engine, store)
     report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
                                        engine, method.fit, store=store,
                                        targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout)

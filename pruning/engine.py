@@ -42,7 +42,7 @@ from pruning.adapters import FamilyAdapter
 from pruning.block_pass import BlockPass
 from pruning.capture import BlockKwargs, capture_block_inputs, check_replay, first_output, to_device
 from pruning.offload import ResidentStore
-from pruning.solvers import OUTPUT_TARGETS, Solver, SolverResult
+from pruning.solvers import ENGINE_KNOBS, OUTPUT_TARGETS, Solver, SolverResult
 from pruning.solvers.common import relative_error
 from pruning.solvers.dense_target import dense_output_error, dense_target_correction, dense_target_weights
 from pruning.sparsity import Sparsity
@@ -258,8 +258,6 @@ class _Pruner:
 
 
 def _check_settings(solver: Solver, params: dict, fit: FitSpec) -> None:
-    from pruning.solvers import ENGINE_KNOBS
-
     misplaced = sorted(set(params) & set(ENGINE_KNOBS))
     if misplaced:
         raise ValueError(f"{misplaced} are engine knobs, not solver arguments: pass them in a FitSpec "

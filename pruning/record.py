@@ -5,9 +5,10 @@ field in docs/results.md; a test keeps the two in step). ``schema_version`` chan
 changes meaning or type; readers check it. :class:`Record` is the same schema for type checkers.
 """
 
-from __future__ import annotations
 
-from typing import Any, TypedDict
+import types
+import typing
+from typing import Any, Required, TypedDict
 
 SCHEMA_VERSION = 1
 
@@ -44,6 +45,102 @@ class SparsityTarget(TypedDict):
     spec: str  # "0.5", "2:4", "dense", "none"
 
 
+class PerplexityResult(TypedDict, total=False):
+    """``metrics.perplexity.<dataset>``: one dataset under the SparseGPT protocol."""
+    ppl: Required[float | None]  # null when the loss overflowed exp() (nll stays finite)
+    nll: Required[float]
+    nwindows: Required[int]
+    seqlen: Required[int]
+    dataset: str
+    split: str
+    total_windows: int
+    max_windows: int | None
+    protocol_cap: int | None
+    ntokens: int
+    seconds: float
+    tokens_per_s: float
+    data: dict
+
+
+class ZeroShotBlock(TypedDict, total=False):
+    """``metrics.zero_shot``: lm-eval's scores (docs/results.md)."""
+    tasks: Required[dict]  # task -> {acc, acc_stderr, acc_norm, acc_norm_stderr, n_docs, ...}
+    task_info: dict
+    mean_acc: float | None
+    lm_eval_version: str
+    config: dict
+    samples_file: str
+    seconds: float
+
+
+class Metrics(TypedDict, total=False):
+    perplexity: Required[dict[str, PerplexityResult]]
+    zero_shot: ZeroShotBlock
+    mean_rel_error: float | None
+    mean_heldout_rel_error: float | None
+    mean_dense_rel_error: float | None
+
+
+class Timings(TypedDict, total=False):
+    """Seconds (``timings``): what each stage of the job took."""
+    load_s: float
+    calib_data_s: float
+    allocation_s: float
+    calib_forward_s: float
+    heldout_forward_s: float
+    solver_s: float
+    prune_total_s: float
+    prune_s: float
+    eval_ppl_s: float
+    eval_zeroshot_s: float
+    save_s: float
+    total_s: Required[float]
+
+
+class Memory(TypedDict, total=False):
+    peak_scope: str  # "job" (reset per job) | "process"
+    peak_rss_bytes: Required[int]
+    peak_rss_after_prune_bytes: int
+    peak_cuda_bytes: int
+
+
+class Job(TypedDict, total=False):
+    output_dir: Required[str]
+    host: str
+    started: str
+    finished: str
+    slurm_job_id: str | None
+    torch_threads: int
+
+
+class Protocol(TypedDict, total=False):
+    name: Required[str | None]
+    calibration: Required[dict | None]  # {used, dataset, split, nsamples, seqlen, seed, data, ...}
+    eval: Required[dict]
+    engine: dict  # pruned jobs: block_kwargs, replay_max_rel_diff
+
+
+class LayerRow(TypedDict, total=False):
+    """One pruned linear (``layers[*]``). A solver may add diagnostics of its own (``damp``,
+    ``dead_columns``, ``hinv_fallback``, ``admm_iters`` …): keys not listed here are allowed."""
+    name: Required[str]
+    block: Required[int]
+    layer: Required[str]
+    shape: Required[list]
+    target: Required[str]
+    sparsity: Required[float]
+    rel_error: Required[float | None]
+    solver_s: Required[float]
+    heldout_rel_error: float
+    dense_rel_error: float
+    target_shift: float
+
+
+# The typed sections of a complete record, checked key by key (types and required keys); ``layers`` row by row.
+SECTIONS = {"metrics": Metrics, "timings": Timings, "memory": Memory, "job": Job, "protocol": Protocol}
+OPEN_SECTIONS = {"layers": LayerRow}  # other keys allowed (solver diagnostics)
+
+
 class Record(TypedDict, total=False):
     schema_version: int
     status: str  # "running" (never on disk for long) | "complete" | "failed"
@@ -54,20 +151,57 @@ class Record(TypedDict, total=False):
     config: dict[str, Any]
     config_hash: str
     inputs: dict[str, Any]  # key -> {path, sha256, bytes, files}: the job's input files (pruning/inputs.py)
-    job: dict[str, Any]  # output_dir, host, started, finished, torch_threads
+    job: Job
     versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}, engine_revision, cpu, gpu
     model: dict[str, Any]
     method: dict[str, Any]  # name, label, params
     sparsity: dict[str, Any]  # target: SparsityTarget, actual, zeros, total, n_linears
-    protocol: dict[str, Any]  # name, calibration {used, dataset, ..., data}, eval
+    protocol: Protocol
     allocation: dict[str, Any]
-    metrics: dict[str, Any]  # perplexity.<dataset>, mean_rel_error, zero_shot
-    timings: dict[str, float]
-    memory: dict[str, Any]
-    layers: list[dict[str, Any]]
+    metrics: Metrics
+    timings: Timings
+    memory: Memory
+    layers: list[LayerRow]
     warnings: list[str]
     tracking: dict[str, Any]
     save: dict[str, Any]
+
+
+def _fits(value, tp) -> bool:
+    """Whether a JSON value has the annotated type (ints count as floats; a TypedDict is a dict)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.is_typeddict(tp):
+        return isinstance(value, dict)
+    return isinstance(value, origin or tp)
+
+
+def section_problems(path: str, value, td, *, open_keys: bool = False) -> list[str]:
+    """What is wrong with one section against its TypedDict: unknown keys (unless ``open_keys``), missing
+    required ones, values of other types; nested ``dict[str, TypedDict]`` values are checked too."""
+    if not isinstance(value, dict):
+        return [f"{path}: {type(value).__name__}, expected an object"]
+    hints = typing.get_type_hints(td)
+    problems = [f"{path}: unknown key {k!r}" for k in value if k not in hints and not open_keys]
+    problems += [f"{path}: missing key {k!r}" for k in td.__required_keys__ if k not in value]
+    for key, tp in hints.items():
+        if key not in value:
+            continue
+        if not _fits(value[key], tp):
+            problems.append(f"{path}.{key}: {type(value[key]).__name__} {value[key]!r:.40}, expected {tp}")
+        elif typing.get_origin(tp) is dict and typing.is_typeddict(typing.get_args(tp)[1]):
+            for k, v in value[key].items():
+                problems += section_problems(f"{path}.{key}.{k}", v, typing.get_args(tp)[1])
+    return problems
 
 
 # field -> (JSON type(s), required in a complete record)
@@ -115,4 +249,9 @@ def check_record(record: dict) -> list[str]:
         missing = [k for k in SparsityTarget.__annotations__ if k not in target]
         if missing:
             problems.append(f"sparsity.target lacks {missing}")
+        for key, td in SECTIONS.items():
+            if isinstance(record.get(key), dict):
+                problems += section_problems(key, record[key], td)
+        for i, row in enumerate(record.get("layers") or []):
+            problems += section_problems(f"layers[{i}]", row, LayerRow, open_keys=True)
     return problems

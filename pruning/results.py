@@ -27,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-import pruning
 from pruning.errors import ConfigError
 from pruning.inputs import changed_inputs
+from pruning.version import __version__
 from pruning.record import ENGINE_REVISION, SCHEMA_VERSION, stale_reason  # noqa: F401  (the schema: pruning/record.py)
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def config_hash(config: dict) -> str:
 
 
 def git_info(path: Path | None = None) -> dict:
-    path = path or Path(pruning.__file__).resolve().parent.parent
+    path = path or Path(__file__).resolve().parent.parent
     def git(*args):
         # --no-optional-locks: `git status` must not take .git/index.lock (a job killed meanwhile would leave
         # it behind and block the user's next commit)
@@ -113,7 +113,7 @@ def cpu_name() -> str | None:
 
 
 def versions() -> dict:
-    out = {"python": platform.python_version(), "package": pruning.__version__, "platform": platform.platform()}
+    out = {"python": platform.python_version(), "package": __version__, "platform": platform.platform()}
     for name in _PACKAGES:
         try:
             out[name] = metadata.version(name)

@@ -1,8 +1,11 @@
 """The job spec: the composed Hydra config, checked and parsed once into frozen dataclasses.
 
 :func:`parse_job` turns the ``DictConfig`` of ``python -m experiments.run`` into a :class:`JobSpec`
-before any model is loaded; the pipeline and the library modules read its fields, never raw config
-nodes with ``.get(key, default)``. Every section's defaults are the dataclass defaults, equal to
+before any model is loaded; the pipeline and the library modules read its fields, not raw config nodes
+with ``.get(key, default)``. The exceptions read the resolved config on purpose, before a spec exists or
+where the section is free-form: the skip decision (:func:`pruning.results.config_hash`,
+:mod:`pruning.inputs`, ``pipeline._save_missing``: a finished job is skipped before it is validated), the
+launcher's GPU pool (``experiments/run.py``), the tracker's ``logger`` section and ``model.tokenizer``. Every section's defaults are the dataclass defaults, equal to
 ``conf/config.yaml`` (a test keeps the two in step). A key the section does not have, a value of the
 wrong type or out of range is a :class:`~pruning.errors.ConfigError` naming the key, the value and
 what is allowed.
@@ -26,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pruning.data import SOURCES as DATA_SOURCES
 from pruning.errors import ConfigError
+from pruning.solvers import ENGINE_KNOBS, SOLVERS
 from pruning.sparsity import Sparsity, parse_sparsity
 
 
@@ -212,8 +216,6 @@ class MethodSpec:
 
 def split_params(name: str, params: Mapping[str, Any]) -> tuple[Mapping[str, Any], FitSpec]:
     """A method's knobs as the solver's own and the engine's (:class:`FitSpec`)."""
-    from pruning.solvers import ENGINE_KNOBS, SOLVERS
-
     knobs = dict(params)
     fit = {k: knobs.pop(k) for k in ENGINE_KNOBS if k in knobs}
     solver = SOLVERS.get(name)

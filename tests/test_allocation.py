@@ -174,7 +174,7 @@ def test_profile_job_prunes_each_layer_to_its_ratio(tiny_data_root, tmp_path):
 def test_analysis_tells_allocations_apart_and_draws_block_sparsity(tiny_data_root, tmp_path):
     from analysis.collect import collect
     from analysis.plots import block_sparsity
-    from analysis.tables import ppl_table
+    from analysis.ppl_tables import ppl_table
 
     for alloc in ("uniform", "owl"):
         run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", f"allocation={alloc}",

@@ -6,7 +6,8 @@ import logging
 import pytest
 
 from analysis.collect import collect, method_label
-from analysis.tables import benchmark_long, benchmark_markdown, main as tables_main, ppl_table, write_benchmark
+from analysis.ppl_tables import benchmark_long, benchmark_markdown, ppl_table, write_benchmark
+from analysis.tables import main as tables_main
 from pruning.sparsity import parse_sparsity
 
 

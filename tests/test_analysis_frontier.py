@@ -203,7 +203,7 @@ def test_plots_where_leaves_the_owl_lines_out(frontier, tmp_path, capsys, monkey
     write(frontier, "sgpt_owl", owl)
     seen = []
     real = analysis.frontier.frontier_figure
-    monkeypatch.setattr(analysis.frontier, "frontier_figure", lambda frame, *a: seen.append(frame) or real(frame, *a))
+    monkeypatch.setattr(plots, "frontier_figure", lambda frame, *a: seen.append(frame) or real(frame, *a))
     assert plots.main([str(frontier), "--figures", "frontier", "--out-dir", str(tmp_path / "fig"),
                        "--where", "allocation=uniform", "--where", "model=smollm2-135m"]) == 0
     assert set(seen[0]["label"]) == {"sparsegpt", "apt-refit", "alps"} and set(seen[0]["model"]) == {"smollm2-135m"}

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from analysis.collect import collect
-from analysis.tables import build, main as tables_main, ppl_table, zeroshot_table
+from analysis.ppl_tables import ppl_table
+from analysis.tables import build, main as tables_main
+from analysis.zeroshot_table import zeroshot_table
 from tests.test_analysis import record, write
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -53,3 +53,62 @@ def test_the_development_guides_layout_lists_every_module_and_no_other():
             for p in (REPO / root).rglob("*.py") if p.name != "__init__.py" or p.parent.name == "solvers"}
     assert not tree - listed, f"modules missing from docs/development.md's layout: {sorted(tree - listed)}"
     assert not listed - tree, f"docs/development.md lists modules that do not exist: {sorted(listed - tree)}"
+
+
+def _import_graph(repo, roots=("pruning", "experiments", "analysis")) -> dict[str, set[str]]:
+    """module -> the project modules it imports, read from the source (imports inside functions count: an
+    import moved into a function to dodge a circle is still a circle)."""
+    import ast
+
+    modules = {}
+    for root in roots:
+        for path in (repo / root).rglob("*.py"):
+            parts = path.relative_to(repo).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        edges = set()
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                edges |= {f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names}
+        graph[name] = {e for e in edges if e in modules and e != name}
+    return graph
+
+
+def test_no_import_circle_anywhere():
+    from tests.conftest import REPO
+    graph = _import_graph(REPO)
+    index, low, stack, on, circles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, f"import circles: {circles}"
+    assert "pruning" not in graph["pruning.results"]  # the version comes from pruning.version, not the package

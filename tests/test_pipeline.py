@@ -279,3 +279,24 @@ def test_stale_records_are_rerun_and_left_out_of_tables(tiny_data_root, tmp_path
         other["model"]["family"] = family
         other["protocol"]["calibration"]["used"] = used
         assert stale_reason(other) is None
+
+
+def test_check_record_checks_each_typed_section(tiny_data_root, tmp_path):
+    from pruning.record import check_record
+    rec = run_job(compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "method=wanda", "calibration.nsamples=4",
+                                             "calibration.seqlen=32")), tmp_path)
+    assert check_record(rec) == []
+    broken = json.loads(json.dumps(rec))
+    broken["timings"]["total_s"] = "fast"
+    broken["metrics"]["surprise"] = 1
+    broken["metrics"]["perplexity"]["wikitext2"].pop("nll")
+    broken["layers"][0].pop("name")
+    broken["layers"][1]["damp_tries"] = 3  # a solver's own diagnostic: allowed
+    broken["job"]["torch_threads"] = 2.5
+    problems = check_record(broken)
+    assert any(p.startswith("timings.total_s: str 'fast'") for p in problems), problems
+    assert "metrics: unknown key 'surprise'" in problems
+    assert "metrics.perplexity.wikitext2: missing key 'nll'" in problems
+    assert "layers[0]: missing key 'name'" in problems and not any("layers[1]" in p for p in problems)
+    assert any(p.startswith("job.torch_threads: float 2.5") for p in problems)
+    assert len(problems) == 5, problems

@@ -7,7 +7,8 @@ import pytest
 
 from analysis.collect import collect
 from analysis.significance import (bootstrap_ci, mcnemar_exact, paired_bootstrap, paired_task_test)
-from analysis.tables import NOT_SIGNIFICANT, main as tables_main, zeroshot_table
+from analysis.tables import main as tables_main
+from analysis.zeroshot_table import NOT_SIGNIFICANT, zeroshot_table
 from tests.test_analysis import record, write
 
 

@@ -219,7 +219,7 @@ def test_tiny_model_runs_the_whole_zero_shot_path(tiny_data_root, tmp_path, monk
     import multiprocessing
 
     from analysis.collect import collect
-    from analysis.tables import zeroshot_table
+    from analysis.zeroshot_table import zeroshot_table
     from pruning.pipeline import run_job
 
     def no_fork(*args, **kwargs):  # LAMBADA's bootstrapped stderr must not fork (a forked child hung pytest)

@@ -17,7 +17,6 @@ whose cache cannot be gathered along the batch) is scored by lm-eval's path thro
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +42,3 @@ def _input_of(request, max_length: int) -> list[int]:
     """The tokens lm-eval feeds for a ``(string, context, continuation)`` request (its causal path)."""
     _, context_enc, continuation_enc = request
     return (context_enc + continuation_enc)[-(max_length + 1):][:-1]
-
-
-@lru_cache(maxsize=1)
-def budgeted_hflm_class():
-    """The ``HFLM`` subclass (:class:`pruning.evaluation.budgeted_hflm.BudgetedHFLM`), imported on first use:
-    importing lm-eval is slow."""
-    from pruning.evaluation.budgeted_hflm import BudgetedHFLM
-
-    return BudgetedHFLM

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Mapping
 
 from pruning.data import resolve_data_root, verify_file
-from pruning.evaluation.budgeted_lm import budgeted_hflm_class
 from pruning.errors import ConfigError, DataError
 from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS, task_files, task_info
 from pruning.spec import DataSpec, ZeroShotSpec, as_data, as_spec
@@ -152,7 +151,9 @@ def _lm(model, tokenizer, zs: ZeroShotSpec, logits_gb: float | None = None, shar
         from lm_eval.models.huggingface import HFLM
 
         return HFLM(batch_size=zs.batch_size, **common), max_length
-    return budgeted_hflm_class()(logits_gb=logits_gb, share_context=share_context, max_batch_size=zs.batch_size,
+    from pruning.evaluation.budgeted_hflm import BudgetedHFLM  # here: importing lm-eval is slow
+
+    return BudgetedHFLM(logits_gb=logits_gb, share_context=share_context, max_batch_size=zs.batch_size,
                                  **common), max_length
 
 
