@@ -192,7 +192,7 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             if record is None:  # a directory, not UTF-8, not JSON, or JSON but not an object
                 skipped.append({"path": str(path), "status": "unreadable", "error": problem or "vanished"})
                 continue
-            if record.get("kind") == "solver_timing":  # synthetic-layer timings: analysis.solver_timing
+            if record.get("kind") in ("solver_timing", "scale"):  # benchmarks: analysis.solver_timing, analysis.scale
                 continue
             if record.get("status") != "complete":
                 skipped.append({"path": str(path), "status": record.get("status"), "error": record.get("error")})

@@ -48,7 +48,7 @@ def load_samples(job_dir: str | Path, record: dict | None = None) -> dict | None
     return json.loads(path.read_text())
 
 
-def _aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
+def aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Correctness of both models on the documents both scored; a differing document is an error."""
     ia = {d: i for i, d in enumerate(a["doc_id"])}
     shared = [(ia[d], j) for j, d in enumerate(b["doc_id"]) if d in ia]
@@ -64,7 +64,7 @@ def _aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
 
 def paired_task_test(a: dict, b: dict, metric: str) -> dict:
     """McNemar on one task's per-document results of two models."""
-    x, y = _aligned(a, b, metric)
+    x, y = aligned(a, b, metric)
     b_only, c_only = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
     return {"n": len(x), "acc_a": float(x.mean()) if len(x) else math.nan,
             "acc_b": float(y.mean()) if len(y) else math.nan, "a_only": b_only, "b_only": c_only,
@@ -75,7 +75,7 @@ def paired_bootstrap(a: dict, b: dict, metrics: dict[str, str], iters: int = 200
     """Difference of the mean over tasks (a − b) with its two-sided bootstrap p-value; ``metrics``:
     task -> metric, tasks both runs scored."""
     rng = np.random.default_rng(seed)
-    pairs = [_aligned(a[t], b[t], m) for t, m in metrics.items()]
+    pairs = [aligned(a[t], b[t], m) for t, m in metrics.items()]
     diff = float(np.mean([x.mean() - y.mean() for x, y in pairs]))
     draws = np.zeros(iters)
     for x, y in pairs:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from analysis.allocation import allocation_latex, allocation_long, allocation_markdown
 from analysis.collect import collect, layers_of
+from analysis.downstream import downstream_long, downstream_markdown
 from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
 from analysis.names import METRIC_PRESETS
 from analysis.ppl_tables import benchmark_long, benchmark_markdown, calibration_long, calibration_markdown, ppl_table
@@ -86,6 +87,10 @@ TABLES: dict[str, TableKind] = {
     "projections": TableKind(("md", "latex", "csv"), _projections, "layer error per projection, ratios to SparseGPT",
                              layers=True, baseline=True),
     "allocation": TableKind(("md", "latex", "csv"), _allocation, "uniform vs OWL / profile per method, ratios to uniform"),
+    "downstream": TableKind(("md", "csv"), lambda f, fmt, o: downstream_markdown(f, o["compare"], o["tasks"]) if fmt == "md"
+                            else downstream_long(f, o["compare"], o["tasks"]).to_csv(index=False),
+                            "--compare TARGET,BASELINE pooled over the informative zero-shot tasks: better, worse, "
+                            "equivalent or undecided"),
 }
 
 
@@ -144,8 +149,8 @@ def main(argv=None) -> int:
     if args.baseline and not kind.baseline:
         p.error(f"--baseline applies to --table {' or '.join(k for k, v in TABLES.items() if v.baseline)} only "
                 f"(got --table {args.table})")
-    if args.tasks and args.table != "zeroshot":
-        p.error(f"--tasks applies to --table zeroshot only (got --table {args.table})")
+    if args.tasks and args.table not in ("zeroshot", "downstream"):
+        p.error(f"--tasks applies to --table zeroshot or downstream only (got --table {args.table})")
     col = collect(*args.dirs, layers=kind.layers)
     frame = col.frame
     try:

@@ -77,3 +77,17 @@ class SolverTimingTable(Callback):
         except Exception as e:  # the records are safe on disk; the table can be rebuilt
             log.error("timing table not written (%s: %s); run: python -m analysis.solver_timing %s",
                       type(e).__name__, e, config.hydra.sweep.dir)
+
+
+class ScaleTable(Callback):
+    """End of a scale-benchmark multirun: ``scale.md`` and ``scale.csv`` in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from analysis.scale import write_tables
+
+        try:
+            for path in write_tables(config.hydra.sweep.dir):
+                log.info("wrote %s", path)
+        except Exception as e:  # the records are safe on disk; the table can be rebuilt
+            log.error("scale table not written (%s: %s); run: python -m analysis.scale %s",
+                      type(e).__name__, e, config.hydra.sweep.dir)

@@ -57,6 +57,7 @@ def override_suffix(override_dirname: str) -> str:
 
 OmegaConf.register_new_resolver("run_tag", run_tag, replace=True)
 OmegaConf.register_new_resolver("override_suffix", override_suffix, replace=True)
+OmegaConf.register_new_resolver("sparsity_tag", lambda s: parse_sparsity(s).tag, replace=True)  # benchmark apps
 
 
 def record_failure(sweep_dir: str | Path, hc, error: BaseException) -> None:

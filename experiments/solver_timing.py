@@ -38,8 +38,6 @@ from pruning.spec import MethodSpec, parse_method
 
 log = logging.getLogger(__name__)
 
-OmegaConf.register_new_resolver("sparsity_tag", lambda s: parse_sparsity(s).tag, replace=True)
-
 
 def random_layer(rows: int, cols: int, rank: int, seed: int, device, dtype=torch.float32):
     """A random weight and a correlated positive-definite Hessian of the layer's input width."""

@@ -9,6 +9,7 @@ statistics of the two streams. :func:`block_wanda_scores` is OWL's pass through 
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +72,7 @@ class _Accumulator:
         self.stats, self.group, self.paired = stats, group, paired
         self.shares, self.seen, self.fired = _SharedInputs(), {}, set()
         self.sequences, self.index, self.dense, self.stop = 1, 0, False, False
+        self.seconds = 0.0  # spent accumulating statistics (inside the forward passes)
 
     def start(self, index: int, sequences: int, dense: bool, stop: bool) -> None:
         self.index, self.sequences, self.dense, self.stop = index, sequences, dense, stop
@@ -78,6 +80,15 @@ class _Accumulator:
         self.fired.clear()
 
     def __call__(self, n: str, x: torch.Tensor) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._accumulate(n, x)
+        finally:
+            self.seconds += time.perf_counter() - t0
+        if self.stop and len(self.fired) == len(self.group):
+            raise StopForward  # the rest of the block would compute nothing this pass needs
+
+    def _accumulate(self, n: str, x: torch.Tensor) -> None:
         owner = self.shares.owner(n, x, self.index, self.dense)
         if owner is not None:  # the same tensor as an earlier linear's input (q/k/v, gate/up): its statistics
             self.stats[n] = self.stats[owner]
@@ -88,8 +99,6 @@ class _Accumulator:
         else:
             self.stats[n].add_cross(x, self.seen.pop(n), self.sequences)
         self.fired.add(n)
-        if self.stop and len(self.fired) == len(self.group):
-            raise StopForward  # the rest of the block would compute nothing this pass needs
 
 
 @dataclass
@@ -105,6 +114,8 @@ class BlockPass:
     hessian: bool
     norms: bool
     device: torch.device
+    stats_s: float = 0.0  # seconds accumulating statistics, over this block's passes
+    dense_s: float = 0.0  # seconds of the dense stream's passes (output_target=dense, engine.dense_error)
 
     def statistics(self, group: tuple, inputs: list, *, keep_outputs: bool = False, dense_inputs: list | None = None,
                    dense_weights: dict | None = None) -> tuple[dict, list]:
@@ -125,10 +136,13 @@ class BlockPass:
 
         def run(i: int, x, kw, dense: bool):
             acc.start(i, x.shape[0], dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
+            t0 = time.perf_counter()
             try:
                 return self.block(x, **kw)
             except StopForward:
                 return None
+            finally:
+                self.dense_s += (time.perf_counter() - t0) if dense else 0.0
 
         handles = _hook_inputs(self.adapter, linears, group, acc)
         outputs = []
@@ -143,6 +157,7 @@ class BlockPass:
         finally:
             for h in handles:
                 h.remove()
+            self.stats_s += acc.seconds
         self._check_reached(stats, group)
         return stats, outputs
 

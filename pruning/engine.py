@@ -150,7 +150,7 @@ class _Pruner:
         self.dense_stream = fit.dense_target or engine.dense_error  # the dense model's block inputs travel too
         self.want_h = solver.needs_hessian or engine.report_error or engine.dense_error
         self.report = EngineReport()
-        self.forward_s = self.solver_s = self.heldout_s = 0.0
+        self.forward_s = self.solver_s = self.heldout_s = self.stats_s = self.dense_s = 0.0
         self.inputs, self.kwargs, self.dense_inputs, self.held = [], BlockKwargs([[]], shared=True), None, None
         self.shared: dict = {}  # output_target=dense: the last correction, reused by linears with the same input
 
@@ -205,6 +205,7 @@ class _Pruner:
             held_stats = self.held_statistics(block, bi, linears, group)
             for n in group:
                 self.report.layers.append(self.solve(bi, n, linears[n], stats, block_dense, held_stats))
+        self.stats_s, self.dense_s = self.stats_s + calib.stats_s, self.dense_s + calib.dense_s
         self.propagate(bi, block, dense_out)
 
     def held_statistics(self, block, bi: int, linears: dict, group: tuple) -> dict | None:
@@ -251,7 +252,9 @@ class _Pruner:
 
     def timings(self, t_total: float) -> dict:
         out = {"calib_forward_s": round(self.forward_s, 3), "solver_s": round(self.solver_s, 3),
-               "prune_total_s": round(time.perf_counter() - t_total, 3)}
+               "prune_total_s": round(time.perf_counter() - t_total, 3),
+               # parts of calib_forward_s: statistics accumulated in the hooks, the dense stream's passes
+               "calib_stats_s": round(self.stats_s, 3), "calib_dense_forward_s": round(self.dense_s, 3)}
         if self.held is not None:
             out["heldout_forward_s"] = round(self.heldout_s, 3)
         return out

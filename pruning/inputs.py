@@ -91,7 +91,7 @@ def job_inputs(config: dict) -> dict[str, dict]:
     """Checksums of every input file of a resolved job config (:func:`input_paths`)."""
     from pruning.models import cache_root
 
-    cache = cache_root((config.get("model") or {}).get("cache_dir"))
+    cache = cache_root((config.get("model") or {}).get("cache_dir") or (config.get("paths") or {}).get("cache"))
     return {key: fingerprint(path, cache) for key, path in input_paths(config).items()}
 
 

@@ -110,4 +110,4 @@ def test_the_zero_shot_table_can_leave_a_task_out_of_the_mean_and_its_tests(tmp_
     assert "tasks ['rte'] are in none of these records; they have: boolq, piqa" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tables_main([str(tmp_path), "--table", "ppl", "--tasks", "piqa"])
-    assert "--tasks applies to --table zeroshot only" in capsys.readouterr().err
+    assert "--tasks applies to --table zeroshot or downstream only" in capsys.readouterr().err

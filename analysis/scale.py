@@ -1,0 +1,91 @@
+"""The scale benchmark's table (:mod:`experiments.scale`): per architecture, method, dtype, device and token count,
+one block's time split and working memory, the ratio of its whole prune to SparseGPT's in the same sweep, and the
+projections to the whole model and the paper protocol.
+
+    python -m analysis.scale outputs/sweeps/scale [--out scale.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.names import METHOD_NAMES, method_key, to_markdown
+from pruning.results import RESULTS_FILE, read_record, write_text_atomic
+
+GB = 2 ** 30
+
+
+def scale_long(root: str | Path) -> pd.DataFrame:
+    """One row per scale record below ``root``."""
+    rows = []
+    for path in sorted(Path(root).rglob(RESULTS_FILE)):
+        rec = read_record(path)
+        if not rec or rec.get("kind") != "scale" or rec.get("status") != "complete":
+            continue
+        cfg, b, proj = rec["config"], rec["per_block"], rec["projection"]
+        rows.append({"arch": rec["arch"], "method": rec["method"]["label"], "sparsity": rec["sparsity"]["spec"],
+                     "dtype": rec["dtype"], "device": rec["device"], "tokens": f"{cfg['nsamples']}×{cfg['seqlen']}",
+                     "forward_s": b["calib_forward_s"], "stats_s": b.get("calib_stats_s"),
+                     "dense_s": b.get("calib_dense_forward_s"), "solver_s": b["solver_s"],
+                     "block_s": b["prune_total_s"], "working_gb": (rec["memory"]["peak_rss_bytes"]
+                                                                   - rec["memory"]["rss_before_prune_bytes"]) / GB
+                     if rec["device"] == "cpu" else rec["memory"].get("peak_cuda_bytes", 0) / GB,
+                     "model_h": proj["prune_s"] / 3600, "paper_h": proj["prune_s_paper_protocol"] / 3600,
+                     "peak_gb": proj["peak_bytes"] / GB, "peak_offload_gb": proj["peak_bytes_offload"] / GB,
+                     "forward_over_bound": proj["forward_over_bound"], "path": str(path.parent)})
+    if not rows:
+        raise FileNotFoundError(f"{root}: no complete scale record below it")
+    frame = pd.DataFrame(rows)
+    keys = ["arch", "sparsity", "dtype", "device", "tokens"]
+    base = frame[frame["method"] == "sparsegpt"].set_index(keys)["block_s"]
+    frame["x_sparsegpt"] = [base.get(tuple(r[k] for k in keys), float("nan")) for _, r in frame.iterrows()]
+    frame["x_sparsegpt"] = frame["block_s"] / frame["x_sparsegpt"]
+    order = sorted(range(len(frame)), key=lambda i: (frame.at[i, "arch"], frame.at[i, "tokens"],
+                                                     method_key(frame.at[i, "method"])))
+    return frame.iloc[order].reset_index(drop=True)
+
+
+def scale_markdown(root: str | Path) -> str:
+    long = scale_long(root)
+    shown = long.drop(columns=["path"]).assign(method=lambda f: f["method"].map(lambda m: METHOD_NAMES.get(m, m)))
+    num = {c: (lambda v, d=d: "–" if v is None or v != v else f"{v:.{d}f}") for c, d in (
+        ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("block_s", 1), ("working_gb", 2),
+        ("model_h", 2), ("paper_h", 2), ("peak_gb", 1), ("peak_offload_gb", 1), ("forward_over_bound", 1))}
+    num["x_sparsegpt"] = lambda v: "–" if v != v else f"{v:.2f}×"
+    return (to_markdown(shown, num) + "\nPer block: calibration forward passes (of which statistics accumulation and the dense "
+            "stream's passes), solver, the whole prune and its ratio to SparseGPT's on the same shapes, tokens, dtype "
+            "and device; working memory = peak RSS (CUDA: peak allocated) while pruning, less the RSS before. "
+            "Projected to the real depth (model_h) and to 128 × 2048 calibration tokens (paper_h); peak memory with "
+            "every block resident (peak_gb) or one (offload); forward_over_bound = calibration forward time over "
+            "the matrix FLOPs of the passes the method makes at this machine's measured matmul throughput "
+            "(experiments/scale.py says how).\n")
+
+
+def write_tables(root: str | Path) -> list[Path]:
+    root = Path(root)
+    return [write_text_atomic(root / "scale.md", scale_markdown(root)),
+            write_text_atomic(root / "scale.csv", scale_long(root).to_csv(index=False))]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.scale", description=__doc__.split("\n\n")[0])
+    p.add_argument("root", help="a sweep directory (or analysis/records/scale*) holding scale records")
+    p.add_argument("--out", help="write the markdown here instead of printing it")
+    args = p.parse_args(argv)
+    try:
+        text = scale_markdown(args.root)
+    except FileNotFoundError as e:
+        p.error(str(e))
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Scale benchmark: decoder blocks with the exact shapes of a real architecture (``conf/arch/*.yaml``, random
+weights, no hub), pruned by the engine a job uses (:func:`pruning.engine.prune_model`), with each block's time
+split into calibration forward passes (and, inside them, statistics accumulation and the dense stream's passes)
+and solver, its peak memory, and the projection of both to the whole model and to the paper protocol.
+
+    python -m experiments.scale arch=llama-2-7b method=sparsegpt nsamples=16 seqlen=512
+    python -m experiments.scale -m arch=llama-2-7b,llama-3-8b method=sparsegpt,apt-refit-dense-seq
+    python -m analysis.scale outputs/sweeps/scale          # the table (written at the end of a sweep too)
+
+How the projections are made (and what they leave out), per record under ``projection``:
+
+- whole-model prune time = the per-block time × the real depth (``arch.layers``); the capture of the first
+  block's inputs and the embedding are left out (one embedding lookup per window);
+- at the paper protocol (128 × 2048 tokens) the calibration passes and statistics scale with the number of
+  tokens (linear; attention's quadratic part in ``seqlen`` is not modelled, so a measurement at a shorter
+  ``seqlen`` underestimates it) and the solver does not (it sees one H per layer whatever the tokens);
+- peak memory: the model's weights resident (every block at the run's dtype, plus the real vocabulary's
+  embedding and head) plus the working memory measured while pruning a block (peak RSS minus RSS before);
+  with ``runtime.offload=disk`` one block is resident instead of all.
+- the physical bound: the calibration passes' matrix FLOPs (2 per weight per token, times the number of passes
+  the method makes) at this machine's measured matrix-multiply throughput.
+
+Vocabulary: the model is built with a 256-token vocabulary (the embedding does not enter a block's cost); the
+real one enters the memory projection only. Records are ``kind: scale`` (left out of ``analysis.collect``).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+import experiments.run  # noqa: F401  (registers override_suffix)
+from pruning.adapters import adapter_for
+from pruning.engine import prune_model
+from pruning.errors import ConfigError
+from pruning.results import (RESULTS_FILE, config_hash, peak_memory, reset_peak_memory, reusable_record, utc_now,
+                             versions, write_json_atomic)
+from pruning.solvers import SOLVERS, check_method
+from pruning.spec import EngineSpec, parse_method
+
+log = logging.getLogger(__name__)
+
+BUILD_VOCAB = 256
+PAPER_TOKENS = 128 * 2048
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def matmul_throughput(dtype: torch.dtype, device: torch.device, n: int = 2048, repeats: int = 5) -> float:
+    """This machine's measured matrix-multiply throughput (FLOP/s, the median of ``repeats`` n×n products)."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    times = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        _sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times[1:])
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_blocks(arch: dict, blocks: int, dtype: torch.dtype, device: torch.device, seed: int):
+    """A randomly initialised model of ``blocks`` decoder blocks with ``arch``'s shapes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = dict(arch["config"])
+    config = AutoConfig.for_model(spec.pop("model_type"), **spec, num_hidden_layers=blocks, vocab_size=BUILD_VOCAB)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.config.use_cache = False
+    return model.eval()
+
+
+def block_bytes(model, adapter) -> int:
+    block = adapter.blocks(model)[0]
+    return sum(p.numel() * p.element_size() for p in block.parameters())
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def projection(arch: dict, per_block: dict, cfg, bytes_per_block: int, working: int, dtype: torch.dtype,
+               passes: float, flops: float) -> dict:
+    """Whole-model and paper-protocol figures from the per-block ones (module docstring)."""
+    layers, tokens = int(arch["layers"]), int(cfg.nsamples) * int(cfg.seqlen)
+    hidden = int(arch["config"]["hidden_size"])
+    scale = PAPER_TOKENS / tokens
+    forward, solver = per_block["calib_forward_s"], per_block["solver_s"]
+    embed = 2 * int(arch["vocab_size"]) * hidden * torch.finfo(dtype).bits // 8
+    weights_per_token = bytes_per_block / (torch.finfo(dtype).bits // 8)
+    bound_s = 2 * weights_per_token * tokens * passes / flops
+    return {
+        "layers": layers, "tokens": tokens, "paper_tokens": PAPER_TOKENS,
+        "prune_s": round(layers * (forward + solver), 1),
+        "prune_s_paper_protocol": round(layers * (forward * scale + solver), 1),
+        "peak_bytes": layers * bytes_per_block + embed + working,
+        "peak_bytes_offload": bytes_per_block + embed + working,
+        "forward_bound_s": bound_s,  # one block's passes at the measured matmul throughput
+        "forward_over_bound": round(forward / bound_s, 2) if bound_s else None,
+        "passes": passes,
+    }
+
+
+def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    chash = config_hash({k: v for k, v in config.items() if k not in ("threads",)})
+    path = out_dir / RESULTS_FILE
+    existing = reusable_record(path, chash, bool(cfg.force))
+    if existing is not None:
+        return existing
+    method, target = parse_method(config["method"], config["sparsity"], eval_only=())
+    check_method(method, target)
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype={cfg.dtype!r}; allowed: {', '.join(DTYPES)}")
+    for key in ("nsamples", "seqlen", "blocks"):
+        if not isinstance(cfg[key], int) or cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]!r}: need an integer >= 1")
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but torch sees no CUDA device; use device=cpu")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    arch = config["arch"]
+    flops = matmul_throughput(dtype, device)
+    model = build_blocks(arch, int(cfg.blocks), dtype, device, int(cfg.seed))
+    adapter = adapter_for(model)
+    windows = torch.randint(0, BUILD_VOCAB, (int(cfg.nsamples), int(cfg.seqlen)),
+                            generator=torch.Generator().manual_seed(int(cfg.seed))).to(device)
+    scope, before = reset_peak_memory(), _rss()
+    log.info("scale: %s x%d blocks (%s, %s), %s %s, %d x %d tokens", arch["name"], cfg.blocks, cfg.dtype, device,
+             method.label, target, cfg.nsamples, cfg.seqlen)
+    report = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
+                         EngineSpec(device=str(device)), method.fit)
+    mem = peak_memory()
+    per_block = {k: v / int(cfg.blocks) for k, v in report.timings.items()}
+    passes = _passes(method)
+    record = {"status": "complete", "kind": "scale", "config_hash": chash, "config": config,
+              "versions": versions(), "job": {"finished": utc_now(), "output_dir": str(out_dir.resolve())},
+              "arch": arch["name"], "method": {"name": method.name, "label": method.label,
+                                               "params": dict(method.params)},
+              "sparsity": target.as_dict(), "device": str(device), "dtype": cfg.dtype,
+              "timings": report.timings, "per_block": per_block,
+              "memory": {**mem, "scope": scope, "rss_before_prune_bytes": before,
+                         "block_bytes": block_bytes(model, adapter)},
+              "matmul_flops_per_s": flops}
+    weights = record["memory"]["block_bytes"] * int(cfg.blocks)
+    working = (max(0, mem["peak_rss_bytes"] - before) if device.type == "cpu"
+               else max(0, mem.get("peak_cuda_bytes", 0) - weights))  # on a GPU: its peak less the blocks' weights
+    record["projection"] = projection(arch, per_block, cfg, record["memory"]["block_bytes"], working, dtype, passes,
+                                      flops)
+    write_json_atomic(path, record)
+    log.info("scale: %s %s: %.1f s per block (forward %.1f, solver %.1f); projected %d layers: %.0f s, "
+             "peak %.1f GB; wrote %s", arch["name"], method.label, per_block["prune_total_s"],
+             per_block["calib_forward_s"], per_block["solver_s"], arch["layers"], record["projection"]["prune_s"],
+             record["projection"]["peak_bytes"] / 2**30, path)
+    return record
+
+
+def _passes(method) -> float:
+    """Block forward passes per window the engine makes for ``method`` (statistics + propagation): one pass
+    for the statistics and one to propagate; with true_sequential one partial pass per group (counted as one
+    each, an upper bound); the dense stream doubles the statistics passes."""
+    groups = 4 if method.fit.true_sequential else 1
+    return groups * (2 if method.fit.dense_target else 1) + 1
+
+
+@hydra.main(config_path="../conf", config_name="scale", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_scale(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
