@@ -31,6 +31,7 @@ def scale_long(root: str | Path) -> pd.DataFrame:
                      "dtype": rec["dtype"], "device": rec["device"], "tokens": f"{cfg['nsamples']}×{cfg['seqlen']}",
                      "forward_s": b["calib_forward_s"], "stats_s": b.get("calib_stats_s"),
                      "dense_s": b.get("calib_dense_forward_s"), "solver_s": b["solver_s"],
+                     "report_s": b.get("error_report_s"),
                      "block_s": b["prune_total_s"], "working_gb": (rec["memory"]["peak_rss_bytes"]
                                                                    - rec["memory"]["rss_before_prune_bytes"]) / GB
                      if rec["device"] == "cpu" else rec["memory"].get("peak_cuda_bytes", 0) / GB,
@@ -53,11 +54,11 @@ def scale_markdown(root: str | Path) -> str:
     long = scale_long(root)
     shown = long.drop(columns=["path"]).assign(method=lambda f: f["method"].map(lambda m: METHOD_NAMES.get(m, m)))
     num = {c: (lambda v, d=d: "–" if v is None or v != v else f"{v:.{d}f}") for c, d in (
-        ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("block_s", 1), ("working_gb", 2),
+        ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("report_s", 1), ("block_s", 1), ("working_gb", 2),
         ("model_h", 2), ("paper_h", 2), ("peak_gb", 1), ("peak_offload_gb", 1), ("forward_over_bound", 1))}
     num["x_sparsegpt"] = lambda v: "–" if v != v else f"{v:.2f}×"
     return (to_markdown(shown, num) + "\nPer block: calibration forward passes (of which statistics accumulation and the dense "
-            "stream's passes), solver, the whole prune and its ratio to SparseGPT's on the same shapes, tokens, dtype "
+            "stream's passes), solver, the layers' dense-output error report (report_s), the whole prune and its ratio to SparseGPT's on the same shapes, tokens, dtype "
             "and device; working memory = peak RSS (CUDA: peak allocated) while pruning, less the RSS before. "
             "Projected to the real depth (model_h) and to 128 × 2048 calibration tokens (paper_h); peak memory with "
             "every block resident (peak_gb) or one (offload); forward_over_bound = calibration forward time over "

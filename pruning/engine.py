@@ -150,7 +150,7 @@ class _Pruner:
         self.dense_stream = fit.dense_target or engine.dense_error  # the dense model's block inputs travel too
         self.want_h = solver.needs_hessian or engine.report_error or engine.dense_error
         self.report = EngineReport()
-        self.forward_s = self.solver_s = self.heldout_s = self.stats_s = self.dense_s = 0.0
+        self.forward_s = self.solver_s = self.heldout_s = self.stats_s = self.dense_s = self.report_s = 0.0
         self.inputs, self.kwargs, self.dense_inputs, self.held = [], BlockKwargs([[]], shared=True), None, None
         self.shared: dict = {}  # output_target=dense: the last correction, reused by linears with the same input
 
@@ -226,11 +226,13 @@ class _Pruner:
         if shift is not None:
             row["target_shift"] = shift
         dense_w = block_dense[n] if block_dense is not None else None
+        t0 = time.perf_counter()
         if self.dense_stream:
             st = stats[n]
             row["dense_rel_error"] = dense_output_error(dense_w.float(), layer.weight.data.float(), st.H, st.C, st.G)
         if held_stats is not None:
             row["heldout_rel_error"] = relative_error(dense_w.float(), layer.weight.data.float(), held_stats.pop(n).H)
+        self.report_s += time.perf_counter() - t0
         self.solver_s += dt + shift_s
         stats.pop(n, None)
         return row
@@ -254,7 +256,8 @@ class _Pruner:
         out = {"calib_forward_s": round(self.forward_s, 3), "solver_s": round(self.solver_s, 3),
                "prune_total_s": round(time.perf_counter() - t_total, 3),
                # parts of calib_forward_s: statistics accumulated in the hooks, the dense stream's passes
-               "calib_stats_s": round(self.stats_s, 3), "calib_dense_forward_s": round(self.dense_s, 3)}
+               "calib_stats_s": round(self.stats_s, 3), "calib_dense_forward_s": round(self.dense_s, 3),
+               "error_report_s": round(self.report_s, 3)}  # dense-output and held-out errors of the layers' rows
         if self.held is not None:
             out["heldout_forward_s"] = round(self.heldout_s, 3)
         return out

@@ -89,6 +89,7 @@ class Timings(TypedDict, total=False):
     calib_forward_s: float  # the calibration passes through the blocks (with the two parts below)
     calib_stats_s: float  # ... of which accumulating the layers' statistics in the hooks
     calib_dense_forward_s: float  # ... of which the dense stream's passes (output_target=dense, engine.dense_error)
+    error_report_s: float  # the layers' dense-output / held-out errors (not the solver's own error)
     heldout_forward_s: float
     solver_s: float
     prune_total_s: float
