@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from pruning.results import write_text_atomic
+
 EXPLODED = "†"
 MISSING = "–"
 
@@ -133,3 +135,11 @@ class Table:
         if fmt not in renderers:
             raise ValueError(f"format={fmt!r}; allowed: {', '.join(renderers)}")
         return renderers[fmt]()
+
+
+def emit(text: str, out: str | None) -> None:
+    """A CLI's output: written atomically to ``out``, or printed."""
+    if out:
+        write_text_atomic(out, text)
+    else:
+        print(text, end="")

@@ -14,9 +14,19 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.names import METHOD_NAMES, method_key, to_markdown
+from analysis.render import emit
 from pruning.results import RESULTS_FILE, read_record, write_text_atomic
 
 GB = 2 ** 30
+
+
+def _hours(per_block: dict, proj: dict) -> dict:
+    """Whole-model hours from the per-block figures (experiments/scale.py: the calibration passes scale with the
+    tokens, the rest of a block's time does not)."""
+    forward = per_block["calib_forward_s"]
+    rest = per_block["prune_total_s"] - forward
+    scale = proj["paper_tokens"] / proj["tokens"]
+    return {"model_h": proj["layers"] * (forward + rest) / 3600, "paper_h": proj["layers"] * (forward * scale + rest) / 3600}
 
 
 def scale_long(root: str | Path) -> pd.DataFrame:
@@ -35,7 +45,7 @@ def scale_long(root: str | Path) -> pd.DataFrame:
                      "block_s": b["prune_total_s"], "working_gb": (rec["memory"]["peak_rss_bytes"]
                                                                    - rec["memory"]["rss_before_prune_bytes"]) / GB
                      if rec["device"] == "cpu" else rec["memory"].get("peak_cuda_bytes", 0) / GB,
-                     "model_h": proj["prune_s"] / 3600, "paper_h": proj["prune_s_paper_protocol"] / 3600,
+                     **_hours(b, proj),
                      "peak_gb": proj["peak_bytes"] / GB, "peak_offload_gb": proj["peak_bytes_offload"] / GB,
                      "forward_over_bound": proj["forward_over_bound"], "path": str(path.parent)})
     if not rows:
@@ -81,10 +91,7 @@ def main(argv=None) -> int:
         text = scale_markdown(args.root)
     except FileNotFoundError as e:
         p.error(str(e))
-    if args.out:
-        write_text_atomic(args.out, text)
-    else:
-        print(text, end="")
+    emit(text, args.out)
     return 0
 
 

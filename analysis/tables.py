@@ -36,9 +36,9 @@ from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
 from analysis.names import METRIC_PRESETS
 from analysis.ppl_tables import benchmark_long, benchmark_markdown, calibration_long, calibration_markdown, ppl_table
 from analysis.projections import projections_latex, projections_long, projections_markdown
+from analysis.render import emit
 from analysis.rows import label_by_params, select_rows
 from analysis.zeroshot_table import zeroshot_table
-from pruning.results import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -164,10 +164,7 @@ def main(argv=None) -> int:
                      tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None)
     except ValueError as e:
         p.error(str(e))
-    if args.out:
-        write_text_atomic(args.out, text)
-    else:
-        print(text, end="")
+    emit(text, args.out)
     return 0
 
 

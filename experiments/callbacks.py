@@ -64,30 +64,28 @@ class SweepSummary(Callback):
         raise SystemExit(1)
 
 
-class SolverTimingTable(Callback):
+class _BenchmarkTables(Callback):
+    """End of a benchmark multirun: the tables of ``module``'s ``write_tables`` in the sweep directory; a
+    failure is logged with the command that writes them later (the records are safe on disk)."""
+    module = ""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import importlib
+
+        try:
+            for path in importlib.import_module(self.module).write_tables(config.hydra.sweep.dir):
+                log.info("wrote %s", path)
+        except Exception as e:
+            log.error("tables not written (%s: %s); run: python -m %s %s", type(e).__name__, e, self.module,
+                      config.hydra.sweep.dir)
+
+
+class SolverTimingTable(_BenchmarkTables):
     """End of a solver-timing multirun: ``solver_timing.csv`` (per shape) and ``.md`` (per model,
     with the ratio to SparseGPT) in the sweep directory."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from analysis.solver_timing import write_tables
-
-        try:
-            for path in write_tables(config.hydra.sweep.dir):
-                log.info("wrote %s", path)
-        except Exception as e:  # the records are safe on disk; the table can be rebuilt
-            log.error("timing table not written (%s: %s); run: python -m analysis.solver_timing %s",
-                      type(e).__name__, e, config.hydra.sweep.dir)
+    module = "analysis.solver_timing"
 
 
-class ScaleTable(Callback):
+class ScaleTable(_BenchmarkTables):
     """End of a scale-benchmark multirun: ``scale.md`` and ``scale.csv`` in the sweep directory."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from analysis.scale import write_tables
-
-        try:
-            for path in write_tables(config.hydra.sweep.dir):
-                log.info("wrote %s", path)
-        except Exception as e:  # the records are safe on disk; the table can be rebuilt
-            log.error("scale table not written (%s: %s); run: python -m analysis.scale %s",
-                      type(e).__name__, e, config.hydra.sweep.dir)
+    module = "analysis.scale"

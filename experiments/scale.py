@@ -9,11 +9,12 @@ and solver, its peak memory, and the projection of both to the whole model and t
 
 How the projections are made (and what they leave out), per record under ``projection``:
 
-- whole-model prune time = the per-block time × the real depth (``arch.layers``); the capture of the first
-  block's inputs and the embedding are left out (one embedding lookup per window);
+- whole-model prune time = the per-block prune time × the real depth (``arch.layers``); the capture of the
+  first block's inputs and the embedding are left out (one embedding lookup per window);
 - at the paper protocol (128 × 2048 tokens) the calibration passes and statistics scale with the number of
   tokens (linear; attention's quadratic part in ``seqlen`` is not modelled, so a measurement at a shorter
-  ``seqlen`` underestimates it) and the solver does not (it sees one H per layer whatever the tokens);
+  ``seqlen`` underestimates it) and the rest of the block's time (solver, error report) does not (one H per
+  layer whatever the tokens);
 - peak memory: the model's weights resident (every block at the run's dtype, plus the real vocabulary's
   embedding and head) plus the working memory measured while pruning a block (peak RSS minus RSS before);
   with ``runtime.offload=disk`` one block is resident instead of all.
@@ -40,8 +41,7 @@ import experiments.run  # noqa: F401  (registers override_suffix)
 from pruning.adapters import adapter_for
 from pruning.engine import prune_model
 from pruning.errors import ConfigError
-from pruning.results import (RESULTS_FILE, config_hash, peak_memory, reset_peak_memory, reusable_record, utc_now,
-                             versions, write_json_atomic)
+from pruning.results import benchmark_job, peak_memory, reset_peak_memory, utc_now, versions, write_json_atomic
 from pruning.solvers import SOLVERS, check_method
 from pruning.spec import EngineSpec, parse_method
 
@@ -99,14 +99,14 @@ def projection(arch: dict, per_block: dict, cfg, bytes_per_block: int, working: 
     layers, tokens = int(arch["layers"]), int(cfg.nsamples) * int(cfg.seqlen)
     hidden = int(arch["config"]["hidden_size"])
     scale = PAPER_TOKENS / tokens
-    forward, solver = per_block["calib_forward_s"], per_block["solver_s"]
+    forward, rest = per_block["calib_forward_s"], per_block["prune_total_s"] - per_block["calib_forward_s"]
     embed = 2 * int(arch["vocab_size"]) * hidden * torch.finfo(dtype).bits // 8
     weights_per_token = bytes_per_block / (torch.finfo(dtype).bits // 8)
     bound_s = 2 * weights_per_token * tokens * passes / flops
     return {
         "layers": layers, "tokens": tokens, "paper_tokens": PAPER_TOKENS,
-        "prune_s": round(layers * (forward + solver), 1),
-        "prune_s_paper_protocol": round(layers * (forward * scale + solver), 1),
+        "prune_s": round(layers * (forward + rest), 1),
+        "prune_s_paper_protocol": round(layers * (forward * scale + rest), 1),  # solver and error report: per layer
         "peak_bytes": layers * bytes_per_block + embed + working,
         "peak_bytes_offload": bytes_per_block + embed + working,
         "forward_bound_s": bound_s,  # one block's passes at the measured matmul throughput
@@ -118,9 +118,7 @@ def projection(arch: dict, per_block: dict, cfg, bytes_per_block: int, working: 
 def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    chash = config_hash({k: v for k, v in config.items() if k not in ("threads",)})
-    path = out_dir / RESULTS_FILE
-    existing = reusable_record(path, chash, bool(cfg.force))
+    path, chash, existing = benchmark_job(config, out_dir, bool(cfg.force))
     if existing is not None:
         return existing
     method, target = parse_method(config["method"], config["sparsity"], eval_only=())

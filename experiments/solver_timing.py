@@ -30,10 +30,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiments.run  # noqa: F401  (registers override_suffix)
 from pruning.errors import ConfigError
-from pruning.results import RESULTS_FILE, config_hash, reusable_record, utc_now, versions, write_json_atomic
+from pruning.results import benchmark_job, utc_now, versions, write_json_atomic
 from pruning.solvers import SOLVERS, check_method
 from pruning.solvers.dense_target import dense_target_weights
-from pruning.sparsity import parse_sparsity
 from pruning.spec import MethodSpec, parse_method
 
 log = logging.getLogger(__name__)
@@ -94,9 +93,7 @@ def time_solver(method: MethodSpec, w, H, sparsity, repeats: int, seed: int = 0)
 def run_timing(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    chash = config_hash({k: v for k, v in config.items() if k not in ("threads",)})
-    path = out_dir / RESULTS_FILE
-    existing = reusable_record(path, chash, bool(cfg.force))
+    path, chash, existing = benchmark_job(config, out_dir, bool(cfg.force))
     if existing is not None:
         return existing
     spec, sparsity = parse_method(config["method"], config["sparsity"], eval_only=())

@@ -346,6 +346,15 @@ def reusable_record(path: str | os.PathLike, chash: str, force: bool, inputs: di
     )
 
 
+def benchmark_job(config: dict, out_dir: str | os.PathLike, force: bool) -> tuple[Path, str, dict | None]:
+    """A benchmark app's job (``experiments.solver_timing``, ``experiments.scale``): where its record goes, its
+    config hash (``threads`` left out: it changes the timings, not what is computed) and the complete record of
+    the same config to return instead of running (:func:`reusable_record`), if any."""
+    chash = config_hash({k: v for k, v in config.items() if k not in ("threads",)})
+    path = Path(out_dir) / RESULTS_FILE
+    return path, chash, reusable_record(path, chash, force)
+
+
 def is_complete(record: dict | None, expected_hash: str | None = None) -> bool:
     if not record or record.get("status") != "complete":
         return False
