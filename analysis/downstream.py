@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import METHOD_NAMES, TASK_NAMES, sparsity_name, sparsity_order
-from analysis.significance import ALPHA, aligned, load_samples, paired_task_test
+from analysis.significance import ALPHA, aligned, jobs_with_samples, paired_task_test
 from pruning.results import RESULTS_FILE, read_record
 
 ONE_ANSWER_SHARE = 0.90  # predictions this concentrated on one choice read a prior, not the document
@@ -110,16 +110,6 @@ def verdict(test: dict) -> str:
     return "equivalent" if test["equivalent"] else "undecided"
 
 
-def _jobs(frame: pd.DataFrame) -> dict:
-    """(model, sparsity, label) -> (record row, per-document samples) of the jobs that kept samples."""
-    out = {}
-    for _, r in frame.iterrows():
-        s = load_samples(r["path"])
-        if s is not None:
-            out[(r["model"], r["sparsity"], r["label"])] = (r, s)
-    return out
-
-
 def _chance(row) -> dict:
     record = read_record(Path(row["path"]) / RESULTS_FILE) or {}
     info = ((record.get("metrics") or {}).get("zero_shot") or {}).get("task_info") or {}
@@ -131,7 +121,7 @@ def downstream_long(frame: pd.DataFrame, compare: tuple[str, str] | None = None,
     """One row per model and sparsity where both methods kept per-document results: the pooled test over
     the informative tasks (or ``tasks``), the Holm-adjusted per-task p-values and the verdict."""
     target, baseline = compare or ("apt-refit-dense-seq", "sparsegpt")
-    jobs, rows = _jobs(frame), []
+    jobs, rows = jobs_with_samples(frame), []
     for (model, sparsity, label), (row, s) in sorted(jobs.items(), key=lambda kv: (kv[0][0], sparsity_order(kv[0][1]))):
         if label != target or (model, sparsity, baseline) not in jobs:
             continue

@@ -20,13 +20,19 @@ from pruning.results import RESULTS_FILE, read_record, write_text_atomic
 GB = 2 ** 30
 
 
-def _hours(per_block: dict, proj: dict) -> dict:
-    """Whole-model hours from the per-block figures (experiments/scale.py: the calibration passes scale with the
-    tokens, the rest of a block's time does not)."""
+def whole_model_seconds(per_block: dict, layers: int, tokens: int, paper_tokens: int) -> tuple[float, float]:
+    """A model's prune seconds from one block's figures: at the measured tokens, and at ``paper_tokens`` (the
+    calibration passes scale with the tokens, the rest of a block's time, solver and error report, does not).
+    The one formula of the projection: experiments.scale records it, the table recomputes it (records written
+    before it counted the solver alone)."""
     forward = per_block["calib_forward_s"]
     rest = per_block["prune_total_s"] - forward
-    scale = proj["paper_tokens"] / proj["tokens"]
-    return {"model_h": proj["layers"] * (forward + rest) / 3600, "paper_h": proj["layers"] * (forward * scale + rest) / 3600}
+    return layers * (forward + rest), layers * (forward * paper_tokens / tokens + rest)
+
+
+def _hours(per_block: dict, proj: dict) -> dict:
+    model_s, paper_s = whole_model_seconds(per_block, proj["layers"], proj["tokens"], proj["paper_tokens"])
+    return {"model_h": model_s / 3600, "paper_h": paper_s / 3600}
 
 
 def scale_long(root: str | Path) -> pd.DataFrame:

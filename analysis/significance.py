@@ -48,6 +48,17 @@ def load_samples(job_dir: str | Path, record: dict | None = None) -> dict | None
     return json.loads(path.read_text())
 
 
+def jobs_with_samples(frame) -> dict:
+    """``(model, sparsity, label) -> (frame row, per-document results)`` of the records in ``frame`` whose
+    jobs kept their per-document results (the zero-shot and downstream tables pair these)."""
+    out = {}
+    for _, r in frame.iterrows():
+        s = load_samples(r["path"])
+        if s is not None:
+            out[(r["model"], r["sparsity"], r["label"])] = (r, s)
+    return out
+
+
 def aligned(a: dict, b: dict, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """Correctness of both models on the documents both scored; a differing document is an error."""
     ia = {d: i for i, d in enumerate(a["doc_id"])}

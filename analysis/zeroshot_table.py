@@ -8,7 +8,7 @@ import pandas as pd
 from analysis.names import METHOD_NAMES, METRIC_PRESETS, TASK_NAMES, TASKS, method_key, sparsity_order
 from analysis.ppl_tables import _add_compare_rows, _label, _setting
 from analysis.render import Table
-from analysis.significance import ALPHA, bootstrap_ci, load_samples, paired_bootstrap, paired_task_test
+from analysis.significance import ALPHA, bootstrap_ci, jobs_with_samples, paired_bootstrap, paired_task_test
 
 
 def zeroshot_table(frame: pd.DataFrame, preset: str = "wanda", *, tasks: list[str] | None = None,
@@ -80,11 +80,7 @@ def _significance_marks(frame, tasks, metric_map, baseline, row_of, index, cols)
     baseline row of the same model and sparsity, and the mean's 95% bootstrap interval."""
 
     marks = pd.DataFrame(None, index=index, columns=cols, dtype=object)
-    samples = {}
-    for _, r in frame.iterrows():
-        s = load_samples(r["path"])
-        if s is not None and all(t in s for t in tasks):
-            samples[(r["model"], r["sparsity"], r["label"])] = (row_of(r), s)
+    samples = {key: (row_of(r), s) for key, (r, s) in jobs_with_samples(frame).items() if all(t in s for t in tasks)}
     if not samples:
         return None, []
     chosen = {t: metric_map[t] for t in tasks}

@@ -38,6 +38,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import experiments.run  # noqa: F401  (registers override_suffix)
+from analysis.scale import whole_model_seconds
+from experiments.solver_timing import sync
 from pruning.adapters import adapter_for
 from pruning.engine import prune_model
 from pruning.errors import ConfigError
@@ -57,17 +59,13 @@ def matmul_throughput(dtype: torch.dtype, device: torch.device, n: int = 2048, r
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     times = []
     for _ in range(repeats + 1):  # the first is a warm-up
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         a @ b
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / statistics.median(times[1:])
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def build_blocks(arch: dict, blocks: int, dtype: torch.dtype, device: torch.device, seed: int):
@@ -88,25 +86,21 @@ def block_bytes(model, adapter) -> int:
     return sum(p.numel() * p.element_size() for p in block.parameters())
 
 
-def _rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
-
 
 def projection(arch: dict, per_block: dict, cfg, bytes_per_block: int, working: int, dtype: torch.dtype,
                passes: float, flops: float) -> dict:
     """Whole-model and paper-protocol figures from the per-block ones (module docstring)."""
     layers, tokens = int(arch["layers"]), int(cfg.nsamples) * int(cfg.seqlen)
     hidden = int(arch["config"]["hidden_size"])
-    scale = PAPER_TOKENS / tokens
-    forward, rest = per_block["calib_forward_s"], per_block["prune_total_s"] - per_block["calib_forward_s"]
+    model_s, paper_s = whole_model_seconds(per_block, layers, tokens, PAPER_TOKENS)
+    forward = per_block["calib_forward_s"]
     embed = 2 * int(arch["vocab_size"]) * hidden * torch.finfo(dtype).bits // 8
-    weights_per_token = bytes_per_block / (torch.finfo(dtype).bits // 8)
-    bound_s = 2 * weights_per_token * tokens * passes / flops
+    params = bytes_per_block / (torch.finfo(dtype).bits // 8)  # weights of one block
+    bound_s = 2 * params * tokens * passes / flops
     return {
         "layers": layers, "tokens": tokens, "paper_tokens": PAPER_TOKENS,
-        "prune_s": round(layers * (forward + rest), 1),
-        "prune_s_paper_protocol": round(layers * (forward * scale + rest), 1),  # solver and error report: per layer
+        "prune_s": round(model_s, 1),
+        "prune_s_paper_protocol": round(paper_s, 1),
         "peak_bytes": layers * bytes_per_block + embed + working,
         "peak_bytes_offload": bytes_per_block + embed + working,
         "forward_bound_s": bound_s,  # one block's passes at the measured matmul throughput
@@ -139,14 +133,15 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     adapter = adapter_for(model)
     windows = torch.randint(0, BUILD_VOCAB, (int(cfg.nsamples), int(cfg.seqlen)),
                             generator=torch.Generator().manual_seed(int(cfg.seed))).to(device)
-    scope, before = reset_peak_memory(), _rss()
+    scope = reset_peak_memory()  # the peak now starts at the current RSS (Linux): the RSS before the prune
+    before = peak_memory()["peak_rss_bytes"]
     log.info("scale: %s x%d blocks (%s, %s), %s %s, %d x %d tokens", arch["name"], cfg.blocks, cfg.dtype, device,
              method.label, target, cfg.nsamples, cfg.seqlen)
     report = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
                          EngineSpec(device=str(device)), method.fit)
     mem = peak_memory()
     per_block = {k: v / int(cfg.blocks) for k, v in report.timings.items()}
-    passes = _passes(method)
+    passes = _passes(method, adapter)
     record = {"status": "complete", "kind": "scale", "config_hash": chash, "config": config,
               "versions": versions(), "job": {"finished": utc_now(), "output_dir": str(out_dir.resolve())},
               "arch": arch["name"], "method": {"name": method.name, "label": method.label,
@@ -169,11 +164,11 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     return record
 
 
-def _passes(method) -> float:
+def _passes(method, adapter) -> float:
     """Block forward passes per window the engine makes for ``method`` (statistics + propagation): one pass
-    for the statistics and one to propagate; with true_sequential one partial pass per group (counted as one
-    each, an upper bound); the dense stream doubles the statistics passes."""
-    groups = 4 if method.fit.true_sequential else 1
+    for the statistics and one to propagate; with true_sequential one partial pass per group of the family
+    (counted as one each, an upper bound); the dense stream doubles the statistics passes."""
+    groups = len(adapter.sequential_groups) if method.fit.true_sequential else 1
     return groups * (2 if method.fit.dense_target else 1) + 1
 
 

@@ -50,7 +50,8 @@ def random_layer(rows: int, cols: int, rank: int, seed: int, device, dtype=torch
     return w, H
 
 
-def _sync(device) -> None:
+def sync(device) -> None:
+    """Wait for the device's queued work (CUDA), so a timing covers it."""
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
 
@@ -82,10 +83,10 @@ def time_solver(method: MethodSpec, w, H, sparsity, repeats: int, seed: int = 0)
     seconds = []
     for _ in range(repeats):
         wc = w.clone()
-        _sync(w.device)
+        sync(w.device)
         t0 = time.perf_counter()
         res = solve(wc)
-        _sync(w.device)
+        sync(w.device)
         seconds.append(time.perf_counter() - t0)
     return seconds, res
 

@@ -18,6 +18,10 @@ import logging
 import os
 from pathlib import Path
 
+from pruning.data import file_sha256
+from pruning.errors import ModelLoadError
+from pruning.models import cache_root, packaged_gguf_path
+
 log = logging.getLogger(__name__)
 
 DIGEST_DIR = "digests"
@@ -39,11 +43,7 @@ def file_digest(path: Path, cache: Path | None) -> str:
     size = path.stat().st_size
     if size > 1 << 30:
         log.info("checksumming %s (%.1f GB; once, then cached by file identity)", path, size / 2**30)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_sha256(path)  # the loader's own (memoised in-process: the model load reads no second time)
     if entry is not None:
         try:  # a cache is an optimisation: a read-only cache directory costs time, not correctness
             entry.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +78,6 @@ def input_paths(config: dict) -> dict[str, Path]:
     if model.get("source") in ("local", "gguf") and model.get("path"):
         out["model.path"] = Path(str(model["path"])).expanduser()
     elif model.get("source") == "packaged_gguf" and model.get("package") and model.get("gguf_file"):
-        from pruning.errors import ModelLoadError
-        from pruning.models import packaged_gguf_path
         try:
             out["model.gguf"] = packaged_gguf_path(model["package"], model["gguf_file"])
         except ModelLoadError:
@@ -89,8 +87,6 @@ def input_paths(config: dict) -> dict[str, Path]:
 
 def job_inputs(config: dict) -> dict[str, dict]:
     """Checksums of every input file of a resolved job config (:func:`input_paths`)."""
-    from pruning.models import cache_root
-
     cache = cache_root((config.get("model") or {}).get("cache_dir") or (config.get("paths") or {}).get("cache"))
     return {key: fingerprint(path, cache) for key, path in input_paths(config).items()}
 
