@@ -45,7 +45,7 @@ from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.results import benchmark_job, peak_memory, reset_peak_memory, utc_now, versions, write_json_atomic
 from pruning.solvers import SOLVERS, check_method
-from pruning.spec import EngineSpec, parse_method
+from pruning.spec import EngineSpec, build, parse_method
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
         return existing
     method, target = parse_method(config["method"], config["sparsity"], eval_only=())
     check_method(method, target)
+    engine = build(EngineSpec, {**config["engine"], "device": str(cfg.device)}, "engine")
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"dtype={cfg.dtype!r}; allowed: {', '.join(DTYPES)}")
     for key in ("nsamples", "seqlen", "blocks"):
@@ -138,10 +139,10 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     log.info("scale: %s x%d blocks (%s, %s), %s %s, %d x %d tokens", arch["name"], cfg.blocks, cfg.dtype, device,
              method.label, target, cfg.nsamples, cfg.seqlen)
     report = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
-                         EngineSpec(device=str(device)), method.fit)
+                         engine, method.fit)
     mem = peak_memory()
     per_block = {k: v / int(cfg.blocks) for k, v in report.timings.items()}
-    passes = _passes(method, adapter)
+    passes = _passes(method, adapter, engine)
     record = {"status": "complete", "kind": "scale", "config_hash": chash, "config": config,
               "versions": versions(), "job": {"finished": utc_now(), "output_dir": str(out_dir.resolve())},
               "arch": arch["name"], "method": {"name": method.name, "label": method.label,
@@ -164,12 +165,15 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     return record
 
 
-def _passes(method, adapter) -> float:
+def _passes(method, adapter, engine: EngineSpec) -> float:
     """Block forward passes per window the engine makes for ``method`` (statistics + propagation): one pass
     for the statistics and one to propagate; with true_sequential one partial pass per group of the family
-    (counted as one each, an upper bound); the dense stream doubles the statistics passes."""
-    groups = len(adapter.sequential_groups) if method.fit.true_sequential else 1
-    return groups * (2 if method.fit.dense_target else 1) + 1
+    (counted as one each, an upper bound); the dense stream adds one pass (``engine.dense_inputs=stored`` or a
+    single group), else one per group."""
+    groups = len(adapter.sequential_groups) if method.fit.true_sequential or engine.true_sequential else 1
+    dense = 0 if not (method.fit.dense_target or engine.dense_error) else (
+        1 if groups == 1 or engine.dense_inputs == "stored" else groups)
+    return groups + dense + 1
 
 
 @hydra.main(config_path="../conf", config_name="scale", version_base="1.3")

@@ -2,8 +2,12 @@
 linears accumulate each one's statistics (:class:`pruning.stats.LayerStats`) while the calibration
 inputs run through the block; linears reading one tensor (q/k/v, gate/up) share one accumulation
 (:class:`_SharedInputs`). With the dense model's inputs beside them (``output_target=dense``,
-``engine.dense_error``) each window also runs through the dense block, and every linear gets the cross
-statistics of the two streams. :func:`block_wanda_scores` is OWL's pass through the dense model.
+``engine.dense_error``) every linear gets the cross statistics of the two streams: either each window also
+runs through the dense block in the same pass (:meth:`BlockPass.statistics` with ``dense_inputs``), or one
+dense pass per block keeps every linear's dense input (:meth:`BlockPass.dense_pass`) and each group's pass
+pairs its pruned inputs with them (``dense_stored``): the dense stream does not depend on pruning, so a block
+calibrated group by group needs it once, not once per group. :func:`block_wanda_scores` is OWL's pass through
+the dense model.
 """
 
 from __future__ import annotations
@@ -68,8 +72,8 @@ class _Accumulator:
     the pruned stream's ``H``/norms, or the dense stream's cross terms) and stops a forward pass once every
     linear of the group has what the pass needs."""
 
-    def __init__(self, stats: dict, group: tuple, paired: bool):
-        self.stats, self.group, self.paired = stats, group, paired
+    def __init__(self, stats: dict, group: tuple, paired: bool, stored: dict | None = None, gram: bool = True):
+        self.stats, self.group, self.paired, self.stored, self.gram = stats, group, paired, stored, gram
         self.shares, self.seen, self.fired = _SharedInputs(), {}, set()
         self.sequences, self.index, self.dense, self.stop = 1, 0, False, False
         self.seconds = 0.0  # spent accumulating statistics (inside the forward passes)
@@ -94,10 +98,12 @@ class _Accumulator:
             self.stats[n] = self.stats[owner]
         elif not self.dense:
             self.stats[n].add_batch(x, self.sequences)
-            if self.paired:
+            if self.stored is not None:  # the dense input kept by BlockPass.dense_pass for this window
+                self.stats[n].add_cross(self.stored[n][self.index], x, self.sequences, self.gram)
+            elif self.paired:
                 self.seen[n] = x
         else:
-            self.stats[n].add_cross(x, self.seen.pop(n), self.sequences)
+            self.stats[n].add_cross(x, self.seen.pop(n), self.sequences, self.gram)
         self.fired.add(n)
 
 
@@ -105,7 +111,8 @@ class _Accumulator:
 class BlockPass:
     """What every statistics pass over one block shares: the block, its index, the family adapter, its
     prunable linears by name, the keyword arguments it receives per batch, which statistics to accumulate
-    (``hessian``: ``H``; ``norms``: the inputs' squared norms) and the device they live on."""
+    (``hessian``: ``H``; ``norms``: the inputs' squared norms; ``gram``: with the dense stream, also ``G``, the
+    dense inputs' own ``H``, which only the dense-output error report reads) and the device they live on."""
     block: torch.nn.Module
     index: int
     adapter: FamilyAdapter
@@ -114,11 +121,12 @@ class BlockPass:
     hessian: bool
     norms: bool
     device: torch.device
+    gram: bool = True
     stats_s: float = 0.0  # seconds accumulating statistics, over this block's passes
     dense_s: float = 0.0  # seconds of the dense stream's passes (output_target=dense, engine.dense_error)
 
     def statistics(self, group: tuple, inputs: list, *, keep_outputs: bool = False, dense_inputs: list | None = None,
-                   dense_weights: dict | None = None) -> tuple[dict, list]:
+                   dense_weights: dict | None = None, dense_stored: dict | None = None) -> tuple[dict, list]:
         """Run ``inputs`` through the block with hooks accumulating the statistics of the linears in ``group``;
         returns the statistics and (``keep_outputs``) the block's outputs. A pass whose outputs are not needed
         stops as soon as every linear of ``group`` has seen its input.
@@ -128,11 +136,13 @@ class BlockPass:
         from its dense input, every linear's statistics get ``C = (2/n) Σ x_dense x_prunedᵀ`` (scaled as
         ``H``) and the returned outputs are the *dense* ones (the next block's dense inputs).
         ``dense_weights`` (the block's linears' dense weights, by name; ``true_sequential``, where earlier
-        groups are already pruned) are put in place for that pass and the pruned ones back after it."""
+        groups are already pruned) are put in place for that pass and the pruned ones back after it.
+        ``dense_stored`` (from :meth:`dense_pass`) instead: the linears' dense inputs, window for window, paired
+        with the pruned ones as they arrive; no dense pass runs (the same statistics, bit for bit)."""
         linears = self.linears
         stats = {n: LayerStats(linears[n].in_features, hessian=self.hessian, norms=self.norms, device=self.device)
                  for n in group}
-        acc = _Accumulator(stats, group, paired=dense_inputs is not None)
+        acc = _Accumulator(stats, group, paired=dense_inputs is not None, stored=dense_stored, gram=self.gram)
 
         def run(i: int, x, kw, dense: bool):
             acc.start(i, x.shape[0], dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
@@ -160,6 +170,23 @@ class BlockPass:
             self.stats_s += acc.seconds
         self._check_reached(stats, group)
         return stats, outputs
+
+    def dense_pass(self, dense_inputs: list) -> tuple[dict, list]:
+        """Every window through the block as it is (still dense) from its dense input, once: returns each
+        prunable linear's input per window (by name; linears reading one tensor keep references to that one
+        tensor, so it is held once) and the block's outputs (the next block's dense inputs)."""
+        kept: dict = {n: [] for n in self.linears}
+        handles = _hook_inputs(self.adapter, self.linears, tuple(self.linears), lambda n, x: kept[n].append(x))
+        outputs = []
+        t0 = time.perf_counter()
+        try:
+            for x, kw in zip(dense_inputs, self.kwargs):
+                outputs.append(first_output(self.block(x, **kw)))
+        finally:
+            for h in handles:
+                h.remove()
+            self.dense_s += time.perf_counter() - t0
+        return kept, outputs
 
     def _check_reached(self, stats: dict, group: tuple) -> None:
         silent = [n for n in group if stats[n].nsamples == 0]

@@ -20,8 +20,12 @@ reference default); ``true_sequential=True`` re-runs the block per group of subl
 With ``method.output_target=dense`` (not in the references) the dense model's inputs travel too: each
 calibration window also runs through the still-dense block from its dense input, hooks pair the two
 inputs of every linear token for token (``C``, :meth:`pruning.stats.LayerStats.add_cross`), and each
-solver gets ``W*`` instead of ``W`` (:mod:`pruning.solvers.dense_target`). With ``true_sequential`` each
-group's dense pass runs the block with its dense weights put back (the earlier groups are pruned by then).
+solver gets ``W*`` instead of ``W`` (:mod:`pruning.solvers.dense_target`). The dense stream does not depend
+on pruning, so with ``true_sequential`` one dense pass per block keeps every linear's dense input until its
+group is solved (``engine.dense_inputs=stored``, the default); ``recompute`` instead runs one dense pass per
+group with the block's dense weights put back (the earlier groups are pruned by then): less memory, more
+forward time, the same statistics bit for bit. Each layer's error against the dense model's own output
+(``dense_rel_error``) needs the dense inputs' own ``H`` too and is reported only with ``engine.dense_error``.
 
 With ``heldout`` windows (not in the references) a second set of inputs travels through the same
 blocks beside the calibration inputs; their Hessians are accumulated at the same points but never
@@ -110,7 +114,7 @@ def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict) -
     """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
     before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``.
     ``cache`` keeps the last correction: linears reading the same input share one statistics object
-    (:class:`_SharedInputs`), so one correction serves them all."""
+    (:class:`pruning.block_pass._SharedInputs`), so one correction serves them all."""
     t0 = time.perf_counter()
     w = layer.weight.data.float()
     if cache.get("stats") is not stats:
@@ -148,11 +152,12 @@ class _Pruner:
         self.batch_size = engine.batch_size
         self.true_sequential = engine.true_sequential or fit.true_sequential
         self.dense_stream = fit.dense_target or engine.dense_error  # the dense model's block inputs travel too
+        self.dense_report = engine.dense_error  # each layer's dense_rel_error (needs G and the dense weights)
+        self.store_dense = engine.dense_inputs == "stored"
         self.want_h = solver.needs_hessian or engine.report_error or engine.dense_error
         self.report = EngineReport()
         self.forward_s = self.solver_s = self.heldout_s = self.stats_s = self.dense_s = self.report_s = 0.0
         self.inputs, self.kwargs, self.dense_inputs, self.held = [], BlockKwargs([[]], shared=True), None, None
-        self.shared: dict = {}  # output_target=dense: the last correction, reused by linears with the same input
 
     def capture(self, windows: torch.Tensor | None, heldout: torch.Tensor | None) -> None:
         """The first block's inputs (``windows``: None when only held-out windows travel), the replay check,
@@ -188,23 +193,37 @@ class _Pruner:
         """Calibrate, solve and re-run one block; its outputs become the next block's inputs."""
         linears = self.adapter.prunable(block)
         groups = self.groups(linears)
-        # the block's dense weights: the reference of the dense-output and held-out errors, and (true_sequential
-        # with the dense stream) what later groups' dense passes run with
-        block_dense = ({n: m.weight.data.clone() for n, m in linears.items()}
-                       if self.dense_stream or self.held is not None else None)
+        # the dense stream's inputs of every linear from one dense pass (engine.dense_inputs=stored), or per group
+        stored = fit_data and self.dense_stream and len(groups) > 1 and self.store_dense
+        # the block's dense weights: the reference of the dense-output and held-out errors, and (true_sequential with
+        # the dense stream recomputed per group) what later groups' dense passes run with
+        keep = (self.dense_report or self.held is not None
+                or (fit_data and self.dense_stream and len(groups) > 1 and not stored))
+        block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if keep else None
         calib = BlockPass(block, bi, self.adapter, linears, self.kwargs.of(bi) if fit_data else [], self.want_h,
-                          self.solver.needs_norms, self.device)
-        dense_out = None
+                          self.solver.needs_norms, self.device, gram=self.dense_report)
+        t0 = time.perf_counter()
+        kept, dense_out = calib.dense_pass(self.dense_inputs) if stored else (None, None)
+        self.forward_s += time.perf_counter() - t0
         for gi, group in enumerate(groups):
+            last = gi == len(groups) - 1
             t0 = time.perf_counter()
-            stats, out = calib.statistics(group, self.inputs, keep_outputs=self.dense_stream and gi == len(groups) - 1,
-                                          dense_inputs=self.dense_inputs,
-                                          dense_weights=block_dense if len(groups) > 1 else None) if fit_data else ({}, [])
-            dense_out = out if self.dense_stream and gi == len(groups) - 1 else dense_out
+            if not fit_data:
+                stats = {}
+            elif stored:
+                stats, _ = calib.statistics(group, self.inputs, dense_stored=kept)
+                for n in group:
+                    kept.pop(n, None)  # this group's dense inputs are spent
+            else:
+                stats, out = calib.statistics(group, self.inputs, keep_outputs=self.dense_stream and last,
+                                              dense_inputs=self.dense_inputs,
+                                              dense_weights=block_dense if len(groups) > 1 else None)
+                dense_out = out if self.dense_stream and last else dense_out
             self.forward_s += time.perf_counter() - t0
             held_stats = self.held_statistics(block, bi, linears, group)
+            shifts = self.dense_targets(group, linears, stats)
             for n in group:
-                self.report.layers.append(self.solve(bi, n, linears[n], stats, block_dense, held_stats))
+                self.report.layers.append(self.solve(bi, n, linears[n], stats, block_dense, held_stats, shifts[n]))
         self.stats_s, self.dense_s = self.stats_s + calib.stats_s, self.dense_s + calib.dense_s
         self.propagate(bi, block, dense_out)
 
@@ -217,17 +236,31 @@ class _Pruner:
         self.heldout_s += time.perf_counter() - t0
         return held_stats
 
-    def solve(self, bi: int, n: str, layer, stats: dict, block_dense: dict | None, held_stats: dict | None) -> dict:
-        """One layer: the dense target (``output_target=dense``), the solver, and the errors of its report row."""
-        shift_s, shift = (_to_dense_target(layer, stats[n], self.fit.percdamp, self.fit.target_alpha, self.shared)
-                          if self.fit.dense_target else (0.0, None))
+    def dense_targets(self, group: tuple, linears: dict, stats: dict) -> dict:
+        """``output_target=dense``: every linear of the group gets ``W*`` in place of its weight before any of
+        them is solved, so each shared correction (q/k/v, gate/up) is freed before the solvers run, and so is
+        ``C`` unless the dense-output error report reads it. Returns ``(seconds, shift)`` per linear."""
+        if not self.fit.dense_target:
+            return {n: (0.0, None) for n in group}
+        cache: dict = {}
+        shifts = {n: _to_dense_target(linears[n], stats[n], self.fit.percdamp, self.fit.target_alpha, cache)
+                  for n in group}
+        if not self.dense_report:
+            for n in group:
+                stats[n].C = None
+        return shifts
+
+    def solve(self, bi: int, n: str, layer, stats: dict, block_dense: dict | None, held_stats: dict | None,
+              shift: tuple) -> dict:
+        """One layer (its dense target already in place): the solver, and the errors of its report row."""
+        shift_s, shift = shift
         target = self.targets(bi, n) if self.targets else self.sparsity
         row, dt = _solve_layer(self.solver, self.adapter, bi, n, layer, target, self.params, stats.get(n))
         if shift is not None:
             row["target_shift"] = shift
         dense_w = block_dense[n] if block_dense is not None else None
         t0 = time.perf_counter()
-        if self.dense_stream:
+        if self.dense_report:
             st = stats[n]
             row["dense_rel_error"] = dense_output_error(dense_w.float(), layer.weight.data.float(), st.H, st.C, st.G)
         if held_stats is not None:

@@ -66,9 +66,9 @@ DENSE_HASH_EXCLUDE = ("sparsity", "calibration", "engine", "allocation")
 
 def config_hash(config: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
-    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform
-    and ``calibration.heldout_nsamples`` when it is 0, ``engine.dense_error`` when it is false, so those hashes
-    equal the ones of records written before these keys existed)."""
+    (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform,
+    ``calibration.heldout_nsamples`` when it is 0, ``engine.dense_error`` when it is false and ``engine.dense_inputs``
+    when it is ``stored``, so those hashes equal the ones of records written before these keys existed)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
     if (cfg.get("allocation") or {}).get("name") == "uniform":  # = records from before the allocation group
         cfg.pop("allocation")
@@ -76,6 +76,8 @@ def config_hash(config: dict) -> str:
         cfg["calibration"].pop("heldout_nsamples")
     if (cfg.get("engine") or {}).get("dense_error") is False:  # = records from before engine.dense_error
         cfg["engine"].pop("dense_error")
+    if (cfg.get("engine") or {}).get("dense_inputs") == "stored":  # the same statistics as the records before it
+        cfg["engine"].pop("dense_inputs")
     dense = (cfg.get("method") or {}).get("name") in ("dense", "none")
     for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)

@@ -41,6 +41,10 @@ def _above(low):
     return {"above": low}
 
 
+# How the dense stream reaches a block's later sublayer groups (output_target=dense or engine.dense_error with
+# true_sequential): "stored", one dense pass per block keeping every linear's dense input until its group is
+# solved; "recompute", one dense pass per group (no stored inputs, more forward time). Same statistics bit for bit.
+DENSE_INPUTS = ("stored", "recompute")
 MODEL_SOURCES = ("hub", "local", "gguf", "packaged_gguf", "assembled_gguf", "random")
 
 
@@ -147,6 +151,7 @@ class EngineSpec:
     true_sequential: bool = False
     report_error: bool = True
     dense_error: bool = False
+    dense_inputs: str = field(default="stored", metadata={"choices": DENSE_INPUTS})
     batch_size: int = field(default=1, metadata=_least(1))
     device: str | None = None
 

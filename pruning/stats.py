@@ -48,21 +48,23 @@ class LayerStats:
             self.sq_norms += torch.norm(x, p=2, dim=1) ** 2 / self.nsamples
 
     @torch.no_grad()
-    def add_cross(self, dense: torch.Tensor, pruned: torch.Tensor, sequences: int = 1) -> None:
-        """``C`` (and ``G``, the dense inputs' own ``H``) for the batch :meth:`add_batch` has just counted
-        from ``pruned``: ``dense`` is the same layer's input in the dense model, token for token. Scaled
-        exactly as ``H``, so ``C == G == H`` bit for bit when the two inputs are equal."""
+    def add_cross(self, dense: torch.Tensor, pruned: torch.Tensor, sequences: int = 1, gram: bool = True) -> None:
+        """``C`` (and, with ``gram``, ``G``: the dense inputs' own ``H``, which only the dense-output error report
+        reads) for the batch :meth:`add_batch` has just counted from ``pruned``: ``dense`` is the same layer's input
+        in the dense model, token for token. Scaled exactly as ``H``, so ``C == G == H`` bit for bit when the two
+        inputs are equal."""
         if dense.shape != pruned.shape:
             raise ValueError(f"dense input {tuple(dense.shape)} and pruned input {tuple(pruned.shape)} differ in shape")
         xp, tmp = _columns(pruned, sequences)
         xd, _ = _columns(dense, sequences)
         if self.C is None:
-            self.C, self.G = (torch.zeros(xp.shape[0], xp.shape[0], dtype=torch.float32, device=xp.device)
-                              for _ in range(2))
+            self.C = torch.zeros(xp.shape[0], xp.shape[0], dtype=torch.float32, device=xp.device)
+            self.G = torch.zeros_like(self.C) if gram else None
         scale = (self.nsamples - tmp) / self.nsamples
-        self.C *= scale
-        self.G *= scale
         factor = math.sqrt(2 / self.nsamples)
         xd, xp = factor * xd, factor * xp
+        self.C *= scale
         self.C += xd @ xp.t()
-        self.G += xd @ xd.t()
+        if self.G is not None:
+            self.G *= scale
+            self.G += xd @ xd.t()
