@@ -55,9 +55,9 @@ def allocation_of(record: dict) -> str:
 
 
 def ppl_datasets(frame, evaluated_only: bool = False) -> list[str]:
-    """The perplexity datasets of a frame (``ppl_<dataset>`` columns, not their ``_windows``/``_seqlen``
+    """The perplexity datasets of a frame (``ppl_<dataset>`` columns, not their ``_windows``/``_seqlen``/``_windows_sha``
     companions), in column order; ``evaluated_only``: those with at least one value."""
-    return [c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith(("_windows", "_seqlen"))
+    return [c[4:] for c in frame.columns if c.startswith("ppl_") and not c.endswith(("_windows", "_seqlen", "_sha"))
             and (not evaluated_only or frame[c].notna().any())]
 
 
@@ -117,6 +117,7 @@ COLUMNS: list[tuple[str, Callable[[dict], object]]] = [
     ("seed", lambda r: _cfg(r).get("seed")),
     ("calib_seed", lambda r: _calib(r).get("seed")),
     ("calib_heldout", lambda r: (_calib(r).get("heldout") or {}).get("nsamples", 0) if _calib(r) else None),
+    ("calib_windows", lambda r: _calib(r).get("windows_sha256")),  # schema 2: the calibration windows' fingerprint
     ("mean_rel_error", lambda r: r["metrics"].get("mean_rel_error")),
     ("mean_heldout_rel_error", lambda r: r["metrics"].get("mean_heldout_rel_error")),  # calibration.heldout_nsamples > 0
     ("mean_dense_rel_error", lambda r: r["metrics"].get("mean_dense_rel_error")),  # method.output_target=dense
@@ -126,6 +127,7 @@ TAIL_COLUMNS: list[tuple[str, Callable[[dict], object]]] = [
     ("peak_rss_gb", lambda r: (r.get("memory") or {}).get("peak_rss_bytes", 0) / 2 ** 30),
     *[(f"v_{k}", lambda r, k=k: (r.get("versions") or {}).get(k)) for k in ("torch", "transformers", "lm_eval", "package")],
     ("git_commit", lambda r: ((r.get("versions") or {}).get("git") or {}).get("commit")),
+    ("machine_id", lambda r: ((r.get("versions") or {}).get("machine") or {}).get("id")),  # schema 2
     ("config_hash", lambda r: r.get("config_hash")),
     ("finished", lambda r: (r.get("job") or {}).get("finished")),
 ]
@@ -141,6 +143,7 @@ def _metric_columns(record: dict) -> dict:
         row[f"ppl_{name}"] = ppl
         row[f"ppl_{name}_windows"] = r.get("nwindows")
         row[f"ppl_{name}_seqlen"] = r.get("seqlen")  # rows evaluated with other windows must not be mixed
+        row[f"ppl_{name}_windows_sha"] = r.get("windows_sha256")  # schema 2: the evaluated windows' fingerprint
     zero_shot = record["metrics"].get("zero_shot") or {}
     if zero_shot:
         row["zeroshot_limit"] = (zero_shot.get("config") or {}).get("limit")  # None: the full task sets

@@ -43,8 +43,25 @@ def matched(frame: pd.DataFrame, ref: pd.DataFrame, keys: list[str], col: str) -
     return pd.to_numeric(pd.Series(values, index=frame.index))
 
 
-def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFrame:
-    """One row per (model, sparsity, method): the statistics of the module docstring."""
+def window_mismatches(f: pd.DataFrame, base: pd.DataFrame, datasets: list[str]) -> list[str]:
+    """Records paired with the baseline's although their calibration or evaluation windows differ (both
+    fingerprinted, schema 2; records without fingerprints cannot be checked and pass)."""
+    out = []
+    for col, what in [("calib_windows", "calibration")] + [(f"ppl_{d}_windows_sha", f"{d} evaluation") for d in datasets]:
+        if col not in f:
+            continue
+        ref = f.set_index(KEYS).index.map(base[col].to_dict().get)
+        for (_, row), other in zip(f.iterrows(), ref):
+            if isinstance(row[col], str) and isinstance(other, str) and row[col] != other:
+                out.append(f"{row['model']} {row['sparsity']} seed {row['calib_seed']} {row['label']}: {what} windows "
+                           f"{row[col]} != the baseline's {other}")
+    return out
+
+
+def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window_mismatch: bool = False) -> pd.DataFrame:
+    """One row per (model, sparsity, method): the statistics of the module docstring. A record whose window
+    fingerprints differ from its baseline's is an error (:func:`window_mismatches`) unless
+    ``allow_window_mismatch``."""
     if frame.empty:
         raise ValueError("no complete records")
     f = frame[frame.sparsity != "dense"].copy()
@@ -58,6 +75,10 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFr
     if base.index.has_duplicates:
         raise ValueError(f"several {baseline} records for one (model, sparsity, calibration seed): "
                          "pass one configuration per cell")
+    mismatched = window_mismatches(f, base, datasets)
+    if mismatched and not allow_window_mismatch:
+        raise ValueError(f"{len(mismatched)} records would be paired with {baseline} on other windows: "
+                         + "; ".join(mismatched[:5]) + " (--allow-window-mismatch pairs them anyway)")
     for ds in datasets:
         ref = matched(f, base, KEYS, f"ppl_{ds}")
         f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / ref
@@ -102,9 +123,10 @@ def plus_minus(mean, std, fmt=lambda v: f"{v:.2f}") -> str:
     return fmt(mean) if std is None or math.isnan(std) else f"{fmt(mean)} ± {std:.2f}"
 
 
-def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> pd.DataFrame:
+def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4,
+                     allow_window_mismatch: bool = False) -> pd.DataFrame:
     """The table as strings (one model per block of rows), shared by the Markdown and LaTeX renderings."""
-    long = frontier_long(frame, baseline)
+    long = frontier_long(frame, baseline, allow_window_mismatch)
     datasets = [c[4:] for c in long.columns if c.startswith("ppl_") and not c.endswith("_std")]
     out = {"model": long["model"], "sparsity": long["sparsity"].map(sparsity_name),
            "method": long["label"].map(lambda m: METHOD_NAMES.get(m, m)), "seeds": long["seeds"]}
@@ -155,8 +177,9 @@ def _caption(shown: pd.DataFrame, baseline: str, explode: float) -> str:
             + exploded_caption(shown, explode))
 
 
-def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
-    shown = frontier_display(frame, baseline, explode)
+def frontier_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4,
+                      allow_window_mismatch: bool = False) -> str:
+    shown = frontier_display(frame, baseline, explode, allow_window_mismatch)
     return _caption(shown, baseline, explode) + "\n\n" + to_markdown(shown)
 
 
@@ -172,8 +195,9 @@ def latex_table(shown: pd.DataFrame, caption: str) -> str:
     return "\\begin{table}\n\\centering\\small\n" + body + f"\\caption{{{caption}}}\n\\end{{table}}\n"
 
 
-def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4) -> str:
-    shown = frontier_display(frame, baseline, explode)
+def frontier_latex(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4,
+                   allow_window_mismatch: bool = False) -> str:
+    shown = frontier_display(frame, baseline, explode, allow_window_mismatch)
     return latex_table(shown, _caption(shown, baseline, explode))
 
 

@@ -54,9 +54,10 @@ class TableKind:
 
 def _frontier(frame, fmt, o):
     base = o["baseline"] or "sparsegpt"
-    return {"md": lambda: frontier_markdown(frame, base, explode=o["explode"]),
-            "latex": lambda: frontier_latex(frame, base, explode=o["explode"]),
-            "csv": lambda: frontier_long(frame, base).to_csv(index=False)}[fmt]()
+    allow = o["allow_window_mismatch"]
+    return {"md": lambda: frontier_markdown(frame, base, explode=o["explode"], allow_window_mismatch=allow),
+            "latex": lambda: frontier_latex(frame, base, explode=o["explode"], allow_window_mismatch=allow),
+            "csv": lambda: frontier_long(frame, base, allow).to_csv(index=False)}[fmt]()
 
 
 def _projections(frame, fmt, o):
@@ -97,11 +98,12 @@ TABLES: dict[str, TableKind] = {
 def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext2", columns: str = "sparsity",
           metrics: str = "wanda", compare: tuple[str, str] | None = None, delta_vs_dense: bool = False,
           explode: float = 1e4, baseline: str | None = None, layers: pd.DataFrame | None = None,
-          tasks: list[str] | None = None) -> str:
+          tasks: list[str] | None = None, allow_window_mismatch: bool = False) -> str:
     """One table of :data:`TABLES` as text in ``fmt`` (md | latex | csv); ``baseline``: the method label
     the frontier and projections tables' ratios refer to (default SparseGPT); ``layers``: the per-layer
     rows of ``frame``'s records (:func:`analysis.collect.layers_of`), for the tables that need them;
-    ``tasks``: the zero-shot table's tasks (default: every task the records have)."""
+    ``tasks``: the zero-shot table's tasks (default: every task the records have);
+    ``allow_window_mismatch``: the frontier table pairs records whose window fingerprints differ."""
     if table not in TABLES:
         raise ValueError(f"table={table!r}; allowed: {', '.join(TABLES)}")
     kind = TABLES[table]
@@ -109,7 +111,7 @@ def build(frame: pd.DataFrame, table: str, fmt: str, *, dataset: str = "wikitext
         raise ValueError(f"the {table} table is written as {' or '.join(kind.formats)}")
     options = {"dataset": dataset, "columns": columns, "metrics": metrics, "compare": compare,
                "delta_vs_dense": delta_vs_dense, "explode": explode, "baseline": baseline, "layers": layers,
-               "tasks": tasks}
+               "tasks": tasks, "allow_window_mismatch": allow_window_mismatch}
     return kind.render(frame, fmt, options)
 
 
@@ -143,6 +145,9 @@ def main(argv=None) -> int:
                    "e.g. allocation=uniform or model=gemma3-270m")
     p.add_argument("--tasks", help="zeroshot table: these tasks only, comma-separated (the mean and its tests "
                    "are over them), e.g. to leave out a task the model answers by bias alone")
+    p.add_argument("--allow-window-mismatch", action="store_true",
+                   help="frontier table: pair records with the baseline's even where their calibration or "
+                   "evaluation window fingerprints differ (refused by default)")
     p.add_argument("--out", help="write here (atomically) instead of printing")
     args = p.parse_args(argv)
     kind = TABLES[args.table]
@@ -161,7 +166,8 @@ def main(argv=None) -> int:
                      metrics=args.metrics, compare=args.compare, delta_vs_dense=args.delta_vs_dense,
                      explode=args.explode, baseline=args.baseline,
                      layers=layers_of(frame, col.layers) if kind.layers else None,
-                     tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None)
+                     tasks=[t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+                     allow_window_mismatch=args.allow_window_mismatch)
     except ValueError as e:
         p.error(str(e))
     emit(text, args.out)

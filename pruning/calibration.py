@@ -30,6 +30,7 @@ import torch
 
 from pruning.data import dataset_spec, load_rows
 from pruning.errors import DataError
+from pruning.provenance import windows_sha256
 from pruning.spec import CalibrationSpec, DataSpec, as_data, as_spec
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,10 @@ def build_calibration(cfg: CalibrationSpec | Mapping, tokenizer, data: DataSpec 
         windows, heldout, held_info = stream_windows(ids, nsamples, seqlen, seed, cfg.heldout_nsamples)
     info = {"dataset": dataset, "split": split, "nsamples": nsamples, "seqlen": seqlen, "seed": seed,
             "sampler": spec.calib_kind, "accept_rule": ACCEPT_RULE if spec.calib_kind == "documents" else None,
-            "join": None if spec.calib_kind == "documents" else spec.calib_join, "data": data.info}
+            "join": None if spec.calib_kind == "documents" else spec.calib_join, "data": data.info,
+            "windows_sha256": windows_sha256(windows)}  # records paired as "the same windows" can be checked
     if held_info is not None:
-        info["heldout"] = held_info
+        info["heldout"] = {**held_info, "windows_sha256": windows_sha256(heldout)}
     log.info("calibration: %d x %d tokens from %s/%s (%s)%s", nsamples, seqlen, dataset, split, data.info["source"],
              f", {cfg.heldout_nsamples} held-out windows" if heldout is not None else "")
     return Calibration(windows, info, heldout)

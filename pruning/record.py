@@ -10,7 +10,10 @@ import types
 import typing
 from typing import Any, Required, TypedDict
 
-SCHEMA_VERSION = 1
+# 2: versions.machine (pruning.provenance.machine), windows_sha256 of the calibration windows
+#    (protocol.calibration, its heldout) and of each perplexity set's windows. 1 is still read.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 
 # The engine's revision, recorded as ``versions.engine_revision`` (records without it: revision 1).
 # Bumped when a fix changes the weights the engine produces for some model family; STALE_BEFORE
@@ -60,6 +63,7 @@ class PerplexityResult(TypedDict, total=False):
     seconds: float
     tokens_per_s: float
     data: dict
+    windows_sha256: str  # since schema 2: pruning.provenance.windows_sha256 of the windows evaluated
 
 
 class ZeroShotBlock(TypedDict, total=False):
@@ -155,7 +159,7 @@ class Record(TypedDict, total=False):
     config_hash: str
     inputs: dict[str, Any]  # key -> {path, sha256, bytes, files}: the job's input files (pruning/inputs.py)
     job: Job
-    versions: dict[str, Any]  # python, torch, transformers, ..., package, git {commit, dirty}, engine_revision, cpu, gpu
+    versions: dict[str, Any]  # python, torch, ..., package, git {commit, dirty}, engine_revision, cpu, gpu, machine
     model: dict[str, Any]
     method: dict[str, Any]  # name, label, params
     sparsity: dict[str, Any]  # target: SparsityTarget, actual, zeros, total, n_linears
@@ -239,8 +243,9 @@ def check_record(record: dict) -> list[str]:
     """What is wrong with a record (an empty list when nothing): unknown or missing fields, wrong types,
     another schema version. Complete records must hold every required field."""
     problems = []
-    if record.get("schema_version") != SCHEMA_VERSION:
-        problems.append(f"schema_version {record.get('schema_version')!r}, this code reads {SCHEMA_VERSION}")
+    if record.get("schema_version") not in READABLE_SCHEMAS:
+        problems.append(f"schema_version {record.get('schema_version')!r}, this code reads "
+                        f"{', '.join(map(str, READABLE_SCHEMAS))}")
     for key, value in record.items():
         if key not in FIELDS:
             problems.append(f"unknown field {key!r}")

@@ -29,8 +29,9 @@ import torch
 
 from pruning.errors import ConfigError
 from pruning.inputs import changed_inputs
-from pruning.version import __version__
+from pruning.provenance import cpu_name, machine
 from pruning.record import ENGINE_REVISION, SCHEMA_VERSION, stale_reason  # noqa: F401  (the schema: pruning/record.py)
+from pruning.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -102,18 +103,6 @@ def git_info(path: Path | None = None) -> dict:
         return {"commit": None}
 
 
-def cpu_name() -> str | None:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what ``platform.processor()`` says, else None."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def versions() -> dict:
     out = {"python": platform.python_version(), "package": __version__, "platform": platform.platform()}
     for name in _PACKAGES:
@@ -125,6 +114,7 @@ def versions() -> dict:
     out["cuda"] = torch.version.cuda if torch.cuda.is_available() else None
     out["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     out["cpu"] = cpu_name()  # perplexity differs by ~0.5% between CPUs: compare methods on one machine
+    out["machine"] = machine()  # the stable fingerprint: CPU ids, cores, memory, GPUs, a hash of the host
     out["torch_threads"] = torch.get_num_threads()
     out["engine_revision"] = ENGINE_REVISION
     return out

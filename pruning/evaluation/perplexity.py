@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from pruning.data import dataset_spec, perplexity_text
 from pruning.errors import ConfigError, DataError
+from pruning.provenance import windows_sha256
 from pruning.spec import DataSpec, PerplexitySpec, as_data, as_spec
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, *, max_windows: i
     nll = float(losses.mean())
     ntokens = losses.numel() * seqlen
     return {
+        "windows_sha256": windows_sha256(ids.view(-1)[:ntokens].view(-1, seqlen)),  # the windows evaluated
         "ppl": math.exp(nll) if nll < 700 else float("inf"),  # written as null (pipeline: a warning)
         "nll": nll,
         "nwindows": losses.numel(),

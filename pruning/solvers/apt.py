@@ -52,8 +52,7 @@ from functools import lru_cache
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import (SolverResult, check_pattern, prepare_layer, relative_error, smallest_mask,
-                                   undamped)
+from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, smallest_mask
 from pruning.solvers.refit import refine_cg, swap_search
 from pruning.sparsity import Sparsity
 
@@ -372,15 +371,18 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
     # The inverse-Hessian factor is formed in float64 even for dtype=float32: forming it in float32 (as
     # SparseGPT does) saved ~12% of the solver time but raised the layer error of APT-refit by 3-8% on
     # ill-conditioned synthetic layers.
-    W, Hf, dead, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64)
+    W, Hf, _, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64)
     info.update(jitter_solves=0, fallback_solves=0)
     dt = getattr(torch, dtype)  # float32: about half the cost of every product and factorisation on CPU
     W, U = W.to(dt), U.to(dt)
     Wd = W.clone()  # the prepared dense weights, the reference of exact / refined reconstruction
-    mask = _block_pass(W, U, sparsity, blocksize, score, granularity, nm_update, fixed_mask, info)
+    Hd = None
     if (variant == "exact" or refine_iters or swap_rounds) and not info["hinv_fallback"]:
-        Hd = Hf.to(dt)
+        Hd = Hf.to(dt, copy=True)
         Hd.diagonal().add_(info["damp"])  # the damped Hessian whose inverse U factors
+    del Hf  # (7B's down_proj: 0.97 GB in float64) the error below reads H itself: Hf with dead inputs' 1 removed
+    mask = _block_pass(W, U, sparsity, blocksize, score, granularity, nm_update, fixed_mask, info)
+    if Hd is not None:
         if variant == "exact":
             W = exact_reconstruction(Wd, Hd, mask, U.t() @ U, info)
         else:
@@ -395,7 +397,7 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
         log.warning("APT: %d small systems needed jitter, %d fell back to a pseudo-inverse",
                     info["jitter_solves"], info["fallback_solves"])
     out = W.to(torch.float32)
-    return SolverResult(out, mask, relative_error(w.float(), out, undamped(Hf, dead)), info)
+    return SolverResult(out, mask, relative_error(w.float(), out, H), info)
 
 
 def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch.Tensor | None = None,

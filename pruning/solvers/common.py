@@ -73,10 +73,13 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
     for attempt in range(max_damp_tries + 1):
         Hd = H.clone()
         Hd[diag, diag] += frac * mean_diag
-        try:
+        try:  # each intermediate is released once the next exists: two cols x cols matrices at a time, not four
             L = torch.linalg.cholesky(Hd)
+            del Hd
             Hinv = torch.cholesky_inverse(L)
+            del L
             U = torch.linalg.cholesky(Hinv, upper=True)
+            del Hinv
             if torch.isfinite(U).all():
                 info = {"percdamp_used": frac, "damp": float(frac * mean_diag), "damp_retries": attempt,
                         "hinv_fallback": False}
@@ -105,8 +108,8 @@ def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tr
     if not percdamp > 0:
         from pruning.errors import ConfigError
         raise ConfigError(f"method.percdamp={percdamp!r}: need > 0 (damping = percdamp * mean(diag H))")
-    W = w.to(dtype).clone()
-    H = H.to(dtype).clone()
+    W = w.to(dtype, copy=True)
+    H = H.to(dtype, copy=True)
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
