@@ -7,9 +7,10 @@ Every pruned record is paired with the baseline's record (SparseGPT by default) 
 sparsity and calibration seed, so ratios and differences compare methods on the *same* calibration
 windows. Per (model, sparsity, method) the table gives the number of seeds, perplexity mean ± sample
 standard deviation over seeds on each evaluated dataset, the mean of the per-seed ratios to the
-baseline, the paired difference to the baseline (mean ± std of the per-seed differences), whether
-that difference exceeds its own spread (``gain > std``; "–" with fewer than two seeds), the mean
-layer error and the solver seconds with their ratio to the baseline's.
+baseline (and each seed's), its 95% interval, the paired t-test and the exact sign-flip test over seeds
+with a verdict (better / worse / tie: :mod:`analysis.seeds`), the mean layer error, and the solver and
+whole-prune seconds with their ratios to the baseline's. Records whose window fingerprints differ from their baseline's are
+not paired (:func:`window_mismatches`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import pandas as pd
 
 from analysis.collect import ppl_datasets
 from analysis.render import EXPLODED, exploded_note
+from analysis.seeds import paired_over_seeds
 from analysis.names import DATASET_NAMES, MARKERS, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed"]
-PAIRED_RATIOS = [("solver_s", "solver_x"), ("mean_rel_error", "error_x"),
+PAIRED_RATIOS = [("solver_s", "solver_x"), ("prune_total_s", "prune_x"), ("mean_rel_error", "error_x"),
                  ("mean_heldout_rel_error", "heldout_error_x")]  # (record column, its ratio to the baseline)
 OPTIONAL_COLUMNS = {"mean_heldout_rel_error"}  # shown only when some record has them
 RATIO_TOP = 1.3  # the ratio panel's upper limit when a method is far worse; those points are labelled
@@ -81,6 +83,7 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window
                          + "; ".join(mismatched[:5]) + " (--allow-window-mismatch pairs them anyway)")
     for ds in datasets:
         ref = matched(f, base, KEYS, f"ppl_{ds}")
+        f[f"base_{ds}"] = ref
         f[f"ratio_{ds}"] = f[f"ppl_{ds}"].to_numpy() / ref
         f[f"diff_{ds}"] = f[f"ppl_{ds}"].to_numpy() - ref
     # per-record ratios to the baseline's record on the same windows: (column, its ratio column); an
@@ -102,8 +105,11 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window
                         f"ratio_{ds}": r.mean(), f"ratio_{ds}_std": r.std(ddof=1) if r.notna().sum() > 1 else math.nan,
                         f"diff_{ds}": d.mean(),
                         f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
-            row[f"beyond_noise_{ds}"] = (None if label == baseline or d.notna().sum() < 2
-                                         else bool(abs(d.mean()) > d.std(ddof=1)))
+            if label != baseline:  # the paired test over seeds (analysis.seeds)
+                test = paired_over_seeds(v.to_numpy(), g[f"base_{ds}"].to_numpy())
+                row.update({f"ratio_{ds}_low": test.ratio_low, f"ratio_{ds}_high": test.ratio_high,
+                            f"p_t_{ds}": test.p_t, f"p_exact_{ds}": test.p_exact, f"verdict_{ds}": test.verdict,
+                            f"seed_ratios_{ds}": "/".join(f"{r:.3f}" for r in test.ratios)})
         for col, x in paired:
             row.update({col: pd.to_numeric(g[col], errors="coerce").mean(), x: g[x].mean()})
         # output_target=dense: the solver's error is against W*, the dense-output error is the comparable one
@@ -123,6 +129,16 @@ def plus_minus(mean, std, fmt=lambda v: f"{v:.2f}") -> str:
     return fmt(mean) if std is None or math.isnan(std) else f"{fmt(mean)} ± {std:.2f}"
 
 
+def _interval(long: pd.DataFrame, i, ds: str) -> str:
+    low, high = long.get(f"ratio_{ds}_low", {}).get(i, math.nan), long.get(f"ratio_{ds}_high", {}).get(i, math.nan)
+    return "–" if not isinstance(low, float) or math.isnan(low) else f"{low:.3f}–{high:.3f}"
+
+
+def _p_values(long: pd.DataFrame, i, ds: str) -> str:
+    p_t, p_x = long.get(f"p_t_{ds}", {}).get(i, math.nan), long.get(f"p_exact_{ds}", {}).get(i, math.nan)
+    return "–" if not isinstance(p_t, float) or math.isnan(p_t) else f"{p_t:.3f} / {p_x:.2f}"
+
+
 def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: float = 1e4,
                      allow_window_mismatch: bool = False) -> pd.DataFrame:
     """The table as strings (one model per block of rows), shared by the Markdown and LaTeX renderings."""
@@ -135,9 +151,12 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
         name = DATASET_NAMES.get(ds, ds)
         out[f"{name} ppl"] = [plus_minus(m, s, lambda v: fmt_ppl(v, explode)) for m, s in zip(long[f"ppl_{ds}"], long[f"ppl_{ds}_std"])]
         out[f"{name} ÷ {base}"] = long[f"ratio_{ds}"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
-        out[f"{name} Δ {base}"] = [("–" if lab == baseline or math.isnan(m) else plus_minus(m, s, lambda v: f"{v:+.2f}"))
-                                   for lab, m, s in zip(long["label"], long[f"diff_{ds}"], long[f"diff_{ds}_std"])]
-        out[f"{name} gain > std"] = long[f"beyond_noise_{ds}"].map(lambda b: "–" if b is None else ("yes" if b else "no"))
+        out[f"{name} ÷ {base} per seed"] = long.get(f"seed_ratios_{ds}", pd.Series("", index=long.index)).map(
+            lambda v: v if isinstance(v, str) and "/" in v else "–")
+        out[f"{name} 95% CI"] = [_interval(long, i, ds) for i in long.index]
+        out[f"{name} p (t / exact)"] = [_p_values(long, i, ds) for i in long.index]
+        out[f"{name} vs {base}"] = long.get(f"verdict_{ds}", pd.Series(None, index=long.index)).map(
+            lambda v: v if isinstance(v, str) else "–")
     out["layer error"] = [("–" if v is None or math.isnan(v) else f"{v:.4f}" + ("‡" if dense else ""))
                           for v, dense in zip(long["mean_rel_error"], long["dense_target"])]
     if long["dense_target"].any() or long["mean_dense_rel_error"].notna().any():  # output_target=dense, engine.dense_error
@@ -148,13 +167,18 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
         out[f"held-out ÷ {base}"] = long["heldout_error_x"].map(lambda v: "–" if math.isnan(v) else f"{v:.3f}")
     out["solver s"] = long["solver_s"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.1f}")
     out[f"solver ÷ {base}"] = long["solver_x"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.2f}×")
+    out["prune s"] = long["prune_total_s"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.1f}")
+    out[f"prune ÷ {base}"] = long["prune_x"].map(lambda v: "–" if v is None or math.isnan(v) else f"{v:.2f}×")
     return pd.DataFrame(out)
 
 
-CAPTION = ("Perplexity mean ± std over calibration seeds (seeds listed); ratios and Δ are paired with {base} on "
-           "the same model, sparsity and calibration windows (mean of per-seed values); \"gain > std\": |mean Δ| "
-           "exceeds the std of the per-seed Δ (needs ≥ 2 seeds); layer error ‖(W−W')X‖²/‖WX‖² averaged over all "
-           "pruned linears; solver seconds exclude forward passes.")
+CAPTION = ("Perplexity mean ± std over calibration seeds (seeds listed); ratios are paired with {base} on the same "
+           "model, sparsity and calibration windows (mean of the per-seed ratios, listed per seed); 95% CI: Student's "
+           "t interval of that mean; p: the paired t-test on the per-seed differences / the exact sign-flip "
+           "permutation test (never below 0.25 with three seeds); better / worse: t-test p < 0.05, else tie "
+           "(needs ≥ 2 seeds); layer error ‖(W−W')X‖²/‖WX‖² averaged over all pruned linears; solver seconds "
+           "exclude forward passes, prune seconds are the whole prune (calibration passes, solver, reports); time "
+           "ratios pair records of one cell, which may come from different runs on one machine.")
 HELDOUT_CAPTION = (" Held-out layer error: the same ratio on calibration-distribution windows disjoint from the "
                    "calibration windows (calibration.heldout_nsamples), which the solver never fitted.")
 

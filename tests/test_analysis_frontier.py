@@ -1,6 +1,7 @@
 """The frontier table and figure: statistics over calibration seeds, paired with SparseGPT."""
 
 import math
+import statistics
 
 import pytest
 
@@ -27,6 +28,7 @@ def frontier_record(label, spec, seed, ppl, c4, solver, model="smollm2-135m"):
     rec["metrics"]["perplexity"]["c4"] = {"ppl": c4, "nwindows": 16}
     rec["protocol"]["calibration"]["seed"] = seed
     rec["timings"]["solver_s"] = solver
+    rec["timings"]["prune_total_s"] = solver + 20.0  # calibration passes and the rest
     return rec
 
 
@@ -48,12 +50,21 @@ def test_statistics_are_paired_per_seed(frontier):
     assert row.ppl_wikitext2_std == pytest.approx(math.sqrt(((40 - 41.1667) ** 2 + (41.5 - 41.1667) ** 2
                                                              + (42 - 41.1667) ** 2) / 2), rel=1e-4)
     assert row.ratio_wikitext2 == pytest.approx((40 / 44 + 41.5 / 45 + 42 / 46) / 3)
-    assert row.diff_wikitext2 == pytest.approx((-4 - 3.5 - 4) / 3) and row.beyond_noise_wikitext2
+    assert row.diff_wikitext2 == pytest.approx((-4 - 3.5 - 4) / 3)
+    # the paired t-test on the differences (-4, -3.5, -4): t = -23.0 on 2 df; the exact sign-flip test of
+    # three seeds cannot go below 2/8
+    assert row.p_t_wikitext2 == pytest.approx(0.00188, abs=2e-5) and row.p_exact_wikitext2 == pytest.approx(0.25)
+    assert row.verdict_wikitext2 == "better" and row.seed_ratios_wikitext2 == "0.909/0.922/0.913"
+    ratios = [40 / 44, 41.5 / 45, 42 / 46]
+    half = 4.302653 * statistics.stdev(ratios) / math.sqrt(3)  # t(0.975, 2) * sem
+    assert (row.ratio_wikitext2_low, row.ratio_wikitext2_high) == pytest.approx(
+        (statistics.mean(ratios) - half, statistics.mean(ratios) + half), rel=1e-5)
     assert row.solver_x == pytest.approx((15 / 10 + 18 / 12 + 16.5 / 11) / 3)
+    assert row.prune_x == pytest.approx((35 / 30 + 38 / 32 + 36.5 / 31) / 3)  # the whole prune, paired too
     alps = long[(long.label == "alps") & (long.sparsity == "0.5")].iloc[0]
-    assert alps.beyond_noise_wikitext2 is False or alps.beyond_noise_wikitext2 == False  # noqa: E712  (−0.03 ± 0.25)
+    assert alps.verdict_wikitext2 == "tie" and alps.p_t_wikitext2 > 0.5  # differences -0.1, +0.2, -0.2
     single = long[(long.label == "apt-refit") & (long.sparsity == "2:4")].iloc[0]
-    assert single.n_seeds == 1 and math.isnan(single.ppl_wikitext2_std) and single.beyond_noise_wikitext2 is None
+    assert single.n_seeds == 1 and math.isnan(single.ppl_wikitext2_std) and single.verdict_wikitext2 == "–"
     gemma = long[(long.model == "gemma3-270m") & (long.label == "apt-refit")].iloc[0]
     assert gemma.ratio_wikitext2 == pytest.approx(0.9) and gemma.ratio_c4 == pytest.approx(38 / 40)
 
@@ -61,9 +72,10 @@ def test_statistics_are_paired_per_seed(frontier):
 def test_markdown_and_latex(frontier):
     frame = collect(frontier).frame
     md = frontier_markdown(frame)
-    assert "| smollm2-135m | 50% | APT-refit | 0,1,2 | 41.17 ± 1.04 | 0.915 | -3.83 ± 0.29 | yes |" in md
-    assert "| smollm2-135m | 50% | ALPS | 0,1,2 |" in md and "| no |" in md
-    assert "| SparseGPT | 0 | 90.00 | 1.000 | – | – |" in md
+    assert ("| smollm2-135m | 50% | APT-refit | 0,1,2 | 41.17 ± 1.04 | 0.915 | 0.909/0.922/0.913 | 0.898–0.932 | "
+            "0.002 / 0.25 | better |") in md
+    assert "| smollm2-135m | 50% | ALPS | 0,1,2 |" in md and "| tie |" in md
+    assert "| SparseGPT | 0 | 90.00 | 1.000 | – | – | – | – |" in md
     tex = frontier_latex(frame)
     assert "\\begin{tabular}" in tex and "41.17 $\\pm$ 1.04" in tex and "\\caption{" in tex
     assert "held-out" not in md.lower() and "held-out" not in tex.lower()  # no record measured it
@@ -242,3 +254,26 @@ def test_exploded_perplexities_are_marked_and_explained(frontier):
     assert "| 6.3e+04† |" in md and "† exploded: NaN or above 10000 (ratios" in md
     tex = frontier_latex(frame)
     assert "†" not in tex and "6.3e+04$^\\dagger$" in tex and "$^\\dagger$ exploded" in tex
+
+
+# the frontier tables of docs/benchmarks.md, with the commands written beside them there
+DOC_TABLES = {
+    "results": ["analysis/records/frontier", "analysis/records/frontier-sequential", "--table", "frontier"],
+    "ablations": ["analysis/records/frontier", "analysis/records/frontier-ablations", "--table", "frontier",
+                  "--where", "model=smollm2-135m", "--where", "sparsity=0.5",
+                  "--where", "label=sparsegpt,apt-refit,apt-refit-dense,apt-refit-dense-seq",
+                  "--label-params", "target_alpha,blocksize"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOC_TABLES))
+def test_the_benchmarks_frontier_tables_re_render_from_the_archived_records(name, tmp_path):
+    from tests.conftest import REPO
+    out = tmp_path / "table.md"
+    assert tables_main([str(REPO / a) if a.startswith("analysis/records") else a for a in DOC_TABLES[name]]
+                       + ["--out", str(out)]) == 0
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    command = " ".join(DOC_TABLES[name][:2])
+    assert command in doc  # the command is written beside the table
+    rows = [line for line in out.read_text().splitlines() if line.startswith("|")]
+    assert rows and all(line in doc for line in rows), [line[:80] for line in rows if line not in doc][:3]
