@@ -35,6 +35,13 @@ def _hours(per_block: dict, proj: dict) -> dict:
     return {"model_h": model_s / 3600, "paper_h": paper_s / 3600}
 
 
+def _label(rec: dict) -> str:
+    """The method's label, with the engine settings that change a block's cost and not its weights."""
+    engine = rec["config"].get("engine") or {}
+    return (rec["method"]["label"] + ("+recompute" if engine.get("dense_inputs") == "recompute" else "")
+            + ("+dense_error" if engine.get("dense_error") else ""))
+
+
 def scale_long(root: str | Path) -> pd.DataFrame:
     """One row per scale record below ``root``."""
     rows = []
@@ -43,7 +50,7 @@ def scale_long(root: str | Path) -> pd.DataFrame:
         if not rec or rec.get("kind") != "scale" or rec.get("status") != "complete":
             continue
         cfg, b, proj = rec["config"], rec["per_block"], rec["projection"]
-        rows.append({"arch": rec["arch"], "method": rec["method"]["label"], "sparsity": rec["sparsity"]["spec"],
+        rows.append({"arch": rec["arch"], "method": _label(rec), "sparsity": rec["sparsity"]["spec"],
                      "dtype": rec["dtype"], "device": rec["device"], "tokens": f"{cfg['nsamples']}×{cfg['seqlen']}",
                      "forward_s": b["calib_forward_s"], "stats_s": b.get("calib_stats_s"),
                      "dense_s": b.get("calib_dense_forward_s"), "solver_s": b["solver_s"],

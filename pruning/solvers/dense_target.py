@@ -80,7 +80,11 @@ def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 
     if not damp > 0:
         return None
     Hd.diagonal().add_(damp)  # in place: no identity matrix, one float64 copy of H (7B's down_proj: 0.97 GB each)
-    return DenseCorrection(diff, torch.linalg.cholesky(Hd))
+    info = torch.empty((), dtype=torch.int32, device=Hd.device)
+    torch.linalg.cholesky_ex(Hd, out=(Hd, info))  # factorised in place: the same factor, one matrix fewer
+    if int(info):
+        raise torch.linalg.LinAlgError(f"dense target: H + λI is not positive definite (leading minor {int(info)})")
+    return DenseCorrection(diff, Hd)
 
 
 def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01,
