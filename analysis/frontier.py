@@ -100,16 +100,7 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window
         row = {"model": model, "sparsity": sparsity, "label": label, "n_seeds": len(g),
                "seeds": ",".join(str(int(s)) for s in sorted(g["calib_seed"].dropna()))}
         for ds in datasets:
-            v, r, d = g[f"ppl_{ds}"], g[f"ratio_{ds}"], g[f"diff_{ds}"]
-            row.update({f"ppl_{ds}": v.mean(), f"ppl_{ds}_std": v.std(ddof=1) if len(v) > 1 else math.nan,
-                        f"ratio_{ds}": r.mean(), f"ratio_{ds}_std": r.std(ddof=1) if r.notna().sum() > 1 else math.nan,
-                        f"diff_{ds}": d.mean(),
-                        f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan})
-            if label != baseline:  # the paired test over seeds (analysis.seeds)
-                test = paired_over_seeds(v.to_numpy(), g[f"base_{ds}"].to_numpy())
-                row.update({f"ratio_{ds}_low": test.ratio_low, f"ratio_{ds}_high": test.ratio_high,
-                            f"p_t_{ds}": test.p_t, f"p_exact_{ds}": test.p_exact, f"verdict_{ds}": test.verdict,
-                            f"seed_ratios_{ds}": "/".join(f"{r:.3f}" for r in test.ratios)})
+            row.update(_dataset_statistics(g, ds, paired_test=label != baseline))
         for col, x in paired:
             row.update({col: pd.to_numeric(g[col], errors="coerce").mean(), x: g[x].mean()})
         # output_target=dense: the solver's error is against W*, the dense-output error is the comparable one
@@ -121,6 +112,21 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window
     long["_k"] = [(str(m), sparsity_order(s), method_key(lab)) for m, s, lab in
                   zip(long["model"], long["sparsity"], long["label"])]
     return long.sort_values("_k").drop(columns="_k").reset_index(drop=True)
+
+
+def _dataset_statistics(g: pd.DataFrame, ds: str, paired_test: bool) -> dict:
+    """One method's seeds on one dataset: perplexity, ratio and difference to the baseline (mean and std), and
+    (``paired_test``) the paired test over seeds of :mod:`analysis.seeds`."""
+    v, r, d = g[f"ppl_{ds}"], g[f"ratio_{ds}"], g[f"diff_{ds}"]
+    out = {f"ppl_{ds}": v.mean(), f"ppl_{ds}_std": v.std(ddof=1) if len(v) > 1 else math.nan,
+           f"ratio_{ds}": r.mean(), f"ratio_{ds}_std": r.std(ddof=1) if r.notna().sum() > 1 else math.nan,
+           f"diff_{ds}": d.mean(), f"diff_{ds}_std": d.std(ddof=1) if d.notna().sum() > 1 else math.nan}
+    if paired_test:
+        test = paired_over_seeds(v.to_numpy(), g[f"base_{ds}"].to_numpy())
+        out.update({f"ratio_{ds}_low": test.ratio_low, f"ratio_{ds}_high": test.ratio_high, f"p_t_{ds}": test.p_t,
+                    f"p_exact_{ds}": test.p_exact, f"verdict_{ds}": test.verdict,
+                    f"seed_ratios_{ds}": "/".join(f"{x:.3f}" for x in test.ratios)})
+    return out
 
 
 def plus_minus(mean, std, fmt=lambda v: f"{v:.2f}") -> str:
@@ -175,7 +181,7 @@ def frontier_display(frame: pd.DataFrame, baseline: str = "sparsegpt", explode: 
 CAPTION = ("Perplexity mean ± std over calibration seeds (seeds listed); ratios are paired with {base} on the same "
            "model, sparsity and calibration windows (mean of the per-seed ratios, listed per seed); 95% CI: Student's "
            "t interval of that mean; p: the paired t-test on the per-seed differences / the exact sign-flip "
-           "permutation test (never below 0.25 with three seeds); better / worse: t-test p < 0.05, else tie "
+           "permutation test (never below 2/2^n for n seeds: 0.25 with three, 0.0625 with five); better / worse: t-test p < 0.05, else tie "
            "(needs ≥ 2 seeds); layer error ‖(W−W')X‖²/‖WX‖² averaged over all pruned linears; solver seconds "
            "exclude forward passes, prune seconds are the whole prune (calibration passes, solver, reports); time "
            "ratios pair records of one cell, which may come from different runs on one machine.")

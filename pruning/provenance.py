@@ -58,11 +58,13 @@ def _cpuinfo() -> dict:
     return out
 
 
-def _memory_bytes() -> int | None:
+def proc_kib(path: str, key: str) -> int | None:
+    """A ``key:  <n> kB`` line of a /proc file (``/proc/meminfo``, ``/proc/self/status``) in bytes; None where
+    there is no such file or line (not Linux)."""
     try:
-        with open("/proc/meminfo", encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             for line in f:
-                if line.startswith("MemTotal:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -83,7 +85,7 @@ def _host_hash() -> str:
 def _static() -> dict:
     cpu = _cpuinfo()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    mem = _memory_bytes()
+    mem = proc_kib("/proc/meminfo", "MemTotal")
     return {"cpu": cpu_name(), "cpu_id": "/".join(cpu.get(k, "?") for k in ("vendor", "family", "model", "stepping")),
             "cpu_flags": cpu.get("flags", []), "logical_cpus": os.cpu_count(), "usable_cpus": usable,
             "memory_gib": round(mem / 2**30, 1) if mem else None, "host": _host_hash()}

@@ -29,7 +29,7 @@ import torch
 
 from pruning.errors import ConfigError
 from pruning.inputs import changed_inputs
-from pruning.provenance import cpu_name, machine
+from pruning.provenance import cpu_name, machine, proc_kib
 from pruning.record import ENGINE_REVISION, SCHEMA_VERSION, stale_reason  # noqa: F401  (the schema: pruning/record.py)
 from pruning.version import __version__
 
@@ -137,20 +137,9 @@ def reset_peak_memory() -> str:
         return "process"
 
 
-def _vm_hwm() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 def peak_memory() -> dict:
     """Peak resident set size (since :func:`reset_peak_memory` where supported) and peak CUDA memory, bytes."""
-    rss = _vm_hwm()
+    rss = proc_kib("/proc/self/status", "VmHWM")
     if rss is None:
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         rss *= 1 if sys.platform == "darwin" else 1024  # Linux reports KiB

@@ -263,6 +263,7 @@ DOC_TABLES = {
                   "--where", "model=smollm2-135m", "--where", "sparsity=0.5",
                   "--where", "label=sparsegpt,apt-refit,apt-refit-dense,apt-refit-dense-seq",
                   "--label-params", "target_alpha,blocksize"],
+    "cost": ["analysis/records/cost-smollm2", "--table", "frontier"],  # the scale section's SmolLM2 pair
 }
 
 

@@ -300,3 +300,15 @@ def test_dense_error_job_records_its_mean_and_keeps_old_hashes(tiny_data_root, t
     recompute = {**off, "engine": {**off["engine"], "dense_inputs": "recompute"}}
     assert config_hash(recompute) != config_hash(off)
     assert config_hash(OmegaConf.to_container(cfg, resolve=True)) != config_hash(off)
+
+
+def test_the_correction_leaves_its_inputs_alone_in_any_dtype():
+    """The correction factorises H + λI in place: on its own float64 copy, never on the caller's H."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    H, C = x.t() @ x, x.t() @ (x + 0.1 * torch.randn(40, 6, generator=g, dtype=torch.float64))
+    before = H.clone(), C.clone()
+    corr = dense_target_correction(H, C, 0.01)
+    assert torch.equal(H, before[0]) and torch.equal(C, before[1])
+    lam = 0.01 * float(torch.diagonal(H).mean())
+    torch.testing.assert_close(corr.chol @ corr.chol.t(), H + lam * torch.eye(6, dtype=torch.float64))

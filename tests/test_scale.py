@@ -43,7 +43,9 @@ def test_the_scale_harness_rejects_bad_input(tmp_path):
     assert out.returncode != 0 and "dtype='float8'; allowed: float32, bfloat16, float16" in out.stderr
 
 
-def test_the_benchmarks_scale_table_re_renders_from_the_archived_records():
+@pytest.mark.parametrize("records", ["scale", "scale-history"])
+def test_the_benchmarks_scale_tables_re_render_from_the_archived_records(records):
     from analysis.scale import scale_markdown
-    table = scale_markdown(REPO / "analysis" / "records" / "scale").split("\n\n")[0]
-    assert table in (REPO / "docs" / "benchmarks.md").read_text()
+    table = scale_markdown(REPO / "analysis" / "records" / records).split("\n\n")[0]
+    doc = (REPO / "docs" / "benchmarks.md").read_text()
+    assert table in doc and f"python -m analysis.scale analysis/records/{records} " in doc

@@ -75,7 +75,7 @@ def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 
     diff = (C - H).double()
     if not bool(diff.any()):
         return None
-    Hd = H.double()
+    Hd = H.to(torch.float64, copy=True)  # factorised in place below: never the caller's H
     damp = percdamp * float(torch.diagonal(Hd).mean())
     if not damp > 0:
         return None
