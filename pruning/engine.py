@@ -193,12 +193,13 @@ class _Pruner:
         """Calibrate, solve and re-run one block; its outputs become the next block's inputs."""
         linears = self.adapter.prunable(block)
         groups = self.groups(linears)
-        # the dense stream's inputs of every linear from one dense pass (engine.dense_inputs=stored), or per group
-        stored = fit_data and self.dense_stream and len(groups) > 1 and self.store_dense
-        # the block's dense weights: the reference of the dense-output and held-out errors, and (true_sequential with
-        # the dense stream recomputed per group) what later groups' dense passes run with
-        keep = (self.dense_report or self.held is not None
-                or (fit_data and self.dense_stream and len(groups) > 1 and not stored))
+        # group by group with the dense stream: its inputs of every linear from one dense pass per block
+        # (engine.dense_inputs=stored), or one pass per group with the block's dense weights put back (recompute)
+        per_group_dense = fit_data and self.dense_stream and len(groups) > 1
+        stored = per_group_dense and self.store_dense
+        # the block's dense weights: the reference of the dense-output and held-out errors, and what recomputed
+        # dense passes run with
+        keep = self.dense_report or self.held is not None or (per_group_dense and not stored)
         block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if keep else None
         calib = BlockPass(block, bi, self.adapter, linears, self.kwargs.of(bi) if fit_data else [], self.want_h,
                           self.solver.needs_norms, self.device, gram=self.dense_report)
