@@ -7,11 +7,12 @@ a tied LM head once, under the embedding's name, as ``save_pretrained`` does), s
 block ``k`` under its full name, and ``model.safetensors.index.json`` maps every tensor to its shard,
 so ``AutoModelForCausalLM.from_pretrained`` (or a block-streaming load) reads it like any checkpoint.
 
-:func:`verify_offloaded` reloads the directory into a fresh model whose blocks stream from a second
-store (:func:`pruning.offload.checkpoint_offloaded`, which refuses unknown, missing or incomplete
-tensors), compares every block's tensors bit for bit with the pruning store, checks the zero pattern
-and the N:M pattern, and the loss of one window through both models. Peak memory: the weights outside
-the blocks twice, plus two blocks.
+:func:`verify_offloaded` reloads the directory into a fresh model whose blocks stream from the saved
+shards themselves (:func:`pruning.offload.checkpoint_offloaded`, which refuses unknown, missing or
+incomplete tensors and copies nothing: verifying needs no disk beyond the saved model), compares every
+block's tensors bit for bit with the pruning store, checks the zero pattern and the N:M pattern, and the
+loss of one window through both models. Peak memory: the weights outside the blocks twice, plus two
+blocks.
 """
 
 from __future__ import annotations
@@ -92,7 +93,6 @@ def verify_offloaded(model_dir: str | os.PathLike, model, adapter, store, ids: t
                      target: Sparsity | None = None) -> dict:
     """Reload ``model_dir`` block by block and compare it with the offloaded ``model`` (module docstring).
     Returns the figures (as :func:`pruning.artifact.verify_saved`); raises :class:`ArtifactError`."""
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     from pruning.adapters import adapter_for
@@ -117,7 +117,7 @@ def verify_offloaded(model_dir: str | os.PathLike, model, adapter, store, ids: t
             if not name.startswith(prefix):
                 comparison.add(name, t.detach(), fresh_params[name].detach(), False)
         for i, block in enumerate(adapter.blocks(model)):  # two blocks in memory at a time
-            mine, theirs = load_file(str(store.path(i))), load_file(str(fresh_store.path(i)))
+            mine, theirs = store.tensors(i), fresh_store.tensors(i)
             if set(mine) != set(theirs):
                 raise ArtifactError(f"the saved model at {model_dir}: block {i} holds other tensors than the pruned "
                                     f"one: {sorted(set(mine) ^ set(theirs))[:5]}")

@@ -7,14 +7,15 @@ it, writes it back and releases it, and forward hooks do the same for any later 
 (perplexity, zero-shot), so at most one block is resident at a time.
 
 Peak memory ≈ non-block weights + one block + the engine's activations and statistics + runtime
-(README, "Memory"). The store is written from the checkpoint file by file (safetensors
-``safe_open``; never the whole model at once) or, for random test models, initialised block by
-block.
+(README, "Memory"). A checkpoint's blocks are read from its own files when first needed (safetensors
+``safe_open``: one block's tensors, never the whole model, never copied); the store holds what the
+engine writes back. Random models are initialised block by block straight into the store.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -88,15 +89,26 @@ class BlockStore:
 
     on_disk = True
 
-    def __init__(self, root: str | os.PathLike, adapter: FamilyAdapter):
+    def __init__(self, root: str | os.PathLike, adapter: FamilyAdapter, source: "CheckpointSource | None" = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.adapter = adapter
+        self.source = source
         self._hooked: set[int] = set()
         bound_allocator()
 
     def path(self, i: int) -> Path:
         return self.root / f"block{i:05d}.safetensors"
+
+    def tensors(self, i: int, device="cpu") -> dict[str, torch.Tensor]:
+        """Block ``i``'s state: its file in the store once written, else the checkpoint it was read from."""
+        from safetensors.torch import load_file
+
+        if self.path(i).exists():
+            return load_file(str(self.path(i)), device=str(device))
+        if self.source is not None and i in self.source.blocks:
+            return self.source.read(i, device)
+        raise ModelLoadError(f"offloaded block {i} is missing from {self.root}")
 
     def save_tensors(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
         from safetensors.torch import save_file
@@ -110,14 +122,11 @@ class BlockStore:
 
     def load(self, i: int, block: nn.Module, device="cpu") -> None:
         """Materialise block ``i`` from its file (no-op when it is already in memory)."""
-        from safetensors.torch import load_file
-
         if _materialized(block):
             return
-        if not self.path(i).exists():
-            raise ModelLoadError(f"offloaded block {i} is missing from {self.root}")
+        tensors = self.tensors(i, device)
         block.to_empty(device=device)
-        block.load_state_dict(load_file(str(self.path(i)), device=str(device)), strict=True)
+        block.load_state_dict(tensors, strict=True)
 
     @staticmethod
     def release(block: nn.Module) -> None:
@@ -152,8 +161,18 @@ class BlockStore:
             block.register_forward_pre_hook(pre, with_kwargs=True)
             block.register_forward_hook(post)
 
+    def clear(self) -> None:
+        """Remove the block files an earlier job left in a kept ``runtime.offload_dir``: they would be read
+        in place of the checkpoint's blocks."""
+        for f in [*self.root.glob("block*.safetensors"), *self.root.glob("block*.tmp")]:
+            f.unlink()
+
     def nbytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("block*.safetensors"))
+        """Bytes of the blocks: their files in the store, and the checkpoint's tensors of those not written yet."""
+        unread = 0
+        if self.source is not None:
+            unread = self.source.nbytes(exclude={i for i in self.source.blocks if self.path(i).exists()})
+        return sum(p.stat().st_size for p in self.root.glob("block*.safetensors")) + unread
 
 
 def check_offloadable(model: nn.Module, adapter: FamilyAdapter) -> None:
@@ -218,10 +237,42 @@ def random_offloaded(config, adapter_for, store_root: str | os.PathLike, seed: i
     return model, adapter, store
 
 
+class CheckpointSource:
+    """Where each block's tensors are in a safetensors checkpoint, read on demand (``safe_open``: only
+    that block's tensors) and never copied: a store over a 140 GB checkpoint writes nothing until a
+    block is pruned. Tensors are cast to the run's dtype as they are read."""
+
+    def __init__(self, where: Path, dtype: torch.dtype):
+        self.where, self.dtype = where, dtype
+        self.blocks: dict[int, list[tuple[str, str, str]]] = {}  # block -> (file, key in file, name in block)
+        self._bytes: dict[int, int] = {}
+
+    def add(self, i: int, fname: str, key: str, rest: str, numel: int) -> None:
+        self.blocks.setdefault(i, []).append((fname, key, rest))
+        self._bytes[i] = self._bytes.get(i, 0) + numel * self.dtype.itemsize
+
+    def read(self, i: int, device="cpu") -> dict[str, torch.Tensor]:
+        from safetensors import safe_open
+
+        out, by_file = {}, {}
+        for fname, key, rest in self.blocks[i]:
+            by_file.setdefault(fname, []).append((key, rest))
+        for fname, entries in by_file.items():
+            with safe_open(str(self.where / fname), framework="pt") as f:
+                for key, rest in entries:
+                    t = f.get_tensor(key)
+                    out[rest] = t.to(device=device, dtype=self.dtype if t.is_floating_point() else t.dtype)
+        return out
+
+    def nbytes(self, exclude=()) -> int:
+        return sum(b for i, b in self._bytes.items() if i not in exclude)
+
+
 def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_root: str | os.PathLike,
                          dtype=torch.float32):
-    """Stream a local safetensors checkpoint (``save_pretrained`` layout) into a store, one file
-    and one tensor at a time; only the non-block weights are kept in memory."""
+    """A model over a local safetensors checkpoint (``save_pretrained`` layout): the non-block weights
+    read into memory, the blocks read from the checkpoint's files when they are first needed
+    (:class:`CheckpointSource`); the store holds only the blocks written since (the pruned ones)."""
     from safetensors import safe_open
 
     where = Path(where)
@@ -232,13 +283,12 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
     model = _empty_model(config, dtype)
     adapter = adapter_for(model)
     check_offloadable(model, adapter)
-    store = BlockStore(store_root, adapter)
+    source = CheckpointSource(where, dtype)
+    store = BlockStore(store_root, adapter, source)
+    store.clear()
     names = set(dict(model.named_parameters(remove_duplicate=False))) | set(model.state_dict())
     prefix = adapter.blocks_path + "."
     outside: dict[str, torch.Tensor] = {}
-    per_block: dict[int, dict[str, torch.Tensor]] = {}
-    n_blocks = len(adapter.blocks(model))
-    block_size = [len(b.state_dict()) for b in adapter.blocks(model)]  # tensors that make a block complete
     for fname in files:
         with safe_open(str(where / fname), framework="pt") as f:
             for key in f.keys():
@@ -248,16 +298,16 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
                                          f"{type(model).__name__}")
                 if name.startswith(prefix):
                     i, rest = name[len(prefix):].split(".", 1)
-                    per_block.setdefault(int(i), {})[rest] = f.get_tensor(key).to(dtype)
-                    if len(per_block[int(i)]) == block_size[int(i)]:
-                        store.save_tensors(int(i), per_block.pop(int(i)))  # complete: flush to disk
+                    source.add(int(i), fname, key, rest, math.prod(f.get_slice(key).get_shape()))
                 else:
                     outside[name] = f.get_tensor(key)
-    if per_block:
-        raise ModelLoadError(f"checkpoint {where}: blocks {sorted(per_block)} are incomplete")
-    missing_blocks = [i for i in range(n_blocks) if not store.path(i).exists()]
-    if missing_blocks:
-        raise ModelLoadError(f"checkpoint {where}: no tensors for blocks {missing_blocks}")
+    blocks = adapter.blocks(model)
+    absent = [i for i in range(len(blocks)) if i not in source.blocks]
+    if absent:
+        raise ModelLoadError(f"checkpoint {where}: no tensors for blocks {absent}")
+    incomplete = [i for i, b in enumerate(blocks) if {r for _, _, r in source.blocks[i]} != set(b.state_dict())]
+    if incomplete:
+        raise ModelLoadError(f"checkpoint {where}: blocks {incomplete} are incomplete")
     missing = _materialize_outside_blocks(model, adapter, outside, dtype)
     model.tie_weights()
     params = dict(model.named_parameters(remove_duplicate=False))

@@ -95,6 +95,50 @@ def test_streamed_verification_catches_a_changed_block(tiny_checkpoint, tmp_path
         verify_offloaded(tmp_path / "m", loaded.model, loaded.adapter, loaded.store, ids)
 
 
+def test_an_offloaded_checkpoint_is_read_in_place_and_a_stale_store_is_cleared(tiny_checkpoint, tmp_path):
+    """The store copies no block of a checkpoint (a 140 GB model needs no second 140 GB); a block
+    file an earlier job left in a kept offload_dir is removed, not read in place of the checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    dense = load_file(str(tiny_checkpoint / "model.safetensors"))
+    stale = {k.split("layers.0.", 1)[1]: torch.zeros_like(v) for k, v in dense.items() if ".layers.0." in k}
+    save_file(stale, str(store_dir / "block00000.safetensors"))
+    cfg = compose_cfg(["model=tiny-llama", "model.source=local", f"+model.path={tiny_checkpoint}"]).model
+    loaded = load_model(cfg, offload_dir=store_dir)
+    assert not list(store_dir.iterdir())
+    block_bytes = sum(v.numel() * 4 for k, v in dense.items() if ".layers." in k)
+    assert loaded.store.nbytes() == block_bytes
+    block = loaded.adapter.blocks(loaded.model)[0]
+    loaded.store.hold(0, block)
+    weight = block.mlp.down_proj.weight
+    assert torch.equal(weight, dense["model.layers.0.mlp.down_proj.weight"])
+    weight.data.zero_()
+    loaded.store.put_back(0, block)  # written: from now on read from the store
+    assert [f.name for f in store_dir.iterdir()] == ["block00000.safetensors"]
+    assert block_bytes < loaded.store.nbytes() < block_bytes + 4096  # the written file's header on top
+    assert torch.count_nonzero(loaded.store.tensors(0)["mlp.down_proj.weight"]) == 0
+    assert torch.equal(loaded.store.tensors(1)["mlp.down_proj.weight"], dense["model.layers.1.mlp.down_proj.weight"])
+
+
+def test_an_incomplete_checkpoint_is_refused_naming_the_block(tiny_checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from pruning.errors import ModelLoadError
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+    cfg = compose_cfg(["model=tiny-llama", "model.source=local", f"+model.path={ckpt}"]).model
+    with pytest.raises(ModelLoadError, match=r"blocks \[1\] are incomplete"):
+        load_model(cfg, offload_dir=tmp_path / "store")
+
+
 def test_offload_refuses_what_it_cannot_do(tiny_checkpoint, tiny_data_root, tmp_path):
     from pruning.pipeline import run_job
 
