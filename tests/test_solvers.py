@@ -135,3 +135,22 @@ def test_bad_blocksize_for_nm(layer):
         sparsegpt(W, parse_sparsity("4:8"), H=s.H, blocksize=12)
     with pytest.raises(ConfigError, match="does not divide the input width 64"):
         magnitude(W, parse_sparsity("2:6"))
+
+
+@pytest.mark.parametrize("pattern", ["0.5", "2:4", "0.9"])
+def test_the_reported_layer_error_matches_a_float64_computation(pattern):
+    """relative_error multiplies in float32 and sums in float64: on SparseGPT's own update (which
+    minimises the trace, so rounding would show first) it stays within 1e-6 of float64."""
+    from pruning.solvers.common import relative_error
+
+    g = torch.Generator().manual_seed(0)
+    cols, n = 256, 512
+    X = (torch.randn(cols, cols, generator=g) / cols**0.5 + 0.05 * torch.eye(cols)) @ torch.randn(cols, n, generator=g)
+    X[:3] *= 30  # outlier features
+    H = X @ X.T / n
+    w = torch.randn(128, cols, generator=g)
+    out = SOLVERS["sparsegpt"].fn(w, parse_sparsity(pattern), H=H.clone()).weight
+    w64, d64 = w.double(), (w - out).double()
+    exact = float(((d64 @ H.double()) * d64).sum() / ((w64 @ H.double()) * w64).sum())
+    assert relative_error(w, out, H) == pytest.approx(exact, rel=1e-6)
+    assert relative_error(w, out, H) < relative_error(w, w.masked_fill(out == 0, 0), H)  # the update helps

@@ -49,14 +49,20 @@ def smallest_mask(score: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def relative_error(w: torch.Tensor, w_new: torch.Tensor, H: torch.Tensor | None) -> float | None:
-    """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``, i.e. ‖WX − W'X‖² / ‖WX‖² for H ∝ XXᵀ (no extra data)."""
+    """``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)``, i.e. ‖WX − W'X‖² / ‖WX‖² for H ∝ XXᵀ (no extra data).
+
+    The products run in float32 (H is accumulated in float32) and the traces are summed in float64:
+    within 1e-6 relative of an all-float64 computation on SparseGPT's outputs at 50%, 2:4 and 90%
+    (ΔW minimises the trace, the case where rounding would show first), in 0.6x the time and
+    half the memory (a LLaMA-3-8B down_proj: 39 s -> 23 s on 2 cores; it runs for every layer of
+    every method)."""
     if H is None:
         return None
-    H = H.double()
-    w = w.double()
-    dw = w - w_new.double()
-    den = float(((w @ H) * w).sum())
-    num = float(((dw @ H) * dw).sum())
+    H = H.float()
+    w = w.float()
+    dw = w - w_new.float()
+    den = float((w @ H).mul_(w).sum(dtype=torch.float64))
+    num = float((dw @ H).mul_(dw).sum(dtype=torch.float64))
     return num / den if den > 0 else float("nan")
 
 
