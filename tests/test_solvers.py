@@ -154,3 +154,15 @@ def test_the_reported_layer_error_matches_a_float64_computation(pattern):
     exact = float(((d64 @ H.double()) * d64).sum() / ((w64 @ H.double()) * w64).sum())
     assert relative_error(w, out, H) == pytest.approx(exact, rel=1e-6)
     assert relative_error(w, out, H) < relative_error(w, w.masked_fill(out == 0, 0), H)  # the update helps
+
+
+def test_the_linear_time_threshold_is_the_sorted_value_ties_included():
+    from pruning.solvers.common import sorted_value
+
+    g = torch.Generator().manual_seed(1)
+    score = torch.randint(0, 7, (33, 17), generator=g).float()  # heavy ties
+    flat = torch.sort(score.flatten())[0]
+    for index in (0, 1, 100, 280, score.numel() - 1):
+        assert sorted_value(score, index) == flat[index]
+    with pytest.raises(IndexError, match="sorted position 561 of 561"):
+        sorted_value(score, score.numel())

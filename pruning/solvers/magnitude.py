@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pruning.solvers.common import SolverResult, check_pattern, nm_mask, relative_error
+from pruning.solvers.common import SolverResult, check_pattern, nm_mask, relative_error, sorted_value
 from pruning.sparsity import Sparsity
 
 
@@ -22,7 +22,7 @@ def magnitude(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor | None = N
     if sparsity.kind == "nm":
         mask = nm_mask(metric, sparsity.n, sparsity.m)
     else:
-        thresh = torch.sort(metric.flatten())[0][int(w.numel() * sparsity.ratio)]
+        thresh = sorted_value(metric, int(w.numel() * sparsity.ratio))
         mask = metric <= thresh
     out = w.clone()
     out[mask] = 0

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, undamped
+from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, sorted_value, undamped
 from pruning.sparsity import Sparsity
 
 
@@ -48,7 +48,7 @@ def sparsegpt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms:
         Hinv1 = Hinv[i1:i2, i1:i2]
         if prunen == 0:
             tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-            thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity.ratio)]
+            thresh = sorted_value(tmp, int(tmp.numel() * sparsity.ratio))
             mask1 = tmp <= thresh
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
