@@ -254,27 +254,3 @@ def test_exploded_perplexities_are_marked_and_explained(frontier):
     assert "| 6.3e+04† |" in md and "† exploded: NaN or above 10000 (ratios" in md
     tex = frontier_latex(frame)
     assert "†" not in tex and "6.3e+04$^\\dagger$" in tex and "$^\\dagger$ exploded" in tex
-
-
-# the frontier tables of docs/benchmarks.md, with the commands written beside them there
-DOC_TABLES = {
-    "results": ["analysis/records/frontier", "analysis/records/frontier-sequential", "--table", "frontier"],
-    "ablations": ["analysis/records/frontier", "analysis/records/frontier-ablations", "--table", "frontier",
-                  "--where", "model=smollm2-135m", "--where", "sparsity=0.5",
-                  "--where", "label=sparsegpt,apt-refit,apt-refit-dense,apt-refit-dense-seq",
-                  "--label-params", "target_alpha,blocksize"],
-    "cost": ["analysis/records/cost-smollm2", "--table", "frontier"],  # the scale section's SmolLM2 pair
-}
-
-
-@pytest.mark.parametrize("name", sorted(DOC_TABLES))
-def test_the_benchmarks_frontier_tables_re_render_from_the_archived_records(name, tmp_path):
-    from tests.conftest import REPO
-    out = tmp_path / "table.md"
-    assert tables_main([str(REPO / a) if a.startswith("analysis/records") else a for a in DOC_TABLES[name]]
-                       + ["--out", str(out)]) == 0
-    doc = (REPO / "docs" / "benchmarks.md").read_text()
-    command = " ".join(DOC_TABLES[name][:2])
-    assert command in doc  # the command is written beside the table
-    rows = [line for line in out.read_text().splitlines() if line.startswith("|")]
-    assert rows and all(line in doc for line in rows), [line[:80] for line in rows if line not in doc][:3]

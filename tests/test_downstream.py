@@ -2,7 +2,6 @@
 pooled paired permutation test, equivalence and the smallest detectable difference, against values
 computed by hand or by scipy's exact tests."""
 
-import math
 
 import numpy as np
 import pytest
@@ -101,15 +100,3 @@ def test_the_downstream_preset_scores_the_informative_tasks_on_full_sets():
     assert cfg.eval.zero_shot.limit is None and cfg.eval.zero_shot.enabled and cfg.sweep_name == "downstream"
     assert dict(cfg.hydra.sweeper.params) == {"method": "dense,wanda,sparsegpt,apt-refit-dense-seq",
                                               "sparsity": "0.5,2:4"}
-
-
-@pytest.mark.parametrize("model", ["smollm2-135m", "gemma3-270m"])
-def test_the_benchmarks_downstream_tables_re_render_from_the_archived_records(model):
-    from analysis.collect import collect
-    from analysis.downstream import downstream_markdown
-    from analysis.rows import select_rows
-    from tests.conftest import REPO
-    frame = select_rows(collect(REPO / "analysis" / "records" / "zeroshot-table").frame, [f"model={model}"])
-    rows = [line for line in downstream_markdown(frame).splitlines() if line.startswith(f"| {model} |")]
-    docs = (REPO / "docs" / "benchmarks.md").read_text()
-    assert len(rows) == 2 and all(row in docs for row in rows)

@@ -41,11 +41,3 @@ def test_the_scale_harness_rejects_bad_input(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.scale", "arch=tiny", "dtype=float8",
                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "dtype='float8'; allowed: float32, bfloat16, float16" in out.stderr
-
-
-@pytest.mark.parametrize("records", ["scale", "scale-history"])
-def test_the_benchmarks_scale_tables_re_render_from_the_archived_records(records):
-    from analysis.scale import scale_markdown
-    table = scale_markdown(REPO / "analysis" / "records" / records).split("\n\n")[0]
-    doc = (REPO / "docs" / "benchmarks.md").read_text()
-    assert table in doc and f"python -m analysis.scale analysis/records/{records} " in doc
