@@ -190,9 +190,9 @@ def _converted_cache(gguf: Path, cache: Path) -> Path:
 
 
 def model_preflight(cfg: ModelSpec | Mapping) -> dict:
-    """What can be known about a model without loading its weights: the files exist, and its context
-    length (``max_position_embeddings``) from its config, where that is readable offline and cheaply
-    (random, local, a converted GGUF cache, a cached hub config); None where it is not."""
+    """What can be known about a model without loading its weights: the files exist, and its config
+    (``config``, with the context length ``max_position_embeddings``), where that is readable offline and
+    cheaply (random, local, a converted GGUF cache, a cached hub config); None where it is not."""
     cfg = as_spec(ModelSpec, cfg, "model")
     source = cfg.source
     config = None
@@ -222,7 +222,7 @@ def model_preflight(cfg: ModelSpec | Mapping) -> dict:
         raise
     except Exception as e:  # an unreadable config: the load reports it, naming the file
         log.debug("model config not readable ahead of loading: %s", e)
-    return {"name": cfg.name, "source": source,
+    return {"name": cfg.name, "source": source, "config": config,
             "max_position_embeddings": getattr(config, "max_position_embeddings", None) if config else None}
 
 

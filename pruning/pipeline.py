@@ -32,6 +32,7 @@ from pruning.errors import ConfigError, DataError, ModelLoadError
 from pruning.evaluation.perplexity import evaluate_perplexity, tokenize_text
 from pruning.evaluation.zero_shot import check_task_data, evaluate_zero_shot
 from pruning.inputs import job_inputs
+from pruning.memory_check import check_memory
 from pruning.models import load_model, model_preflight, resolve_device
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
@@ -93,7 +94,9 @@ def _preflight_inputs(spec: JobSpec, calibrating: bool) -> None:
         preflight(spec.calibration.dataset, spec.calibration.split, **kw)
     if spec.eval.zero_shot_on:
         check_task_data(list(spec.eval.zero_shot.tasks), data)
-    check_context(model_preflight(spec.model), spec, calibrating=calibrating)
+    model_info = model_preflight(spec.model)
+    check_context(model_info, spec, calibrating=calibrating)
+    check_memory(model_info, spec, calibrating=calibrating)
 
 
 def _check_device(device: str | None) -> None:

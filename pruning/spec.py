@@ -164,6 +164,7 @@ class RuntimeSpec:
     gpu_lock_dir: str = "outputs/.gpu-locks"
     offload: str | None = field(default=None, metadata={"choices": (None, "disk")})
     offload_dir: str | None = None
+    memory_check: bool = True  # refuse a job whose memory lower bound exceeds what is available (memory_check.py)
     max_fallback_share: float = 0.1
     zero_shot_logits_gb: float | None = field(default=4.0, metadata=_above(0))
     zero_shot_shared_context: bool = False  # needs zero_shot_logits_gb (the budgeted lm-eval model)
