@@ -60,7 +60,9 @@ def scale_long(root: str | Path) -> pd.DataFrame:
                      if rec["device"] == "cpu" else rec["memory"].get("peak_cuda_bytes", 0) / GB,
                      **_hours(b, proj),
                      "peak_gb": proj["peak_bytes"] / GB, "peak_offload_gb": proj["peak_bytes_offload"] / GB,
-                     "forward_over_bound": proj["forward_over_bound"], "path": str(path.parent)})
+                     "forward_over_bound": proj["forward_over_bound"],
+                     "ref_block_s": (rec.get("anchor") or {}).get("per_block", {}).get("prune_total_s"),
+                     "path": str(path.parent)})
     if not rows:
         raise FileNotFoundError(f"{root}: no complete scale record below it")
     frame = pd.DataFrame(rows)
@@ -68,6 +70,8 @@ def scale_long(root: str | Path) -> pd.DataFrame:
     base = frame[frame["method"] == "sparsegpt"].set_index(keys)["block_s"]
     frame["x_sparsegpt"] = [base.get(tuple(r[k] for k in keys), float("nan")) for _, r in frame.iterrows()]
     frame["x_sparsegpt"] = frame["block_s"] / frame["x_sparsegpt"]
+    frame["x_ref"] = frame["block_s"] / frame["ref_block_s"].astype(float)
+    frame = frame[[c for c in frame.columns if c not in ("ref_block_s", "x_ref")] + ["ref_block_s", "x_ref"]]
     order = sorted(range(len(frame)), key=lambda i: (frame.at[i, "arch"], frame.at[i, "tokens"],
                                                      method_key(frame.at[i, "method"])))
     return frame.iloc[order].reset_index(drop=True)
@@ -79,14 +83,16 @@ def scale_markdown(root: str | Path) -> str:
     num = {c: (lambda v, d=d: "–" if v is None or v != v else f"{v:.{d}f}") for c, d in (
         ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("report_s", 1), ("block_s", 1), ("working_gb", 2),
         ("model_h", 2), ("paper_h", 2), ("peak_gb", 1), ("peak_offload_gb", 1), ("forward_over_bound", 1))}
-    num["x_sparsegpt"] = lambda v: "–" if v != v else f"{v:.2f}×"
+    num["x_sparsegpt"] = num["x_ref"] = lambda v: "–" if v is None or v != v else f"{v:.2f}×"
+    num["ref_block_s"] = lambda v: "–" if v is None or v != v else f"{v:.1f}"
     return (to_markdown(shown, num) + "\nPer block: calibration forward passes (of which statistics accumulation and the dense "
             "stream's passes), solver, the layers' dense-output error report (report_s), the whole prune and its ratio to SparseGPT's on the same shapes, tokens, dtype "
             "and device; working memory = peak RSS (CUDA: peak allocated) while pruning, less the RSS before. "
             "Projected to the real depth (model_h) and to 128 × 2048 calibration tokens (paper_h); peak memory with "
             "every block resident (peak_gb) or one (offload); forward_over_bound = calibration forward time over "
             "the matrix FLOPs of the passes the method makes at this machine's measured matmul throughput "
-            "(experiments/scale.py says how).\n")
+            "(experiments/scale.py says how); ref_block_s = the reference SparseGPT (IST-DASLab/sparsegpt's fasterprune, "
+            "`anchor=`) on the same block and windows in the same run, x_ref = block_s over it.\n")
 
 
 def write_tables(root: str | Path) -> list[Path]:

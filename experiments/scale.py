@@ -6,6 +6,11 @@ and solver, its peak memory, and the projection of both to the whole model and t
     python -m experiments.scale arch=llama-2-7b method=sparsegpt nsamples=16 seqlen=512
     python -m experiments.scale -m arch=llama-2-7b,llama-3-8b method=sparsegpt,apt-refit-dense-seq
     python -m analysis.scale outputs/sweeps/scale          # the table (written at the end of a sweep too)
+    python -m experiments.scale arch=llama-2-7b method=sparsegpt anchor=/path/to/sparsegpt   # + the reference
+
+``anchor=`` (a checkout of IST-DASLab/sparsegpt outside this repository) also runs the reference SparseGPT's
+``fasterprune`` on a fresh copy of the same blocks and windows (:mod:`experiments.reference_anchor`), recorded
+under ``anchor`` with its time split, working memory and, on a SparseGPT row, how many weights both masks agree on.
 
 How the projections are made (and what they leave out), per record under ``projection``:
 
@@ -39,8 +44,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import experiments.run  # noqa: F401  (registers override_suffix)
 from analysis.scale import whole_model_seconds
+from experiments.reference_anchor import load_reference, run_reference
 from experiments.solver_timing import sync
 from pruning.adapters import adapter_for
+from pruning.capture import capture_block_inputs
 from pruning.engine import prune_model
 from pruning.errors import ConfigError
 from pruning.results import benchmark_job, peak_memory, reset_peak_memory, utc_now, versions, write_json_atomic
@@ -112,7 +119,8 @@ def projection(arch: dict, per_block: dict, cfg, bytes_per_block: int, working: 
 def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
-    path, chash, existing = benchmark_job(config, out_dir, bool(cfg.force))
+    hashed = {k: v for k, v in config.items() if not (k == "anchor" and v is None)}  # records before the anchor
+    path, chash, existing = benchmark_job(hashed, out_dir, bool(cfg.force))
     if existing is not None:
         return existing
     method, target = parse_method(config["method"], config["sparsity"], eval_only=())
@@ -129,6 +137,7 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     arch = config["arch"]
+    reference = load_reference(cfg.anchor) if cfg.get("anchor") else None  # a bad path fails before the prune
     flops = matmul_throughput(dtype, device)
     model = build_blocks(arch, int(cfg.blocks), dtype, device, int(cfg.seed))
     adapter = adapter_for(model)
@@ -157,12 +166,50 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
                else max(0, mem.get("peak_cuda_bytes", 0) - weights))  # on a GPU: its peak less the blocks' weights
     record["projection"] = projection(arch, per_block, cfg, record["memory"]["block_bytes"], working, dtype, passes,
                                       flops)
+    if cfg.get("anchor"):
+        masks = {n: linear.weight == 0 for n, linear in adapter.prunable(adapter.blocks(model)[0]).items()}
+        del model, report
+        record["anchor"] = run_anchor(cfg, reference, method, target, windows, masks)
     write_json_atomic(path, record)
     log.info("scale: %s %s: %.1f s per block (forward %.1f, solver %.1f); projected %d layers: %.0f s, "
              "peak %.1f GB; wrote %s", arch["name"], method.label, per_block["prune_total_s"],
              per_block["calib_forward_s"], per_block["solver_s"], arch["layers"], record["projection"]["prune_s"],
              record["projection"]["peak_bytes"] / 2**30, path)
     return record
+
+
+def run_anchor(cfg, reference: tuple, method, target, windows: torch.Tensor, masks: dict) -> dict:
+    """The reference SparseGPT on a fresh copy of the same blocks (the same seed) and the same windows
+    (:mod:`experiments.reference_anchor`): its per-block timings, working memory, and, where the row is
+    SparseGPT's, the share of weights on which the two masks agree (block 0)."""
+    reference, commit = reference
+    arch = OmegaConf.to_container(cfg.arch, resolve=True)
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]
+    params = {"blocksize": 128, "percdamp": 0.01}  # the reference's defaults, or the row's own SparseGPT knobs
+    if method.name == "sparsegpt":
+        params = {k: method.solver_params[k] for k in params}
+    model = build_blocks(arch, int(cfg.blocks), dtype, device, int(cfg.seed))
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        inputs, kwargs = capture_block_inputs(model, adapter, windows)
+    reset_peak_memory()
+    before = peak_memory()["peak_rss_bytes"]
+    totals: dict[str, float] = {}
+    for bi, block in enumerate(adapter.blocks(model)):
+        linears = adapter.prunable(block)
+        times, inputs = run_reference(reference, block, linears, inputs, kwargs.of(bi), target, params,
+                                      lambda: sync(device))
+        totals = {k: totals.get(k, 0.0) + v for k, v in times.items()}
+    mem = peak_memory()
+    agree = None
+    if method.name == "sparsegpt":
+        ref = {n: linear.weight == 0 for n, linear in adapter.prunable(adapter.blocks(model)[0]).items()}
+        agree = sum(int((ref[n] == masks[n]).sum()) for n in masks) / sum(m.numel() for m in masks.values())
+    log.info("scale: reference SparseGPT (%s): %.1f s per block", commit, totals["prune_total_s"] / int(cfg.blocks))
+    return {"source": "IST-DASLab/sparsegpt", "commit": commit, "params": params,
+            "per_block": {k: v / int(cfg.blocks) for k, v in totals.items()},
+            "working_bytes": max(0, mem["peak_rss_bytes"] - before) if device.type == "cpu"
+            else mem.get("peak_cuda_bytes"), "mask_agreement": agree}
 
 
 def _passes(method, adapter, engine: EngineSpec) -> float:

@@ -1,83 +1,24 @@
-"""Every table in the README and docs/ says where it comes from, and the measured ones re-render.
-
-A table is preceded by one of these markers (an HTML comment: invisible on the page):
-
-- ``<!-- table: python -m analysis.<module> ARGS -->``: rendered from archived records by that command
-  (the command a reader runs, written beside it); the test runs it and the document's table must be
-  exactly the rendered one, row for row;
-- ``<!-- not a measurement -->``: configuration, options, a file layout;
-- ``<!-- quoted: docs/benchmarks.md -->`` (README only): every number appears in a rendered table there
-  (tests/test_readme.py);
-- ``<!-- history: no records -->`` (docs/history.md only): a past measurement whose records were never
-  archived; that page claims nothing current.
-"""
+"""Every table in the README and docs/ says where it comes from, and the marked ones re-render from the
+archived records row for row (the markers: analysis/doc_tables.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import io
-import re
-import shlex
-
 import pytest
 
+from analysis.doc_tables import MARKER, command_of, documents, refresh, render, tables
 from tests.conftest import REPO
-
-MARKER = re.compile(r"^\s*<!-- (table: (?P<command>.+?)|not a measurement|quoted: docs/benchmarks\.md"
-                    r"|history: no records) -->\s*$")
-RENDERERS = ("analysis.tables", "analysis.scale", "analysis.solver_timing")
-DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-
-
-def tables(path):
-    """``(marker, rows)`` for every table of a markdown file; ``marker`` is the last marker line since
-    the previous table (None without one); rows are stripped (tables inside list items are indented)."""
-    out, marker, rows, fenced = [], None, [], False
-    for line in path.read_text().splitlines() + [""]:
-        if line.strip().startswith("```"):
-            fenced = not fenced
-        stripped = line.strip()
-        if not fenced and stripped.startswith("|"):
-            rows.append(stripped)
-            continue
-        if rows:
-            out.append((marker, rows))
-            marker, rows = None, []
-        found = MARKER.match(line)
-        if found and not fenced:
-            marker = found.group(0).strip()
-    return out
-
-
-def render(command: str) -> list[str]:
-    """The first table the command prints, run in-process (its module's ``main``)."""
-    argv = shlex.split(command)
-    assert argv[:2] == ["python", "-m"] and argv[2] in RENDERERS, command
-    main = importlib.import_module(argv[2]).main
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        assert main([str(REPO / a) if a.startswith("analysis/records") else a for a in argv[3:]]) in (0, None)
-    rows, started = [], False
-    for line in buf.getvalue().splitlines():
-        if line.strip().startswith("|"):
-            rows.append(line.strip())
-            started = True
-        elif started:
-            break
-    return rows
 
 
 def rendered_tables():
-    return [(path.relative_to(REPO).as_posix(), marker, rows) for path in DOCS for marker, rows in tables(path)
-            if marker and marker.startswith("<!-- table:")]
+    return [(path.relative_to(REPO).as_posix(), marker, rows) for path in documents() for marker, rows, _ in tables(path)
+            if marker and command_of(marker)]
 
 
 def test_every_table_says_where_it_comes_from():
     unmarked, misplaced = [], []
-    for path in DOCS:
+    for path in documents():
         name = path.relative_to(REPO).as_posix()
-        for marker, rows in tables(path):
+        for marker, rows, _ in tables(path):
             if marker is None:
                 unmarked.append(f"{name}: {rows[0][:70]}")
             elif ("quoted:" in marker and name != "README.md") or ("history:" in marker and name != "docs/history.md"):
@@ -90,21 +31,27 @@ def test_every_table_says_where_it_comes_from():
 @pytest.mark.parametrize("where,marker,rows", rendered_tables(),
                          ids=[f"{n}:{i}" for i, (n, _, _) in enumerate(rendered_tables())])
 def test_a_marked_table_is_what_its_command_renders(where, marker, rows):
-    command = MARKER.match(marker).group("command")
+    command = command_of(marker)
     lines = (REPO / where).read_text().replace("\\\n", " ").splitlines()
     visible = " ".join(" ".join(line for line in lines if not MARKER.match(line)).split())
     assert command in visible, f"{where}: the command is not written out beside its table: {command}"
-    assert render(command) == rows, f"{where}: {command}"
+    assert render(command) == rows, f"{where}: {command} (python -m analysis.doc_tables --write re-renders it)"
 
 
-def test_the_parser_finds_tables_markers_and_skips_fences(tmp_path):
+def test_the_parser_finds_tables_markers_and_skips_fences_and_refresh_rewrites_a_stale_table(tmp_path):
     doc = tmp_path / "x.md"
     doc.write_text("<!-- not a measurement -->\n| a |\n|---|\n| 1 |\n\n```\n| in a fence |\n```\n\n  | b |\n"
-                   "<!-- table: python -m analysis.scale analysis/records/scale -->\n| c |\n")
-    found = tables(doc)
-    assert [(m, r) for m, r in found] == [("<!-- not a measurement -->", ["| a |", "|---|", "| 1 |"]),
-                                          (None, ["| b |"]),
-                                          ("<!-- table: python -m analysis.scale analysis/records/scale -->", ["| c |"])]
+                   "<!-- table: python -m analysis.solver_timing analysis/records/solver-timing-h200 --pivot -->\n"
+                   "  | stale |\n")
+    found = [(m, r) for m, r, _ in tables(doc)]
+    command = "python -m analysis.solver_timing analysis/records/solver-timing-h200 --pivot"
+    assert found == [("<!-- not a measurement -->", ["| a |", "|---|", "| 1 |"]), (None, ["| b |"]),
+                     (f"<!-- table: {command} -->", ["| stale |"])]
+    assert refresh(doc, write=False) == [command] and "| stale |" in doc.read_text()
+    assert refresh(doc, write=True) == [command] and refresh(doc, write=False) == []
+    assert "  | sparsity | SparseGPT | APT | APT-refit-dense-seq | ALPS |" in doc.read_text()  # indentation kept
+    with pytest.raises(ValueError, match="not a table command"):
+        render("python -m os.path x")
 
 
 def test_the_solver_timing_pivot_puts_sparsegpt_first_and_refuses_two_settings_of_a_method():

@@ -41,3 +41,63 @@ def test_the_scale_harness_rejects_bad_input(tmp_path):
     out = subprocess.run([sys.executable, "-m", "experiments.scale", "arch=tiny", "dtype=float8",
                           f"hydra.run.dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "dtype='float8'; allowed: float32, bfloat16, float16" in out.stderr
+
+
+# a stand-in for a checkout of IST-DASLab/sparsegpt (CI has none): the same interface (SparseGPT(layer),
+# add_batch, fasterprune, free), here backed by this project's own SparseGPT; it also imports a sibling module
+# as the reference's sparsegpt.py imports quant.py
+STAND_IN = '''
+import torch
+from helper import solve
+
+
+class SparseGPT:
+    def __init__(self, layer):
+        self.layer, self.H, self.n = layer, 0, 0
+
+    def add_batch(self, inp, out):
+        x = inp.reshape(-1, inp.shape[-1]).float()
+        self.H = self.H + 2 * x.t() @ x
+        self.n += 1
+
+    def fasterprune(self, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01):
+        torch.cuda.synchronize()  # the reference calls it unconditionally
+        print("time 0.0")
+        self.layer.weight.data = solve(self.layer.weight.data, self.H / self.n, sparsity, prunen, prunem, blocksize,
+                                       percdamp)
+
+    def free(self):
+        self.H = None
+'''
+HELPER = '''
+from pruning.solvers.sparsegpt import sparsegpt
+from pruning.sparsity import parse_sparsity
+
+
+def solve(w, H, sparsity, prunen, prunem, blocksize, percdamp):
+    spec = parse_sparsity(f"{prunen}:{prunem}" if prunen else sparsity)
+    return sparsegpt(w, spec, H=H, blocksize=blocksize, percdamp=percdamp).weight
+'''
+
+
+def test_the_reference_anchor_runs_beside_a_row_on_the_same_block_and_windows(tmp_path):
+    checkout = tmp_path / "sparsegpt"
+    checkout.mkdir()
+    (checkout / "sparsegpt.py").write_text(STAND_IN)
+    (checkout / "helper.py").write_text(HELPER)
+    out = subprocess.run([sys.executable, "-m", "experiments.scale", "arch=tiny", "method=sparsegpt", "nsamples=4",
+                          "seqlen=32", "blocks=2", "threads=1", f"anchor={checkout}", f"hydra.run.dir={tmp_path / 'job'}"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rec = json.loads((tmp_path / "job" / "results.json").read_text())
+    anchor = rec["anchor"]
+    assert anchor["source"] == "IST-DASLab/sparsegpt" and anchor["commit"] is None  # not a git checkout
+    assert anchor["params"] == {"blocksize": 128, "percdamp": 0.01}
+    assert anchor["per_block"]["solver_s"] > 0 and anchor["per_block"]["calib_forward_s"] > 0
+    assert anchor["mask_agreement"] > 0.99  # the same solver on the same block and windows
+    from analysis.scale import scale_long
+    row = scale_long(tmp_path).iloc[0]
+    assert row["ref_block_s"] == anchor["per_block"]["prune_total_s"] and row["x_ref"] > 0
+    bad = subprocess.run([sys.executable, "-m", "experiments.scale", "arch=tiny", f"anchor={tmp_path / 'none'}",
+                          f"hydra.run.dir={tmp_path / 'bad'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "no sparsegpt.py there; clone IST-DASLab/sparsegpt" in bad.stderr
