@@ -136,14 +136,16 @@ def needs_calibration(method: str, *, report_error: bool, dense_error: bool, all
 
 
 def prune_loaded(model, adapter, windows, method: MethodSpec, target: Sparsity, allocation: dict,
-                 profile: dict | None, engine: EngineSpec, *, store=None, heldout=None):
+                 profile: dict | None, engine: EngineSpec, *, store=None, heldout=None, progress=None):
     """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`. ``method``
     and ``engine`` travel whole to :func:`pruning.engine.prune_model`; ``heldout``: windows on which every
-    layer's error is measured too. Returns ``(EngineReport, Allocation)``."""
+    layer's error is measured too; ``progress``: block-level checkpoints (:mod:`pruning.resume`). Returns
+    ``(EngineReport, Allocation)``."""
     alloc = allocate(allocation, profile, target, model, adapter, windows, engine, store)
     report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
                                        engine, method.fit, store=store,
-                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout)
+                                       targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout,
+                                       progress=progress)
     return report, alloc
 
 

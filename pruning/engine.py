@@ -61,11 +61,15 @@ class EngineReport:
     timings: dict = field(default_factory=dict)
     replay_rel_diff: float | None = None  # check_replay's largest block difference (None: not checked)
     block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
+    resumed_from_block: int | None = None  # the prune went on from a saved state at this block (pruning/resume.py)
 
     def engine_info(self) -> dict:
         """What a record keeps of how the engine ran (``protocol.engine``; its revision is
         ``versions.engine_revision``, written for every job)."""
-        return {"block_kwargs": self.block_kwargs, "replay_max_rel_diff": self.replay_rel_diff}
+        out = {"block_kwargs": self.block_kwargs, "replay_max_rel_diff": self.replay_rel_diff}
+        if self.resumed_from_block is not None:
+            out["resumed_from_block"] = self.resumed_from_block
+        return out
 
 
 def _layer_row(adapter, bi: int, name: str, layer, res, seconds: float, target: Sparsity) -> dict:
@@ -158,6 +162,7 @@ class _Pruner:
         self.report = EngineReport()
         self.forward_s = self.solver_s = self.heldout_s = self.stats_s = self.dense_s = self.report_s = 0.0
         self.inputs, self.kwargs, self.dense_inputs, self.held = [], BlockKwargs([[]], shared=True), None, None
+        self.earlier_s = 0.0  # pruning time of the runs before a resume
 
     def capture(self, windows: torch.Tensor | None, heldout: torch.Tensor | None) -> None:
         """The first block's inputs (``windows``: None when only held-out windows travel), the replay check,
@@ -180,6 +185,32 @@ class _Pruner:
             held_inputs, held_kwargs = capture_block_inputs(self.model, self.adapter, heldout, self.batch_size)
             self.held = _Stream([to_device(x, self.device) for x in held_inputs], held_kwargs.to(self.device))
             self.heldout_s += time.perf_counter() - t0
+
+    CLOCKS = ("forward_s", "solver_s", "heldout_s", "stats_s", "dense_s", "report_s")
+
+    def state(self, bi: int, t_total: float) -> dict:
+        """What travels to the next block after block ``bi`` (pruning/resume.py)."""
+        return {"next_block": bi + 1, "inputs": self.inputs, "dense_inputs": self.dense_inputs,
+                "held_inputs": self.held.inputs if self.held is not None else None, "layers": self.report.layers,
+                "clocks": {k: getattr(self, k) for k in self.CLOCKS},
+                "elapsed_s": self.earlier_s + time.perf_counter() - t_total}
+
+    def restore(self, state: dict | None) -> int:
+        """Go on from a saved :meth:`state`; the first block to prune (0 without one)."""
+        if state is None:
+            return 0
+        self.inputs = [x.to(self.device) for x in state["inputs"]]
+        self.dense_inputs = None if state["dense_inputs"] is None else [x.to(self.device) for x in state["dense_inputs"]]
+        if self.held is not None:
+            self.held.inputs = [x.to(self.device) for x in state["held_inputs"]]
+        self.report.layers = list(state["layers"])
+        for k, v in state["clocks"].items():
+            setattr(self, k, getattr(self, k) + v)  # this run's capture, plus the earlier runs' clocks
+        self.earlier_s = state["elapsed_s"]
+        self.report.resumed_from_block = state["next_block"]
+        log.info("resume: going on from block %d (the earlier run's %.0f s of pruning kept)", state["next_block"],
+                 state["elapsed_s"])
+        return state["next_block"]
 
     def groups(self, linears: dict) -> list[tuple]:
         """The block's linears in the groups calibrated one after another (one group unless true_sequential)."""
@@ -311,7 +342,7 @@ def _check_settings(solver: Solver, params: dict, fit: FitSpec) -> None:
 @torch.no_grad()
 def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, engine: EngineSpec | None = None, fit: FitSpec | None = None, *,
-                store=None, targets=None, heldout: torch.Tensor | None = None) -> EngineReport:
+                store=None, targets=None, heldout: torch.Tensor | None = None, progress=None) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings.
 
     ``params``: the solver's own knobs; ``engine`` (:class:`pruning.spec.EngineSpec`, the job's ``engine``
@@ -325,7 +356,9 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     error is measured too (``heldout_rel_error``, ``timings.heldout_forward_s``); they never reach the solver.
     ``engine.dense_error``: the dense model's inputs travel beside the calibration inputs, as for
     ``output_target=dense``, and every layer's row gets ``dense_rel_error`` (its error against the dense
-    model's own layer output) whatever the method fits; the weights are those of the run without it."""
+    model's own layer output) whatever the method fits; the weights are those of the run without it.
+    ``progress`` (:class:`pruning.resume.Progress`, blocks on disk only): saved after every block, and a saved
+    state of the same config makes the prune go on from the block after it."""
     engine, fit, params = engine or EngineSpec(), fit or FitSpec(), dict(params or {})
     _check_settings(solver, params, fit)
     t_total = time.perf_counter()
@@ -340,9 +373,13 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
     run = _Pruner(model, adapter, solver, sparsity, params, engine, fit, device, store, targets)
     run.capture(windows if fit_data else None, heldout)
-    for bi, block in enumerate(tqdm(adapter.blocks(model), desc=f"prune {sparsity}", unit="block")):
-        store.hold(bi, block, device)
-        run.block(bi, block, fit_data)
-        store.put_back(bi, block)
-    run.report.timings = run.timings(t_total)
+    blocks = adapter.blocks(model)
+    start = run.restore(progress.load()) if progress is not None else 0
+    for bi in tqdm(range(start, len(blocks)), desc=f"prune {sparsity}", unit="block", initial=start, total=len(blocks)):
+        store.hold(bi, blocks[bi], device)
+        run.block(bi, blocks[bi], fit_data)
+        store.put_back(bi, blocks[bi])
+        if progress is not None:
+            progress.save(run.state(bi, t_total))
+    run.report.timings = run.timings(t_total - run.earlier_s)
     return run.report

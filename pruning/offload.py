@@ -27,6 +27,14 @@ from pruning.errors import ConfigError, ModelLoadError
 
 
 
+PROGRESS_FILE = "progress.pt"  # a prune's block-level checkpoint (pruning/resume.py): the store is mid-prune
+
+
+def resuming(root: str | Path) -> bool:
+    """The store holds a prune's progress: its blocks are kept as they are (neither re-initialised nor cleared)."""
+    return (Path(root) / PROGRESS_FILE).exists()
+
+
 def _libc():
     try:
         import ctypes
@@ -227,6 +235,8 @@ def random_offloaded(config, adapter_for, store_root: str | os.PathLike, seed: i
                 p.is_meta for p in module.parameters(recurse=False)):
             model._init_weights(module)
     for i, block in enumerate(adapter.blocks(model)):
+        if resuming(store_root) and store.path(i).exists():
+            continue  # a resumed prune: pruned or still dense, the block is the store's
         torch.manual_seed(seed + 1 + i)
         block.to_empty(device="cpu")
         for module in block.modules():
@@ -285,7 +295,8 @@ def checkpoint_offloaded(where: str | os.PathLike, config, adapter_for, store_ro
     check_offloadable(model, adapter)
     source = CheckpointSource(where, dtype)
     store = BlockStore(store_root, adapter, source)
-    store.clear()
+    if not resuming(store_root):
+        store.clear()
     names = set(dict(model.named_parameters(remove_duplicate=False))) | set(model.state_dict())
     prefix = adapter.blocks_path + "."
     outside: dict[str, torch.Tensor] = {}

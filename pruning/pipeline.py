@@ -36,6 +36,7 @@ from pruning.memory_check import check_memory
 from pruning.models import load_model, model_preflight, resolve_device
 from pruning.record import check_record
 from pruning.offload import measure_stored_sparsity
+from pruning.resume import Progress
 from pruning.results import (FAILED_FILE, RESULTS_FILE, SCHEMA_VERSION, ZERO_SHOT_SAMPLES, claim_job_dir, config_hash,
                              is_complete, peak_memory, read_record, reset_peak_memory, reusable_record, utc_now, versions,
                              write_failed_record, write_json_atomic, write_samples_atomic, write_text_atomic)
@@ -292,6 +293,7 @@ class _Job:
         self.method, self.target = spec.method.name, spec.sparsity
         self.path = out_dir / RESULTS_FILE
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
+        self.progress = None  # block-level checkpoints with the blocks on disk (pruning/resume.py)
         self.heldout, self.zero_shot_samples = None, None
         out_dir.mkdir(parents=True, exist_ok=True)
         # the config beside the record it belongs to: a forced re-run leaves a standing record's copy alone
@@ -334,9 +336,13 @@ class _Job:
             return self.finish()
         except BaseException as e:
             self.fail(e)
+            if self.progress is not None and self.progress.exists():
+                log.error("kept the block store with the prune's progress in %s: the same command goes on from "
+                          "the last finished block", self.offload_dir)
             raise
         finally:
-            if self.temporary_store and self.offload_dir is not None:
+            if self.temporary_store and self.offload_dir is not None and not (
+                    self.progress is not None and self.progress.exists()):
                 shutil.rmtree(self.offload_dir, ignore_errors=True)
 
     def load(self) -> None:
@@ -349,6 +355,7 @@ class _Job:
         if runtime.offload:
             self.offload_dir = Path(runtime.offload_dir or self.out_dir / "offload")
             self.temporary_store = not runtime.offload_dir
+            self.progress = self._progress()
         self.loaded = load_model(self.spec.model, offload_dir=self.offload_dir)
         record["model"] = self.loaded.info
         if self.method == "none" and self.loaded.info.get("source") == "local":
@@ -358,6 +365,22 @@ class _Job:
                 self._warn(problem)
         record["timings"]["load_s"] = self.loaded.info["load_seconds"]
         check_context(self.loaded.info, self.spec, calibrating=self.method not in EVAL_ONLY)
+
+    def _progress(self) -> Progress | None:
+        """The store's block-level checkpoints; another config's progress (or one under a non-uniform allocation,
+        scored on the dense model) is discarded with the store's blocks before the model loads."""
+        progress = Progress(self.offload_dir, self.chash)
+        if progress.exists():
+            if self.method in EVAL_ONLY:
+                progress.discard(f"method={self.method} evaluates the checkpoint, not a partly pruned store")
+            elif progress.load() is None:
+                progress.discard("the block store holds another config's (or an unreadable) progress")
+            elif self.spec.allocation["name"] != "uniform":
+                progress.discard(f"allocation={self.spec.allocation['name']} scores the dense model, which a "
+                                 "partly pruned store no longer holds")
+            else:
+                log.info("resume: %s holds this job's progress; the prune goes on from it", self.offload_dir)
+        return None if self.method in EVAL_ONLY else progress
 
     def calibrate(self) -> None:
         record, method, spec = self.record, self.method, self.spec
@@ -386,7 +409,7 @@ class _Job:
         t0 = time.perf_counter()
         report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, spec.method, self.target,
                                      dict(spec.allocation), spec.profile, spec.engine, store=loaded.store,
-                                     heldout=self.heldout)
+                                     heldout=self.heldout, progress=self.progress)
         record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
         record["allocation"] = alloc.info
         record["layers"] = report.layers
@@ -459,6 +482,8 @@ class _Job:
             write_samples_atomic(self.out_dir / ZERO_SHOT_SAMPLES, self.zero_shot_samples)
         write_text_atomic(self.out_dir / CONFIG_FILE, OmegaConf.to_yaml(self.config))
         write_json_atomic(self.path, record)
+        if self.progress is not None:
+            self.progress.done()  # the record is complete: a kept store holds the pruned model, nothing to resume
         self.tracker.log_summary(_summary(record))
         self.tracker.finish()
         log.info("wrote %s", self.path)

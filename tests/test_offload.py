@@ -171,3 +171,51 @@ def test_a_model_larger_than_the_memory_cap_is_pruned_within_it(tiny_data_root, 
     assert rec["sparsity"]["actual"] == pytest.approx(0.5, abs=1e-6)
     assert rec["memory"]["peak_scope"] == "job" and rec["memory"]["peak_rss_bytes"] < cap, rec["memory"]
     assert rec["save"]["verification"]["passed"] and rec["save"]["bytes"] > model_bytes
+
+
+@pytest.mark.parametrize("source", ["local", "random"])
+def test_a_killed_offloaded_prune_goes_on_from_its_last_finished_block(tiny_checkpoint, tiny_data_root, tmp_path,
+                                                                       monkeypatch, source):
+    """The default method (dense stream, group by group): killed while writing block 1 back, the same command
+    goes on from block 1 over the kept store and ends with the uninterrupted run's layers and perplexity."""
+    from pruning.offload import BlockStore
+    from pruning.pipeline import run_job
+
+    args = (_local(tiny_checkpoint, tiny_data_root) if source == "local" else
+            tiny_overrides("tiny-llama", tiny_data_root, "calibration.nsamples=4", "calibration.seqlen=64"))
+    args = [*args, "runtime.offload=disk", "method=apt-refit-dense-seq"]
+    whole = run_job(compose_cfg(args), tmp_path / "whole")
+    put_back = BlockStore.put_back
+
+    def killed_at_block_1(self, i, block):
+        if i == 1:
+            raise KeyboardInterrupt  # a kill while the block is written back
+        put_back(self, i, block)
+
+    monkeypatch.setattr(BlockStore, "put_back", killed_at_block_1)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(compose_cfg(args), tmp_path / "job")
+    assert (tmp_path / "job" / "offload" / "progress.pt").exists()  # the job directory's store is kept for it
+    monkeypatch.setattr(BlockStore, "put_back", put_back)
+    resumed = run_job(compose_cfg(args), tmp_path / "job")
+    assert resumed["protocol"]["engine"]["resumed_from_block"] == 1
+    assert [row["rel_error"] for row in resumed["layers"]] == [row["rel_error"] for row in whole["layers"]]
+    assert resumed["metrics"]["perplexity"]["wikitext2"]["ppl"] == whole["metrics"]["perplexity"]["wikitext2"]["ppl"]
+    assert not (tmp_path / "job" / "offload").exists()  # complete: the temporary store goes
+
+
+def test_progress_of_another_config_is_discarded_with_the_stores_blocks(tiny_checkpoint, tiny_data_root, tmp_path):
+    from pruning.pipeline import run_job
+    from pruning.resume import Progress
+
+    store = tmp_path / "store"
+    store.mkdir()
+    Progress(store, "another-config").save({"next_block": 1})
+    (store / "block00000.safetensors").write_bytes(b"stale")
+    args = [*_local(tiny_checkpoint, tiny_data_root), "runtime.offload=disk", f"runtime.offload_dir={store}"]
+    rec = run_job(compose_cfg([*args, "method=sparsegpt"]), tmp_path / "job")
+    assert "resumed_from_block" not in rec["protocol"]["engine"] and rec["status"] == "complete"
+    assert not (store / "progress.pt").exists()  # complete: nothing to resume; the kept store holds the pruned blocks
+    Progress(store, "another-config").save({"next_block": 1})
+    dense = run_job(compose_cfg([*args, "method=dense"]), tmp_path / "dense")  # reads the checkpoint, not the store
+    assert dense["sparsity"]["actual"] == 0 and not (store / "progress.pt").exists()
