@@ -374,12 +374,19 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     run = _Pruner(model, adapter, solver, sparsity, params, engine, fit, device, store, targets)
     run.capture(windows if fit_data else None, heldout)
     blocks = adapter.blocks(model)
+    if progress is not None and not store.on_disk:
+        raise ValueError("progress (resuming a prune) needs the blocks on disk: a pruning.offload.BlockStore")
     start = run.restore(progress.load()) if progress is not None else 0
+    if progress is not None:
+        store.settle(start)
     for bi in tqdm(range(start, len(blocks)), desc=f"prune {sparsity}", unit="block", initial=start, total=len(blocks)):
         store.hold(bi, blocks[bi], device)
         run.block(bi, blocks[bi], fit_data)
-        store.put_back(bi, blocks[bi])
-        if progress is not None:
+        if progress is None:
+            store.put_back(bi, blocks[bi])
+        else:  # the pruned block replaces the dense one only once the progress counts it as done
+            store.stage(bi, blocks[bi])
             progress.save(run.state(bi, t_total))
+            store.commit(bi)
     run.report.timings = run.timings(t_total - run.earlier_s)
     return run.report

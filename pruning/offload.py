@@ -152,6 +152,32 @@ class BlockStore:
         self.save(i, block)
         self.release(block)
 
+    def _staged(self, i: int) -> Path:
+        return self.root / f"block{i:05d}.staged"
+
+    def stage(self, i: int, block: nn.Module) -> None:
+        """Write the pruned block beside its file (not over it) and release it: a prune that saves its progress
+        (pruning/resume.py) commits it only once the progress says the block is done, so a kill in between
+        never leaves a pruned block where the resumed prune expects the dense one."""
+        from safetensors.torch import save_file
+
+        tmp = self._staged(i).with_suffix(".tmp")
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in block.state_dict().items()}, str(tmp))
+        tmp.replace(self._staged(i))
+        self.release(block)
+
+    def commit(self, i: int) -> None:
+        self._staged(i).replace(self.path(i))
+
+    def settle(self, next_block: int) -> None:
+        """After a kill: staged blocks the progress counts as done are committed, later ones dropped."""
+        for f in self.root.glob("block*.staged"):
+            i = int(f.stem[len("block"):])
+            if i < next_block:
+                self.commit(i)
+            else:
+                f.unlink()
+
     def attach(self, model: nn.Module) -> None:
         """Forward hooks that load a released block before its forward and release it after."""
         for i, block in enumerate(self.adapter.blocks(model)):
@@ -172,7 +198,7 @@ class BlockStore:
     def clear(self) -> None:
         """Remove the block files an earlier job left in a kept ``runtime.offload_dir``: they would be read
         in place of the checkpoint's blocks."""
-        for f in [*self.root.glob("block*.safetensors"), *self.root.glob("block*.tmp")]:
+        for f in [*self.root.glob("block*.safetensors"), *self.root.glob("block*.tmp"), *self.root.glob("block*.staged")]:
             f.unlink()
 
     def nbytes(self) -> int:

@@ -4,7 +4,9 @@ With the blocks on disk, each pruned block is already written back to the store 
 what a kill loses is what travels between blocks. After every block the engine saves it to
 ``progress.pt`` in the store (atomically): the calibration inputs of the next block (and the dense
 stream's and the held-out windows' where they travel), the layers' report rows and the clocks, under the
-job's config hash. A job re-run with the same config over the same store (``runtime.offload_dir``, or the
+job's config hash. The pruned block is written beside its file first and replaces it only once that
+progress is saved (``BlockStore.stage`` / ``commit``), so a kill at any point leaves either the dense
+block with progress before it or the pruned one with progress after it. A job re-run with the same config over the same store (``runtime.offload_dir``, or the
 job directory's own store, which a failed job keeps while it holds progress) loads the model without
 re-initialising or clearing the store and goes on from the next block: the same statistics, masks and
 weights as an uninterrupted run (tested), the timings summed over the runs. Progress of another config,
@@ -52,7 +54,8 @@ class Progress:
     def discard(self, why: str) -> None:
         """Remove the progress and the store's blocks (they hold another run's partly pruned model)."""
         log.warning("resume: %s; discarding %s and the store's blocks", why, self.path)
-        for f in [self.path, *self.path.parent.glob("block*.safetensors"), *self.path.parent.glob("block*.tmp")]:
+        for f in [self.path, *self.path.parent.glob("block*.safetensors"), *self.path.parent.glob("block*.tmp"),
+                  *self.path.parent.glob("block*.staged")]:
             f.unlink(missing_ok=True)
 
     def done(self) -> None:

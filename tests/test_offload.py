@@ -173,11 +173,14 @@ def test_a_model_larger_than_the_memory_cap_is_pruned_within_it(tiny_data_root, 
     assert rec["save"]["verification"]["passed"] and rec["save"]["bytes"] > model_bytes
 
 
-@pytest.mark.parametrize("source", ["local", "random"])
+@pytest.mark.parametrize("source,kill_in,resumed_at", [("local", "stage", 1), ("random", "stage", 1),
+                                                      ("local", "commit", 2)])
 def test_a_killed_offloaded_prune_goes_on_from_its_last_finished_block(tiny_checkpoint, tiny_data_root, tmp_path,
-                                                                       monkeypatch, source):
-    """The default method (dense stream, group by group): killed while writing block 1 back, the same command
-    goes on from block 1 over the kept store and ends with the uninterrupted run's layers and perplexity."""
+                                                                       monkeypatch, source, kill_in, resumed_at):
+    """The default method (dense stream, group by group), killed while block 1 is written back: before its
+    progress is saved (stage: the resumed prune redoes block 1 from the dense one) or after (commit: block 1
+    counts as done, its staged file is committed). The same command goes on over the kept store and ends with
+    the uninterrupted run's layers and perplexity."""
     from pruning.offload import BlockStore
     from pruning.pipeline import run_job
 
@@ -185,20 +188,20 @@ def test_a_killed_offloaded_prune_goes_on_from_its_last_finished_block(tiny_chec
             tiny_overrides("tiny-llama", tiny_data_root, "calibration.nsamples=4", "calibration.seqlen=64"))
     args = [*args, "runtime.offload=disk", "method=apt-refit-dense-seq"]
     whole = run_job(compose_cfg(args), tmp_path / "whole")
-    put_back = BlockStore.put_back
+    original = getattr(BlockStore, kill_in)
 
-    def killed_at_block_1(self, i, block):
+    def killed_at_block_1(self, i, *rest):
         if i == 1:
             raise KeyboardInterrupt  # a kill while the block is written back
-        put_back(self, i, block)
+        original(self, i, *rest)
 
-    monkeypatch.setattr(BlockStore, "put_back", killed_at_block_1)
+    monkeypatch.setattr(BlockStore, kill_in, killed_at_block_1)
     with pytest.raises(KeyboardInterrupt):
         run_job(compose_cfg(args), tmp_path / "job")
     assert (tmp_path / "job" / "offload" / "progress.pt").exists()  # the job directory's store is kept for it
-    monkeypatch.setattr(BlockStore, "put_back", put_back)
+    monkeypatch.setattr(BlockStore, kill_in, original)
     resumed = run_job(compose_cfg(args), tmp_path / "job")
-    assert resumed["protocol"]["engine"]["resumed_from_block"] == 1
+    assert resumed["protocol"]["engine"]["resumed_from_block"] == resumed_at
     assert [row["rel_error"] for row in resumed["layers"]] == [row["rel_error"] for row in whole["layers"]]
     assert resumed["metrics"]["perplexity"]["wikitext2"]["ppl"] == whole["metrics"]["perplexity"]["wikitext2"]["ppl"]
     assert not (tmp_path / "job" / "offload").exists()  # complete: the temporary store goes
