@@ -33,6 +33,7 @@ from analysis.allocation import allocation_latex, allocation_long, allocation_ma
 from analysis.collect import collect, layers_of
 from analysis.downstream import downstream_long, downstream_markdown
 from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
+from analysis.memory_table import memory_long, memory_markdown
 from analysis.names import METRIC_PRESETS
 from analysis.ppl_tables import benchmark_long, benchmark_markdown, calibration_long, calibration_markdown, ppl_table
 from analysis.projections import projections_latex, projections_long, projections_markdown
@@ -88,6 +89,8 @@ TABLES: dict[str, TableKind] = {
     "projections": TableKind(("md", "latex", "csv"), _projections, "layer error per projection, ratios to SparseGPT",
                              layers=True, baseline=True),
     "allocation": TableKind(("md", "latex", "csv"), _allocation, "uniform vs OWL / profile per method, ratios to uniform"),
+    "memory": TableKind(("md", "csv"), lambda f, fmt, o: memory_markdown(f) if fmt == "md"
+                        else memory_long(f).to_csv(index=False), "what a job cost: weights, peak RSS, minutes, saved"),
     "downstream": TableKind(("md", "csv"), lambda f, fmt, o: downstream_markdown(f, o["compare"], o["tasks"]) if fmt == "md"
                             else downstream_long(f, o["compare"], o["tasks"]).to_csv(index=False),
                             "--compare TARGET,BASELINE pooled over the informative zero-shot tasks: better, worse, "

@@ -73,6 +73,12 @@ def test_an_offloaded_job_saves_block_by_block_the_same_model_as_in_memory(tiny_
     side_mem = json.loads((tmp_path / "mem" / "model" / "sparsity.json").read_text())
     side_disk = json.loads((saved / "sparsity.json").read_text())
     assert side_disk["layers"] == side_mem["layers"] and side_disk["actual_sparsity"] == side_mem["actual_sparsity"]
+    from analysis.collect import collect
+    from analysis.memory_table import memory_long
+    disk, mem = (memory_long(collect(tmp_path / d).frame).iloc[0] for d in ("disk", "mem"))  # what each run cost
+    assert (disk["blocks"], mem["blocks"], disk["tokens"]) == ("disk", "memory", "4×64")
+    assert disk["verified"] and mem["verified"] and disk["saved_gib"] == pytest.approx(streamed["save"]["bytes"] / 2**30)
+    assert disk["weights_gib"] == pytest.approx(streamed["model"]["n_params"] * 4 / 2**30)
 
 
 def test_streamed_verification_catches_a_changed_block(tiny_checkpoint, tmp_path):
