@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from pruning.capture import first_output
 from pruning.errors import ConfigError
 from pruning.sparsity import Sparsity
 
@@ -66,10 +67,6 @@ def _cpu_safe_sync():
         torch.cuda.synchronize = original
 
 
-def _out(result):
-    return result[0] if isinstance(result, tuple) else result
-
-
 def run_reference(reference, block, linears: dict, inputs: list[torch.Tensor], kwargs: list[dict],
                   target: Sparsity, params: dict, sync) -> tuple[dict, list[torch.Tensor]]:
     """Prune ``block`` in place with the reference (module docstring); its timings in seconds and its
@@ -94,7 +91,7 @@ def run_reference(reference, block, linears: dict, inputs: list[torch.Tensor], k
     sync()
     t2 = time.perf_counter()
     with torch.no_grad():
-        outputs = [_out(block(x, **kw)) for x, kw in zip(inputs, kwargs)]
+        outputs = [first_output(block(x, **kw)) for x, kw in zip(inputs, kwargs)]
         sync()
     t3 = time.perf_counter()
     return {"calib_forward_s": round(t1 - t0 + t3 - t2, 3), "solver_s": round(t2 - t1, 3),

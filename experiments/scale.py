@@ -166,8 +166,9 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
                else max(0, mem.get("peak_cuda_bytes", 0) - weights))  # on a GPU: its peak less the blocks' weights
     record["projection"] = projection(arch, per_block, cfg, record["memory"]["block_bytes"], working, dtype, passes,
                                       flops)
-    if cfg.get("anchor"):
-        masks = {n: linear.weight == 0 for n, linear in adapter.prunable(adapter.blocks(model)[0]).items()}
+    if cfg.get("anchor"):  # the row's masks are compared only where it is SparseGPT too
+        masks = ({n: linear.weight == 0 for n, linear in adapter.prunable(adapter.blocks(model)[0]).items()}
+                 if method.name == "sparsegpt" else None)
         del model, report
         record["anchor"] = run_anchor(cfg, reference, method, target, windows, masks)
     write_json_atomic(path, record)
@@ -178,7 +179,7 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     return record
 
 
-def run_anchor(cfg, reference: tuple, method, target, windows: torch.Tensor, masks: dict) -> dict:
+def run_anchor(cfg, reference: tuple, method, target, windows: torch.Tensor, masks: dict | None) -> dict:
     """The reference SparseGPT on a fresh copy of the same blocks (the same seed) and the same windows
     (:mod:`experiments.reference_anchor`): its per-block timings, working memory, and, where the row is
     SparseGPT's, the share of weights on which the two masks agree (block 0)."""
@@ -202,7 +203,7 @@ def run_anchor(cfg, reference: tuple, method, target, windows: torch.Tensor, mas
         totals = {k: totals.get(k, 0.0) + v for k, v in times.items()}
     mem = peak_memory()
     agree = None
-    if method.name == "sparsegpt":
+    if masks is not None:
         ref = {n: linear.weight == 0 for n, linear in adapter.prunable(adapter.blocks(model)[0]).items()}
         agree = sum(int((ref[n] == masks[n]).sum()) for n in masks) / sum(m.numel() for m in masks.values())
     log.info("scale: reference SparseGPT (%s): %.1f s per block", commit, totals["prune_total_s"] / int(cfg.blocks))

@@ -118,12 +118,14 @@ class BlockStore:
             return self.source.read(i, device)
         raise ModelLoadError(f"offloaded block {i} is missing from {self.root}")
 
-    def save_tensors(self, i: int, tensors: dict[str, torch.Tensor]) -> None:
+    def save_tensors(self, i: int, tensors: dict[str, torch.Tensor], path: Path | None = None) -> None:
+        """Write block ``i``'s tensors to its file (or ``path``) atomically: a reader sees the old file or the new."""
         from safetensors.torch import save_file
 
-        tmp = self.path(i).with_suffix(".tmp")
+        path = path or self.path(i)
+        tmp = path.with_suffix(".tmp")
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
-        tmp.replace(self.path(i))  # atomic: a reader sees the old block or the new one
+        tmp.replace(path)
 
     def save(self, i: int, block: nn.Module) -> None:
         self.save_tensors(i, block.state_dict())
@@ -159,11 +161,7 @@ class BlockStore:
         """Write the pruned block beside its file (not over it) and release it: a prune that saves its progress
         (pruning/resume.py) commits it only once the progress says the block is done, so a kill in between
         never leaves a pruned block where the resumed prune expects the dense one."""
-        from safetensors.torch import save_file
-
-        tmp = self._staged(i).with_suffix(".tmp")
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in block.state_dict().items()}, str(tmp))
-        tmp.replace(self._staged(i))
+        self.save_tensors(i, block.state_dict(), self._staged(i))
         self.release(block)
 
     def commit(self, i: int) -> None:
@@ -196,9 +194,9 @@ class BlockStore:
             block.register_forward_hook(post)
 
     def clear(self) -> None:
-        """Remove the block files an earlier job left in a kept ``runtime.offload_dir``: they would be read
-        in place of the checkpoint's blocks."""
-        for f in [*self.root.glob("block*.safetensors"), *self.root.glob("block*.tmp"), *self.root.glob("block*.staged")]:
+        """Remove the block files (written, half-written, staged) an earlier job left in a kept store: a fresh
+        load must not read them in place of the checkpoint's blocks, nor commit them on a later resume."""
+        for f in self.root.glob("block*.*"):
             f.unlink()
 
     def nbytes(self) -> int:
@@ -253,6 +251,9 @@ def random_offloaded(config, adapter_for, store_root: str | os.PathLike, seed: i
     adapter = adapter_for(model)
     check_offloadable(model, adapter)
     store = BlockStore(store_root, adapter)
+    resume = resuming(store_root)
+    if not resume:
+        store.clear()
     torch.manual_seed(seed)
     _materialize_outside_blocks(model, adapter, None, dtype)
     prefix = adapter.blocks_path + "."
@@ -261,7 +262,7 @@ def random_offloaded(config, adapter_for, store_root: str | os.PathLike, seed: i
                 p.is_meta for p in module.parameters(recurse=False)):
             model._init_weights(module)
     for i, block in enumerate(adapter.blocks(model)):
-        if resuming(store_root) and store.path(i).exists():
+        if resume and store.path(i).exists():
             continue  # a resumed prune: pruned or still dense, the block is the store's
         torch.manual_seed(seed + 1 + i)
         block.to_empty(device="cpu")

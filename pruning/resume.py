@@ -6,12 +6,12 @@ what a kill loses is what travels between blocks. After every block the engine s
 stream's and the held-out windows' where they travel), the layers' report rows and the clocks, under the
 job's config hash. The pruned block is written beside its file first and replaces it only once that
 progress is saved (``BlockStore.stage`` / ``commit``), so a kill at any point leaves either the dense
-block with progress before it or the pruned one with progress after it. A job re-run with the same config over the same store (``runtime.offload_dir``, or the
-job directory's own store, which a failed job keeps while it holds progress) loads the model without
+block with progress before it or the pruned one with progress after it. A job re-run with the same
+config over the same store (``runtime.offload_dir``, or the job directory's own store, which a failed job keeps while it holds progress) loads the model without
 re-initialising or clearing the store and goes on from the next block: the same statistics, masks and
 weights as an uninterrupted run (tested), the timings summed over the runs. Progress of another config,
 or with a non-uniform allocation (its scores came from the dense model the store no longer holds), is
-discarded with the store's blocks, and the job starts over.
+discarded, and the loader then clears the store's blocks: the job starts over.
 """
 
 from __future__ import annotations
@@ -52,11 +52,10 @@ class Progress:
         tmp.replace(self.path)
 
     def discard(self, why: str) -> None:
-        """Remove the progress and the store's blocks (they hold another run's partly pruned model)."""
-        log.warning("resume: %s; discarding %s and the store's blocks", why, self.path)
-        for f in [self.path, *self.path.parent.glob("block*.safetensors"), *self.path.parent.glob("block*.tmp"),
-                  *self.path.parent.glob("block*.staged")]:
-            f.unlink(missing_ok=True)
+        """Remove the progress: without it the loader clears the store's blocks (another run's partly pruned
+        model) instead of keeping them (:func:`pruning.offload.resuming`)."""
+        log.warning("resume: %s; discarding %s (the store's blocks go with it at load)", why, self.path)
+        self.path.unlink(missing_ok=True)
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)

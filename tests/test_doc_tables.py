@@ -28,8 +28,10 @@ def test_every_table_says_where_it_comes_from():
     assert len(rendered_tables()) >= 10  # the parser finds the marked tables
 
 
-@pytest.mark.parametrize("where,marker,rows", rendered_tables(),
-                         ids=[f"{n}:{i}" for i, (n, _, _) in enumerate(rendered_tables())])
+RENDERED = rendered_tables()
+
+
+@pytest.mark.parametrize("where,marker,rows", RENDERED, ids=[f"{n}:{i}" for i, (n, _, _) in enumerate(RENDERED)])
 def test_a_marked_table_is_what_its_command_renders(where, marker, rows):
     command = command_of(marker)
     lines = (REPO / where).read_text().replace("\\\n", " ").splitlines()
