@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from pruning.adapters import adapter_for, prunable_linears
 from pruning.allocation import allocate, check_config as check_allocation
 from pruning.calibration import build_calibration, document_windows
+from pruning.distributed import LOCAL
 from pruning.engine import EngineReport, prune_model
 from pruning.errors import ConfigError
 from pruning.solvers import SOLVERS
@@ -136,16 +137,17 @@ def needs_calibration(method: str, *, report_error: bool, dense_error: bool, all
 
 
 def prune_loaded(model, adapter, windows, method: MethodSpec, target: Sparsity, allocation: dict,
-                 profile: dict | None, engine: EngineSpec, *, store=None, heldout=None, progress=None):
+                 profile: dict | None, engine: EngineSpec, *, store=None, heldout=None, progress=None, comm=None):
     """Allocation, then the engine: the pruning step shared by the Hydra job and :func:`prune`. ``method``
     and ``engine`` travel whole to :func:`pruning.engine.prune_model`; ``heldout``: windows on which every
-    layer's error is measured too; ``progress``: block-level checkpoints (:mod:`pruning.resume`). Returns
+    layer's error is measured too; ``progress``: block-level checkpoints (:mod:`pruning.resume`); ``comm``: this
+    process's rank in a distributed prune (:mod:`pruning.distributed`; the allocation runs whole on every rank). Returns
     ``(EngineReport, Allocation)``."""
     alloc = allocate(allocation, profile, target, model, adapter, windows, engine, store)
     report: EngineReport = prune_model(model, adapter, windows, SOLVERS[method.name], target, dict(method.solver_params),
                                        engine, method.fit, store=store,
                                        targets=None if alloc.name == "uniform" else alloc.target, heldout=heldout,
-                                       progress=progress)
+                                       progress=progress, comm=comm or LOCAL)
     return report, alloc
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from pruning.adapters import FamilyAdapter
 from pruning.capture import StopForward, capture_block_inputs, first_output, to_device
 from pruning.offload import ResidentStore
-from pruning.stats import LayerStats
+from pruning.stats import LayerStats, merge_parts, merge_stats
 
 
 def _hook_inputs(adapter, linears, group, fn) -> list:
@@ -40,7 +41,7 @@ class _SharedInputs:
     """Which linears of a block read the very same input tensor (Llama's q/k/v and gate/up, OPT's q/k/v,
     Gemma's too): their statistics are the same sums of the same products, so they are accumulated once
     and shared, bit for bit what separate accumulation gives (H, C and G of the dense stream included).
-    The first calibration window decides; a linear that shared then must share in every later pass, else
+    The first calibration window (of each shard, ``engine.shards``) decides; a linear that shared then must share in every later pass, else
     the run stops (its statistics would otherwise mix another linear's inputs in).
     Tensors seen in the running pass are kept referenced until it ends, so no later input of that pass
     can reuse their memory and be taken for the same tensor."""
@@ -52,10 +53,10 @@ class _SharedInputs:
     def new_pass(self) -> None:
         self.current = {}
 
-    def owner(self, n: str, x: torch.Tensor, index: int, dense: bool) -> str | None:
+    def owner(self, n: str, x: torch.Tensor, first_window: bool, dense: bool) -> str | None:
         key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
         first = self.current.setdefault(key, (n, x))[0]
-        if index == 0 and not dense:
+        if first_window and not dense:
             if first != n:
                 self.owners[n] = first
             return self.owners.get(n)
@@ -75,11 +76,11 @@ class _Accumulator:
     def __init__(self, stats: dict, group: tuple, paired: bool, stored: dict | None = None, gram: bool = True):
         self.stats, self.group, self.paired, self.stored, self.gram = stats, group, paired, stored, gram
         self.shares, self.seen, self.fired = _SharedInputs(), {}, set()
-        self.sequences, self.index, self.dense, self.stop = 1, 0, False, False
+        self.sequences, self.index, self.first, self.dense, self.stop = 1, 0, True, False, False
         self.seconds = 0.0  # spent accumulating statistics (inside the forward passes)
 
-    def start(self, index: int, sequences: int, dense: bool, stop: bool) -> None:
-        self.index, self.sequences, self.dense, self.stop = index, sequences, dense, stop
+    def start(self, index: int, first: bool, sequences: int, dense: bool, stop: bool) -> None:
+        self.index, self.first, self.sequences, self.dense, self.stop = index, first, sequences, dense, stop
         self.shares.new_pass()
         self.fired.clear()
 
@@ -93,7 +94,7 @@ class _Accumulator:
             raise StopForward  # the rest of the block would compute nothing this pass needs
 
     def _accumulate(self, n: str, x: torch.Tensor) -> None:
-        owner = self.shares.owner(n, x, self.index, self.dense)
+        owner = self.shares.owner(n, x, self.first, self.dense)
         if owner is not None:  # the same tensor as an earlier linear's input (q/k/v, gate/up): its statistics
             self.stats[n] = self.stats[owner]
         elif not self.dense:
@@ -122,11 +123,13 @@ class BlockPass:
     norms: bool
     device: torch.device
     gram: bool = True
+    merge: Callable = merge_stats  # one linear's statistics over the parts (Comm.merge_stats: across ranks too)
     stats_s: float = 0.0  # seconds accumulating statistics, over this block's passes
     dense_s: float = 0.0  # seconds of the dense stream's passes (output_target=dense, engine.dense_error)
 
     def statistics(self, group: tuple, inputs: list, *, keep_outputs: bool = False, dense_inputs: list | None = None,
-                   dense_weights: dict | None = None, dense_stored: dict | None = None) -> tuple[dict, list]:
+                   dense_weights: dict | None = None, dense_stored: dict | None = None,
+                   parts: list[range] | None = None) -> tuple[dict, list]:
         """Run ``inputs`` through the block with hooks accumulating the statistics of the linears in ``group``;
         returns the statistics and (``keep_outputs``) the block's outputs. A pass whose outputs are not needed
         stops as soon as every linear of ``group`` has seen its input.
@@ -138,14 +141,27 @@ class BlockPass:
         ``dense_weights`` (the block's linears' dense weights, by name; ``true_sequential``, where earlier
         groups are already pruned) are put in place for that pass and the pruned ones back after it.
         ``dense_stored`` (from :meth:`dense_pass`) instead: the linears' dense inputs, window for window, paired
-        with the pruned ones as they arrive; no dense pass runs (the same statistics, bit for bit)."""
+        with the pruned ones as they arrive; no dense pass runs (the same statistics, bit for bit).
+        ``parts`` (``engine.shards``): ranges of batches accumulated apart, one after the other, and combined by
+        :attr:`merge` (:mod:`pruning.distributed`: across ranks too)."""
+        per_part, outputs = [], []
+        for part in parts or [range(len(inputs))]:
+            stats, outs = self._accumulate(group, inputs, part, keep_outputs, dense_inputs, dense_weights, dense_stored)
+            per_part.append(stats)
+            outputs += outs
+        stats = merge_parts(per_part, self.merge)
+        self._check_reached(stats, group)
+        return stats, outputs
+
+    def _accumulate(self, group, inputs, part, keep_outputs, dense_inputs, dense_weights, dense_stored):
+        """One part's pass of :meth:`statistics`: its own running means, and the outputs it keeps."""
         linears = self.linears
         stats = {n: LayerStats(linears[n].in_features, hessian=self.hessian, norms=self.norms, device=self.device)
                  for n in group}
         acc = _Accumulator(stats, group, paired=dense_inputs is not None, stored=dense_stored, gram=self.gram)
 
         def run(i: int, x, kw, dense: bool):
-            acc.start(i, x.shape[0], dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
+            acc.start(i, i == part.start, x.shape[0], dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
             t0 = time.perf_counter()
             try:
                 return self.block(x, **kw)
@@ -157,18 +173,17 @@ class BlockPass:
         handles = _hook_inputs(self.adapter, linears, group, acc)
         outputs = []
         try:
-            for i, (x, kw) in enumerate(zip(inputs, self.kwargs)):
-                y = run(i, x, kw, False)
+            for i in part:
+                y = run(i, inputs[i], self.kwargs[i], False)
                 if dense_inputs is not None:
                     with _weights(linears, dense_weights):
-                        y = run(i, dense_inputs[i], kw, True)
+                        y = run(i, dense_inputs[i], self.kwargs[i], True)
                 if keep_outputs:
                     outputs.append(first_output(y))
         finally:
             for h in handles:
                 h.remove()
             self.stats_s += acc.seconds
-        self._check_reached(stats, group)
         return stats, outputs
 
     def dense_pass(self, dense_inputs: list) -> tuple[dict, list]:

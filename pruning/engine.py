@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from pruning.adapters import FamilyAdapter
 from pruning.block_pass import BlockPass
 from pruning.capture import BlockKwargs, capture_block_inputs, check_replay, first_output, to_device
+from pruning.distributed import LOCAL, Comm, balance, batch_parts
 from pruning.offload import ResidentStore
 from pruning.solvers import ENGINE_KNOBS, OUTPUT_TARGETS, Solver, SolverResult
 from pruning.solvers.common import relative_error
@@ -62,6 +63,7 @@ class EngineReport:
     replay_rel_diff: float | None = None  # check_replay's largest block difference (None: not checked)
     block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
     resumed_from_block: int | None = None  # the prune went on from a saved state at this block (pruning/resume.py)
+    rank_timings: list | None = None  # a distributed prune: every rank's timings, in rank order
 
     def engine_info(self) -> dict:
         """What a record keeps of how the engine ran (``protocol.engine``; its revision is
@@ -150,10 +152,12 @@ class _Pruner:
     dense model's, and the held-out windows'), the blocks' keyword arguments, the report and the clocks."""
 
     def __init__(self, model, adapter: FamilyAdapter, solver: Solver, sparsity: Sparsity, params: dict,
-                 engine: EngineSpec, fit: FitSpec, device: torch.device, store, targets):
+                 engine: EngineSpec, fit: FitSpec, device: torch.device, store, targets, comm: Comm = LOCAL):
         self.model, self.adapter, self.solver, self.sparsity, self.params = model, adapter, solver, sparsity, params
-        self.fit, self.device, self.store, self.targets = fit, device, store, targets
-        self.batch_size = engine.batch_size
+        self.fit, self.device, self.store, self.targets, self.comm = fit, device, store, targets, comm
+        self.batch_size, self.shards = engine.batch_size, engine.shards
+        self.parts = self.held_parts = None  # engine.shards > 1: the batch ranges accumulated apart
+        self.cost_hint: dict = {}  # each linear's solver seconds in the last block: how ranks share a group's solves
         self.true_sequential = engine.true_sequential or fit.true_sequential
         self.dense_stream = fit.dense_target or engine.dense_error  # the dense model's block inputs travel too
         self.dense_report = engine.dense_error  # each layer's dense_rel_error (needs G and the dense weights)
@@ -168,6 +172,11 @@ class _Pruner:
         """The first block's inputs (``windows``: None when only held-out windows travel), the replay check,
         and the held-out windows' inputs."""
         t0 = time.perf_counter()
+        windows, heldout = self.comm.shard(windows, self.batch_size), self.comm.shard(heldout, self.batch_size)
+        if windows is not None:
+            self.parts = batch_parts(windows.shape[0], self.batch_size, self.shards)
+        if heldout is not None:
+            self.held_parts = batch_parts(heldout.shape[0], self.batch_size, self.shards)
         home = next(self.model.parameters()).device
         if not self.store.on_disk and (home.type, home.index or 0) == (self.device.type, self.device.index or 0):
             # (blocks on disk would all be loaded once more, a model held elsewhere than the compute device
@@ -233,7 +242,7 @@ class _Pruner:
         keep = self.dense_report or self.held is not None or (per_group_dense and not stored)
         block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if keep else None
         calib = BlockPass(block, bi, self.adapter, linears, self.kwargs.of(bi) if fit_data else [], self.want_h,
-                          self.solver.needs_norms, self.device, gram=self.dense_report)
+                          self.solver.needs_norms, self.device, gram=self.dense_report, merge=self.comm.merge_stats)
         t0 = time.perf_counter()
         kept, dense_out = calib.dense_pass(self.dense_inputs) if stored else (None, None)
         self.forward_s += time.perf_counter() - t0
@@ -243,19 +252,23 @@ class _Pruner:
             if not fit_data:
                 stats = {}
             elif stored:
-                stats, _ = calib.statistics(group, self.inputs, dense_stored=kept)
+                stats, _ = calib.statistics(group, self.inputs, dense_stored=kept, parts=self.parts)
                 for n in group:
                     kept.pop(n, None)  # this group's dense inputs are spent
             else:
                 stats, out = calib.statistics(group, self.inputs, keep_outputs=self.dense_stream and last,
                                               dense_inputs=self.dense_inputs,
-                                              dense_weights=block_dense if len(groups) > 1 else None)
+                                              dense_weights=block_dense if len(groups) > 1 else None, parts=self.parts)
                 dense_out = out if self.dense_stream and last else dense_out
             self.forward_s += time.perf_counter() - t0
             held_stats = self.held_statistics(block, bi, linears, group)
-            shifts = self.dense_targets(group, linears, stats)
+            owners = self.owners(group, linears)
+            mine = tuple(n for n in group if owners[n] == self.comm.rank)
+            shifts = self.dense_targets(mine, linears, stats)
+            rows = {n: self.solve(bi, n, linears[n], stats, block_dense, held_stats, shifts[n]) for n in mine}
+            self.report.layers += self.share(group, linears, rows, owners)
             for n in group:
-                self.report.layers.append(self.solve(bi, n, linears[n], stats, block_dense, held_stats, shifts[n]))
+                stats.pop(n, None)
         self.stats_s, self.dense_s = self.stats_s + calib.stats_s, self.dense_s + calib.dense_s
         self.propagate(bi, block, dense_out)
 
@@ -263,10 +276,30 @@ class _Pruner:
         if self.held is None:
             return None
         t0 = time.perf_counter()
-        held_stats, _ = BlockPass(block, bi, self.adapter, linears, self.held.kwargs.of(bi), True, False,
-                                  self.device).statistics(group, self.held.inputs)
+        held_stats, _ = BlockPass(block, bi, self.adapter, linears, self.held.kwargs.of(bi), True, False, self.device,
+                                  merge=self.comm.merge_stats).statistics(group, self.held.inputs, parts=self.held_parts)
         self.heldout_s += time.perf_counter() - t0
         return held_stats
+
+    def owners(self, group: tuple, linears: dict) -> dict:
+        """Which rank solves each linear of ``group`` (:func:`pruning.distributed.balance`; all rank 0's in one
+        process): by the last block's solver seconds of the same linear, else ``rows · cols²``."""
+        if not self.comm.active:
+            return {n: 0 for n in group}
+        costs = {n: self.cost_hint.get(n, float(linears[n].out_features * linears[n].in_features ** 2)) for n in group}
+        return balance(costs, self.comm.world)
+
+    def share(self, group: tuple, linears: dict, rows: dict, owners: dict) -> list[dict]:
+        """Every rank gets each linear's new weight and report row from the rank that solved it; returns the rows
+        in ``group``'s order."""
+        if not self.comm.active:
+            return [rows[n] for n in group]
+        out = []
+        for n in group:
+            self.comm.broadcast_(linears[n].weight.data, owners[n])
+            out.append(self.comm.broadcast_object(rows.get(n), owners[n]))
+            self.cost_hint[n] = out[-1]["solver_s"]
+        return out
 
     def dense_targets(self, group: tuple, linears: dict, stats: dict) -> dict:
         """``output_target=dense``: every linear of the group gets ``W*`` in place of its weight before any of
@@ -342,7 +375,8 @@ def _check_settings(solver: Solver, params: dict, fit: FitSpec) -> None:
 @torch.no_grad()
 def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, solver: Solver, sparsity: Sparsity,
                 params: dict | None = None, engine: EngineSpec | None = None, fit: FitSpec | None = None, *,
-                store=None, targets=None, heldout: torch.Tensor | None = None, progress=None) -> EngineReport:
+                store=None, targets=None, heldout: torch.Tensor | None = None, progress=None,
+                comm: Comm = LOCAL) -> EngineReport:
     """Prune every prunable linear of every block in place; returns the per-layer report and timings.
 
     ``params``: the solver's own knobs; ``engine`` (:class:`pruning.spec.EngineSpec`, the job's ``engine``
@@ -358,7 +392,11 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
     ``output_target=dense``, and every layer's row gets ``dense_rel_error`` (its error against the dense
     model's own layer output) whatever the method fits; the weights are those of the run without it.
     ``progress`` (:class:`pruning.resume.Progress`, blocks on disk only): saved after every block, and a saved
-    state of the same config makes the prune go on from the block after it."""
+    state of the same config makes the prune go on from the block after it. ``comm``
+    (:mod:`pruning.distributed`): this process's rank among several pruning one model together; the windows
+    are split between them, their statistics combined and a group's solves shared out; every rank ends with
+    the same weights. ``engine.shards`` > 1 in one process: the statistics accumulated in that many shards
+    and combined as that many ranks would."""
     engine, fit, params = engine or EngineSpec(), fit or FitSpec(), dict(params or {})
     _check_settings(solver, params, fit)
     t_total = time.perf_counter()
@@ -371,7 +409,9 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
     if fit_data and windows is None:
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
-    run = _Pruner(model, adapter, solver, sparsity, params, engine, fit, device, store, targets)
+    if comm.active and (progress is not None or engine.shards != 1):
+        raise ValueError("a distributed prune neither resumes (progress) nor takes engine.shards: its ranks are the shards")
+    run = _Pruner(model, adapter, solver, sparsity, params, engine, fit, device, store, targets, comm)
     run.capture(windows if fit_data else None, heldout)
     blocks = adapter.blocks(model)
     if progress is not None and not store.on_disk:
@@ -389,4 +429,6 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
             progress.save(run.state(bi, t_total))
             store.commit(bi)
     run.report.timings = run.timings(t_total - run.earlier_s)
+    if comm.active:
+        run.report.rank_timings = comm.gather_objects(run.report.timings)
     return run.report

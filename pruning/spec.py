@@ -154,6 +154,7 @@ class EngineSpec:
     dense_inputs: str = field(default="stored", metadata={"choices": DENSE_INPUTS})
     batch_size: int = field(default=1, metadata=_least(1))
     device: str | None = None
+    shards: int = field(default=1, metadata=_least(1))  # statistics accumulated per shard of windows (pruning/distributed.py)
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,8 @@ class RuntimeSpec:
     max_fallback_share: float = 0.1
     zero_shot_logits_gb: float | None = field(default=4.0, metadata=_above(0))
     zero_shot_shared_context: bool = False  # needs zero_shot_logits_gb (the budgeted lm-eval model)
+    distributed: bool = False  # one job across the processes torchrun or a SLURM job starts (pruning/distributed.py)
+    distributed_backend: str = field(default="auto", metadata={"choices": ("auto", "gloo", "nccl")})
 
     def __post_init__(self):
         if self.zero_shot_shared_context and self.zero_shot_logits_gb is None:

@@ -68,3 +68,50 @@ class LayerStats:
         if self.G is not None:
             self.G *= scale
             self.G += xd @ xd.t()
+
+
+STAT_FIELDS = ("H", "sq_norms", "C", "G")  # the running means a LayerStats may hold, all scaled by nsamples
+
+
+def weighted_sum(tensors: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
+    """``Σ_k weights[k] · tensors[k]``, added in list order, one elementwise product and sum at a time: the
+    same bits whether a tensor is combined whole or row chunk by row chunk (:meth:`pruning.distributed.Comm.merge_stats`)."""
+    out = tensors[0] * weights[0]
+    for t, w in zip(tensors[1:], weights[1:]):
+        out += t * w
+    return out
+
+
+def shard_weights(counts: list[int]) -> list[float]:
+    """Each shard's share of the sequences: the weight of its running mean in the whole one."""
+    total = sum(counts)
+    return [c / total for c in counts]
+
+
+def merge_stats(parts: list[LayerStats]) -> LayerStats:
+    """The statistics of contiguous shards of the calibration windows, each a running mean over its own
+    sequences, combined in order into the running mean over all of them (``H = Σ_k (n_k / n) H_k``, the same
+    for the norms, ``C`` and ``G``). Equal to one accumulation over every window up to float32 rounding (the
+    sums are grouped differently); one part is returned as it is."""
+    if len(parts) == 1:
+        return parts[0]
+    weights = shard_weights([p.nsamples for p in parts])
+    out = LayerStats.__new__(LayerStats)
+    out.nsamples = sum(p.nsamples for p in parts)
+    for name in STAT_FIELDS:
+        values = [getattr(p, name) for p in parts]
+        setattr(out, name, None if values[0] is None else weighted_sum(values, weights))
+    return out
+
+
+def merge_parts(parts: list[dict], merge=merge_stats) -> dict:
+    """Per-linear statistics of several shards (``{name: LayerStats}`` each) combined by ``merge``, linear by
+    linear in the first shard's order; linears sharing one statistics object (q/k/v, gate/up) share the
+    combined one. Every shard must share the same way."""
+    first, out, reps = parts[0], {}, {}
+    for name, st in first.items():
+        rep = reps.setdefault(id(st), name)
+        if rep != name and any(p[name] is not p[rep] for p in parts[1:]):
+            raise RuntimeError(f"linear {name} shares {rep}'s statistics in one calibration shard but not in another")
+        out[name] = out[rep] if rep != name else merge([p[name] for p in parts])
+    return out

@@ -232,13 +232,13 @@ def test_input_sharing_that_changes_between_windows_stops_the_run():
     shares = _SharedInputs()
     x, y = torch.ones(2, 3), torch.zeros(2, 3)
     shares.new_pass()
-    assert shares.owner("q", x, 0, False) is None and shares.owner("k", x, 0, False) == "q"
+    assert shares.owner("q", x, True, False) is None and shares.owner("k", x, True, False) == "q"
     shares.new_pass()
-    assert shares.owner("q", y, 1, False) is None and shares.owner("k", y, 1, False) == "q"
+    assert shares.owner("q", y, False, False) is None and shares.owner("k", y, False, False) == "q"
     shares.new_pass()
-    shares.owner("q", x, 2, False)
+    shares.owner("q", x, False, False)
     with pytest.raises(RuntimeError, match="linear k read q's input on the first calibration window but not"):
-        shares.owner("k", y, 2, False)
+        shares.owner("k", y, False, False)
 
 
 def test_a_bypassed_linear_without_tap_is_a_loud_error():

@@ -1,0 +1,112 @@
+"""One prune across several processes (pruning/distributed.py): 2 gloo ranks on the CPU give bit for bit the
+weights and report rows of one process accumulating the same two shards (engine.shards=2), and one unsharded
+accumulation differs from those by float32 rounding only."""
+
+import pickle
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pruning.distributed import Comm, balance, batch_parts, shard_bounds
+from pruning.engine import prune_model
+from pruning.errors import ConfigError
+from pruning.models import load_model
+from pruning.solvers import SOLVERS
+from pruning.spec import EngineSpec, parse_method
+from pruning.stats import LayerStats, merge_stats
+from tests.conftest import compose_cfg
+
+METHODS = ("sparsegpt", "wanda", "apt-refit-dense-seq")
+CALIB = (5, 16)  # 5 windows: uneven shards (3 + 2)
+
+
+def _windows(n, seed):
+    return torch.randint(0, 256, (n, CALIB[1]), generator=torch.Generator().manual_seed(seed))
+
+
+def _prune(method: str, engine: EngineSpec, comm: Comm | None = None):
+    """tiny-llama pruned at 50% with held-out windows; returns its state dict and report rows (seconds dropped)."""
+    torch.set_num_threads(1)
+    lm = load_model(compose_cfg(["model=tiny-llama"]).model)
+    spec, target = parse_method(compose_cfg([f"method={method}"]).method, 0.5)
+    extra = {"comm": comm} if comm is not None else {}
+    report = prune_model(lm.model, lm.adapter, _windows(CALIB[0], 0), SOLVERS[spec.name], target,
+                         dict(spec.solver_params), engine, spec.fit, heldout=_windows(3, 1), **extra)
+    rows = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in report.layers]
+    return {k: v.clone() for k, v in lm.model.state_dict().items()}, rows, report
+
+
+def _rank(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        comm = Comm(rank=rank, world=world, backend="gloo")
+        out = {}
+        for method in METHODS:
+            state, rows, report = _prune(method, EngineSpec(), comm)
+            out[method] = (state, rows, report.rank_timings)
+        with open(f"{out_dir}/rank{rank}.pkl", "wb") as f:
+            pickle.dump(out, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    mp.spawn(_rank, args=(2, str(d / "init"), str(d)), nprocs=2, join=True)
+    return [pickle.loads((d / f"rank{r}.pkl").read_bytes()) for r in range(2)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_ranks_equal_one_process_with_two_shards_bit_for_bit(two_ranks, method):
+    state, rows, _ = _prune(method, EngineSpec(shards=2))
+    for r in range(2):
+        r_state, r_rows, timings = two_ranks[r][method]
+        assert r_rows == rows
+        for k, v in state.items():
+            assert torch.equal(r_state[k], v), (method, r, k)
+        assert len(timings) == 2 and all(t["prune_total_s"] > 0 for t in timings)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_shards_change_the_statistics_by_rounding_only(method):
+    """Against one accumulation over every window: the same masks here and weights within 1e-4 (the statistics
+    differ in their last float32 bits; the solvers amplify that by their conditioning)."""
+    one, rows1, _ = _prune(method, EngineSpec())
+    two, rows2, _ = _prune(method, EngineSpec(shards=2))
+    for k, v in one.items():
+        assert torch.equal(v == 0, two[k] == 0), k
+        torch.testing.assert_close(two[k], v, rtol=1e-4, atol=1e-5)
+    for a, b in zip(rows1, rows2):
+        assert a["rel_error"] == pytest.approx(b["rel_error"], rel=1e-3)
+
+
+def test_merged_shards_are_the_running_mean_of_every_window():
+    torch.manual_seed(0)
+    xs = [torch.randn(2, 7, 6) for _ in range(5)]
+    whole, a, b = LayerStats(6), LayerStats(6), LayerStats(6)
+    for i, x in enumerate(xs):
+        whole.add_batch(x, 2)
+        (a if i < 3 else b).add_batch(x, 2)
+    merged = merge_stats([a, b])
+    assert merged.nsamples == whole.nsamples == 10
+    torch.testing.assert_close(merged.H, whole.H, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(merged.sq_norms, whole.sq_norms, rtol=1e-6, atol=1e-7)
+    exact = sum(2 / 10 * x.reshape(-1, 6).double().t() @ x.reshape(-1, 6).double() for x in xs)
+    torch.testing.assert_close(merged.H.double(), exact, rtol=1e-5, atol=1e-6)
+    assert merge_stats([a]) is a
+
+
+def test_shards_cut_at_batch_boundaries_and_balance_is_deterministic():
+    assert shard_bounds(5, 1, 2) == [(0, 3), (3, 5)]
+    assert shard_bounds(7, 2, 2) == [(0, 4), (4, 7)]  # 4 batches: 2 + 2, the last one short
+    assert shard_bounds(2, 2, 3, allow_empty=True) == [(0, 2), (2, 2), (2, 2)]
+    with pytest.raises(ConfigError, match="fewer than the 3 shards"):
+        shard_bounds(2, 2, 3)
+    assert batch_parts(7, 2, 2) == [range(0, 2), range(2, 4)]
+    assert batch_parts(7, 2, 1) is None
+    # longest first, each to the least loaded rank: 8 -> 0, 5 -> 1, 4 -> 1, 3 -> 0
+    assert balance({"q": 3.0, "k": 4.0, "v": 8.0, "o": 5.0}, 2) == {"v": 0, "o": 1, "k": 1, "q": 0}
+    assert balance({"a": 1.0, "b": 1.0}, 2) == {"a": 0, "b": 1}
