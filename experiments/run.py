@@ -71,6 +71,16 @@ def record_failure(sweep_dir: str | Path, hc, error: BaseException) -> None:
         os.close(fd)
 
 
+def _join(cfg: DictConfig):
+    """This process's place in a distributed job (``runtime.distributed=true``), its process group joined; the
+    rank's GPU is its local rank's when the job computes on CUDA."""
+    from pruning.distributed import init
+    from pruning.models import resolve_device
+
+    device = resolve_device((cfg.get("engine") or {}).get("device") or cfg.model.get("device"))
+    return init(cfg.runtime.get("distributed_backend") or "auto", use_cuda=device.type == "cuda")
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from pruning.pipeline import run_job
@@ -84,6 +94,9 @@ def main(cfg: DictConfig) -> None:
         # every other worker, perhaps while it writes its record. During a job, the job's own handler rules.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        if runtime.get("distributed"):  # one job across torchrun's processes or a SLURM job's tasks
+            run_job(cfg, hc.runtime.output_dir, _join(cfg))
+            return
         with gpu_from_pool(runtime.get("gpus"), runtime.get("gpu_lock_dir") or cfg.paths.gpu_locks) as gpu:
             use_gpu(gpu)
             run_job(cfg, hc.runtime.output_dir)

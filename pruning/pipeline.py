@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from pruning.calibration import build_calibration
 from pruning.artifact import read_sidecar, sidecar_mismatch
 from pruning.data import dataset_spec, perplexity_text, preflight
+from pruning.distributed import LOCAL, Comm
 from pruning.allocation import check_config as check_allocation
 from pruning.api import mean_layer_value, needs_calibration, prune_loaded
 from pruning.errors import ConfigError, DataError, ModelLoadError
@@ -42,7 +43,7 @@ from pruning.results import (FAILED_FILE, RESULTS_FILE, SCHEMA_VERSION, ZERO_SHO
                              write_failed_record, write_json_atomic, write_samples_atomic, write_text_atomic)
 from pruning.solvers import check_method
 from pruning.spec import JobSpec, parse_job
-from pruning.tracking import make_tracker
+from pruning.tracking import NullTracker, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ def validate(cfg: DictConfig) -> JobSpec:
         spec.eval.perplexity.split(name)
     dataset_spec(spec.calibration.dataset)
     profile = None if method in EVAL_ONLY else check_allocation(dict(spec.allocation), target)
+    if spec.runtime.distributed and (spec.runtime.offload or spec.engine.shards != 1):
+        raise ConfigError(f"runtime.distributed=true with {'runtime.offload=disk' if spec.runtime.offload else 'engine.shards'}"
+                          f"={spec.runtime.offload or spec.engine.shards}: not supported yet (every rank holds the model; "
+                          "the ranks are the shards); drop one of the two")
     if spec.runtime.offload and spec.eval.zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
@@ -143,14 +148,29 @@ def _summary(record: dict) -> dict:
     return out
 
 
-def run_job(cfg: DictConfig, out_dir: str | Path) -> dict:
+def run_job(cfg: DictConfig, out_dir: str | Path, comm: Comm = LOCAL) -> dict | None:
     """Run one job in ``out_dir``, which it owns (:func:`pruning.results.claim_job_dir`) until it returns;
-    when another config's record or live job holds ``out_dir``, in its sibling ``<name>@<hash[:8]>``."""
+    when another config's record or live job holds ``out_dir``, in its sibling ``<name>@<hash[:8]>``.
+    ``comm`` (``runtime.distributed``): rank 0 does all that; the other ranks compute beside it, write nothing
+    and return None."""
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
     chash = config_hash(config)
+    if not comm.writer:
+        with _terminations_raise():
+            return _run_worker(cfg, out_dir, config, chash, comm)
     with claim_job_dir(out_dir, chash) as own, _terminations_raise():
-        return _run_locked(cfg, own, config, chash)
+        return _run_locked(cfg, own, config, chash, comm)
+
+
+def _run_worker(cfg: DictConfig, out_dir: Path, config: dict, chash: str, comm: Comm) -> None:
+    """A rank other than 0: rank 0 says whether the job runs (or stands complete), then the same stages with
+    their collectives, writing nothing."""
+    if comm.broadcast_object(None) == "skip":
+        return None
+    spec = validate(cfg)
+    _Job(spec, config, chash, out_dir, job_inputs(config), comm).run()
+    return None
 
 
 class Terminated(BaseException):
@@ -264,12 +284,14 @@ def _save_model(spec: JobSpec, loaded, record: dict, out_dir: Path, windows) -> 
     return info
 
 
-def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dict:
+def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str, comm: Comm = LOCAL) -> dict:
     """validate → skip if done → load → calibrate → prune → evaluate → save → record."""
     path = out_dir / RESULTS_FILE
     inputs = job_inputs(config)  # checksums of the profile / checkpoint files: a changed file re-runs the job
     existing = reusable_record(path, chash, bool(cfg.get("force", False)), inputs)
-    if existing is not None and not _save_missing(existing, config):
+    skip = existing is not None and not _save_missing(existing, config)
+    comm.broadcast_object("skip" if skip else "run")
+    if skip:
         return existing
     try:
         spec = validate(cfg)
@@ -282,24 +304,25 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str) -> dic
         raise
     if spec.method.name in EVAL_ONLY and cfg.sparsity is not None:
         log.info("method=%s prunes nothing; sparsity=%s is ignored", spec.method.name, cfg.sparsity)
-    return _Job(spec, config, chash, out_dir, inputs).run()
+    return _Job(spec, config, chash, out_dir, inputs, comm).run()
 
 
 class _Job:
     """The stages of one validated job around its record; any failure becomes a ``failed`` record."""
 
-    def __init__(self, spec: JobSpec, config: dict, chash: str, out_dir: Path, inputs: dict):
-        self.spec, self.config, self.chash, self.out_dir = spec, config, chash, out_dir
+    def __init__(self, spec: JobSpec, config: dict, chash: str, out_dir: Path, inputs: dict, comm: Comm = LOCAL):
+        self.spec, self.config, self.chash, self.out_dir, self.comm = spec, config, chash, out_dir, comm
         self.method, self.target = spec.method.name, spec.sparsity
         self.path = out_dir / RESULTS_FILE
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
         self.progress = None  # block-level checkpoints with the blocks on disk (pruning/resume.py)
-        self.heldout, self.zero_shot_samples = None, None
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # the config beside the record it belongs to: a forced re-run leaves a standing record's copy alone
-        # until it has its own record (finish), and a failure of it goes to config.failed.yaml (fail)
-        if not is_complete(read_record(self.path)):
-            write_text_atomic(out_dir / CONFIG_FILE, OmegaConf.to_yaml(config))
+        self.heldout, self.zero_shot_samples, self.prune_timings = None, None, {}
+        if comm.writer:  # the other ranks of a distributed job write nothing
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # the config beside the record it belongs to: a forced re-run leaves a standing record's copy alone
+            # until it has its own record (finish), and a failure of it goes to config.failed.yaml (fail)
+            if not is_complete(read_record(self.path)):
+                write_text_atomic(out_dir / CONFIG_FILE, OmegaConf.to_yaml(config))
         self.record = {
             "schema_version": SCHEMA_VERSION, "status": "running", "config_hash": chash,
             "job": {"output_dir": str(out_dir.resolve()), "host": socket.gethostname(), "started": utc_now(),
@@ -311,7 +334,7 @@ class _Job:
                          "eval": config["eval"]},
             "metrics": {"perplexity": {}}, "timings": {}, "memory": {}, "layers": [], "warnings": [],
         }
-        self.tracker = self._tracker()
+        self.tracker = self._tracker() if comm.writer else NullTracker()
 
     def _tracker(self):
         logger_cfg = dict(self.spec.logger)
@@ -409,7 +432,8 @@ class _Job:
         t0 = time.perf_counter()
         report, alloc = prune_loaded(loaded.model, loaded.adapter, self.windows, spec.method, self.target,
                                      dict(spec.allocation), spec.profile, spec.engine, store=loaded.store,
-                                     heldout=self.heldout, progress=self.progress)
+                                     heldout=self.heldout, progress=self.progress, comm=self.comm)
+        self.prune_timings = report.timings
         record["timings"]["allocation_s"] = round(time.perf_counter() - t0 - report.timings["prune_total_s"], 3)
         record["allocation"] = alloc.info
         record["layers"] = report.layers
@@ -431,8 +455,12 @@ class _Job:
         t_eval = time.perf_counter()
         if spec.eval.perplexity.enabled:
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, spec.eval.perplexity,
-                                                                  spec.data)
+                                                                  spec.data, self.comm)
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
+        if self.comm.active:  # the job's last collective: the other ranks end here
+            record["job"]["distributed"] = self._ranks()
+            if not self.comm.writer:
+                return
         for name, r in record["metrics"]["perplexity"].items():
             if not math.isfinite(r["ppl"]):
                 self._warn(f"{name} perplexity is not finite (mean log-loss {r['nll']:.4g}); recorded as null")
@@ -458,8 +486,14 @@ class _Job:
             for problem in sidecar_mismatch(claimed, measured, loaded.model, loaded.adapter, loaded.store):
                 self._warn(problem)
 
+    def _ranks(self) -> dict:
+        """``job.distributed``: the world, and each rank's host, prune timings, peak memory and bytes sent."""
+        mine = {"rank": self.comm.rank, "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
+                "timings": self.prune_timings, "sent_bytes": self.comm.sent_bytes, **peak_memory()}
+        return {**self.comm.info(), "ranks": self.comm.gather_objects(mine)}
+
     def save(self) -> None:
-        if self.spec.save.enabled:
+        if self.spec.save.enabled and self.comm.writer:
             t_save = time.perf_counter()
             self.record["save"] = _save_model(self.spec, self.loaded, self.record, self.out_dir, self.windows)
             self.record["timings"]["save_s"] = round(time.perf_counter() - t_save, 3)
@@ -468,7 +502,9 @@ class _Job:
         self.record["warnings"].append(msg)
         log.warning(msg)
 
-    def finish(self) -> dict:
+    def finish(self) -> dict | None:
+        if not self.comm.writer:
+            return None
         record = self.record
         record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
         record["memory"].update(peak_memory())
@@ -490,6 +526,9 @@ class _Job:
         return record
 
     def fail(self, e: BaseException) -> None:
+        if not self.comm.writer:
+            log.error("rank %d failed: %s: %s", self.comm.rank, type(e).__name__, e)
+            return
         record = self.record
         record.update(status="failed", error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
         if isinstance(e, (Terminated, KeyboardInterrupt)):

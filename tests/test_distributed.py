@@ -2,7 +2,11 @@
 weights and report rows of one process accumulating the same two shards (engine.shards=2), and one unsharded
 accumulation differs from those by float32 rounding only."""
 
+import json
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -16,7 +20,7 @@ from pruning.models import load_model
 from pruning.solvers import SOLVERS
 from pruning.spec import EngineSpec, parse_method
 from pruning.stats import LayerStats, merge_stats
-from tests.conftest import compose_cfg
+from tests.conftest import REPO, compose_cfg, tiny_overrides
 
 METHODS = ("sparsegpt", "wanda", "apt-refit-dense-seq")
 CALIB = (5, 16)  # 5 windows: uneven shards (3 + 2)
@@ -110,3 +114,46 @@ def test_shards_cut_at_batch_boundaries_and_balance_is_deterministic():
     # longest first, each to the least loaded rank: 8 -> 0, 5 -> 1, 4 -> 1, 3 -> 0
     assert balance({"q": 3.0, "k": 4.0, "v": 8.0, "o": 5.0}, 2) == {"v": 0, "o": 1, "k": 1, "q": 0}
     assert balance({"a": 1.0, "b": 1.0}, 2) == {"a": 0, "b": 1}
+
+
+def _job(args, tmp_path, name, env=None):
+    out = tmp_path / name
+    proc = subprocess.run([*args, f"hydra.run.dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((out / "results.json").read_text())
+
+
+def test_torchrun_job_writes_one_record_with_the_two_ranks_and_the_one_process_numbers(tiny_data_root, tmp_path):
+    """`torchrun --nproc-per-node 2 -m experiments.run runtime.distributed=true`: rank 0 writes one record (both
+    ranks' timings and hosts in it); its layers and perplexity are those of one process with engine.shards=2."""
+    common = tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", "calibration.nsamples=4",
+                            "calibration.seqlen=32", "runtime.threads=1", "eval.perplexity.max_windows=3")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    dist_rec = _job([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                     str(29500 + os.getpid() % 1000), "-m", "experiments.run", *common, "runtime.distributed=true"],
+                    tmp_path, "two", env)
+    one_rec = _job([sys.executable, "-m", "experiments.run", *common, "engine.shards=2"], tmp_path, "one", env)
+    info = dist_rec["job"]["distributed"]
+    assert info["world_size"] == 2 and info["backend"] == "gloo" and [r["rank"] for r in info["ranks"]] == [0, 1]
+    assert all(r["timings"]["prune_total_s"] > 0 and r["sent_bytes"] > 0 for r in info["ranks"])
+    assert [r["rel_error"] for r in dist_rec["layers"]] == [r["rel_error"] for r in one_rec["layers"]]
+    ppl = dist_rec["metrics"]["perplexity"]["wikitext2"]
+    assert ppl["ppl"] == one_rec["metrics"]["perplexity"]["wikitext2"]["ppl"] and ppl["nwindows"] == 3
+    assert not list(tmp_path.glob("two@*"))  # no second directory: rank 1 claimed nothing
+
+
+def test_distributed_needs_a_launcher_and_refuses_what_it_cannot_do_yet(tiny_data_root, tmp_path, monkeypatch):
+    from pruning.distributed import init
+    from pruning.pipeline import validate
+
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_NTASKS"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ConfigError, match="RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT are not set.*torchrun"):
+        init()
+    with pytest.raises(ConfigError, match="distributed_backend='mpi'"):
+        init("mpi")
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "runtime.distributed=true", "runtime.offload=disk",
+                                     "method=sparsegpt"))
+    with pytest.raises(ConfigError, match="runtime.offload=disk.*not supported yet"):
+        validate(cfg)

@@ -205,3 +205,16 @@ def test_the_cluster_refuses_a_slurm_conf_it_did_not_write(tmp_path):
         out = subprocess.run(["bash", str(SCRIPT), cmd, str(tmp_path)], capture_output=True, text=True, timeout=60)
         assert out.returncode == 6 and "was not written by this script; refusing to touch it" in out.stderr
     assert (tmp_path / "slurm.conf").read_text() == "ClusterName=production\n"
+
+
+def test_one_job_as_two_tasks_is_one_distributed_prune_with_one_record(cluster, tiny_data_root, tmp_path):
+    """hydra.launcher.tasks_per_node=2 with runtime.distributed=true: submitit's two tasks join one process group
+    (its TorchDistributedEnvironment), rank 0 writes the one record."""
+    sweep = tmp_path / "sweep"
+    out = _sweep(cluster, sweep, tiny_data_root, "method=sparsegpt", "runtime.distributed=true",
+                 "hydra.launcher.tasks_per_node=2")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (record,) = _records(sweep).values()
+    assert record["status"] == "complete" and record["job"]["slurm_job_id"]
+    info = record["job"]["distributed"]
+    assert info["world_size"] == 2 and [r["rank"] for r in info["ranks"]] == [0, 1]

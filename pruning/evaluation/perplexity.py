@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pruning.data import dataset_spec, perplexity_text
+from pruning.distributed import LOCAL, Comm
 from pruning.errors import ConfigError, DataError
 from pruning.provenance import windows_sha256
 from pruning.spec import DataSpec, PerplexitySpec, as_data, as_spec
@@ -39,8 +40,10 @@ def tokenize_text(tokenizer, text: str) -> torch.Tensor:
 
 @torch.inference_mode()
 def window_losses(model, ids: torch.Tensor, seqlen: int, *, max_windows: int | None = None,
-                  batch_size: int = 1, device=None, desc: str = "perplexity") -> torch.Tensor:
-    """Mean next-token cross-entropy of each non-overlapping ``seqlen`` window of ``ids`` (float64)."""
+                  batch_size: int = 1, device=None, desc: str = "perplexity", comm: Comm = LOCAL) -> torch.Tensor:
+    """Mean next-token cross-entropy of each non-overlapping ``seqlen`` window of ``ids`` (float64). ``comm``: each
+    rank scores its contiguous shard of the windows (cut at batch boundaries, so each window's loss is the one
+    process's), and every rank gets all the losses in window order."""
     if seqlen < 2:
         raise ConfigError(f"eval seqlen={seqlen}: need at least 2 tokens per window")
     if batch_size < 1:
@@ -52,21 +55,21 @@ def window_losses(model, ids: torch.Tensor, seqlen: int, *, max_windows: int | N
     if nwin < 1:
         raise DataError(f"{desc}: {ids.numel()} tokens do not fill one window of seqlen={seqlen}")
     device = device or next(model.parameters()).device
-    windows = ids[: nwin * seqlen].view(nwin, seqlen)
-    losses = []
-    for start in tqdm(range(0, nwin, batch_size), desc=desc, unit="batch", leave=False):
+    windows = comm.shard(ids[: nwin * seqlen].view(nwin, seqlen), batch_size, allow_empty=True)
+    losses = [torch.zeros(0, dtype=torch.float64)]
+    for start in tqdm(range(0, windows.shape[0], batch_size), desc=desc, unit="batch", leave=False):
         batch = windows[start:start + batch_size].to(device)
         logits = model(input_ids=batch, use_cache=False).logits
         loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="none")
         losses.append(loss.view(batch.shape[0], seqlen - 1).double().mean(dim=1).cpu())
-    return torch.cat(losses)
+    return torch.cat(comm.gather_objects(torch.cat(losses)))
 
 
 def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, *, max_windows: int | None = None,
-                        batch_size: int = 1, device=None, desc: str = "perplexity") -> dict:
+                        batch_size: int = 1, device=None, desc: str = "perplexity", comm: Comm = LOCAL) -> dict:
     t0 = time.perf_counter()
     losses = window_losses(model, ids, seqlen, max_windows=max_windows, batch_size=batch_size,
-                           device=device, desc=desc)
+                           device=device, desc=desc, comm=comm)
     seconds = time.perf_counter() - t0
     nll = float(losses.mean())
     ntokens = losses.numel() * seqlen
@@ -83,8 +86,10 @@ def perplexity_from_ids(model, ids: torch.Tensor, seqlen: int, *, max_windows: i
     }
 
 
-def evaluate_perplexity(model, tokenizer, cfg: PerplexitySpec | Mapping, data: DataSpec | Mapping | None = None) -> dict:
-    """Perplexity on every dataset of an ``eval.perplexity`` spec; returns {dataset: result}."""
+def evaluate_perplexity(model, tokenizer, cfg: PerplexitySpec | Mapping, data: DataSpec | Mapping | None = None,
+                        comm: Comm = LOCAL) -> dict:
+    """Perplexity on every dataset of an ``eval.perplexity`` spec; returns {dataset: result}. ``comm``: the
+    windows split between the ranks of a distributed job (:func:`window_losses`)."""
     cfg, data = as_spec(PerplexitySpec, cfg, "eval.perplexity"), as_data(data)
     out = {}
     for name in cfg.datasets:
@@ -95,7 +100,7 @@ def evaluate_perplexity(model, tokenizer, cfg: PerplexitySpec | Mapping, data: D
         seqlen = cfg.seqlen
         caps = [c for c in (cfg.max_windows, spec.ppl_max_windows) if c is not None]
         result = perplexity_from_ids(model, ids, seqlen, max_windows=min(caps) if caps else None,
-                                     batch_size=cfg.batch_size, desc=f"ppl {name}/{ds_split}")
+                                     batch_size=cfg.batch_size, desc=f"ppl {name}/{ds_split}", comm=comm)
         result.update(dataset=name, split=ds_split, data=text.info, protocol_cap=spec.ppl_max_windows,
                       max_windows=cfg.max_windows)
         log.info("%s/%s perplexity %.3f (%d windows x %d tokens, %.0f tok/s)", name, ds_split, result["ppl"],
