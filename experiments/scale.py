@@ -158,6 +158,9 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
                                                "params": dict(method.params)},
               "sparsity": target.as_dict(), "device": str(device), "dtype": cfg.dtype,
               "timings": report.timings, "per_block": per_block,
+              # each linear's solver seconds, block by block (the distributed cost model splits them over ranks)
+              "layers": [{"block": r["block"], "layer": r["layer"], "shape": r["shape"], "solver_s": r["solver_s"]}
+                         for r in report.layers],
               "memory": {**mem, "scope": scope, "rss_before_prune_bytes": before,
                          "block_bytes": block_bytes(model, adapter)},
               "matmul_flops_per_s": flops}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -63,6 +64,7 @@ class Comm:
     backend: str | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives' tensors live
     sent_bytes: int = 0  # what this rank put into collectives (statistics, weights), for the record
+    comm_s: float = 0.0  # seconds in those collectives (waiting for slower ranks included)
 
     @property
     def active(self) -> bool:
@@ -100,7 +102,9 @@ class Comm:
         if not self.active:
             return tensor
         buf = tensor.to(self.device)
+        t0 = time.perf_counter()
         torch.distributed.broadcast(buf, src=src)
+        self.comm_s += time.perf_counter() - t0
         if self.rank == src:
             self.sent_bytes += buf.numel() * buf.element_size()
         elif buf is not tensor:
@@ -111,7 +115,9 @@ class Comm:
         """Every rank's ``tensor[rows]``, in rank order."""
         part = tensor[rows].contiguous().to(self.device)
         out = [torch.empty_like(part) for _ in range(self.world)]
+        t0 = time.perf_counter()
         torch.distributed.all_gather(out, part)
+        self.comm_s += time.perf_counter() - t0
         self.sent_bytes += part.numel() * part.element_size()
         return [t.to(tensor.device) for t in out]
 

@@ -489,7 +489,8 @@ class _Job:
     def _ranks(self) -> dict:
         """``job.distributed``: the world, and each rank's host, prune timings, peak memory and bytes sent."""
         mine = {"rank": self.comm.rank, "host": socket.gethostname(), "torch_threads": torch.get_num_threads(),
-                "timings": self.prune_timings, "sent_bytes": self.comm.sent_bytes, **peak_memory()}
+                "timings": self.prune_timings, "sent_bytes": self.comm.sent_bytes,
+                "comm_s": round(self.comm.comm_s, 3), **peak_memory()}
         return {**self.comm.info(), "ranks": self.comm.gather_objects(mine)}
 
     def save(self) -> None:

@@ -136,7 +136,7 @@ def test_torchrun_job_writes_one_record_with_the_two_ranks_and_the_one_process_n
     one_rec = _job([sys.executable, "-m", "experiments.run", *common, "engine.shards=2"], tmp_path, "one", env)
     info = dist_rec["job"]["distributed"]
     assert info["world_size"] == 2 and info["backend"] == "gloo" and [r["rank"] for r in info["ranks"]] == [0, 1]
-    assert all(r["timings"]["prune_total_s"] > 0 and r["sent_bytes"] > 0 for r in info["ranks"])
+    assert all(r["timings"]["prune_total_s"] > 0 and r["sent_bytes"] > 0 and r["comm_s"] > 0 for r in info["ranks"])
     assert [r["rel_error"] for r in dist_rec["layers"]] == [r["rel_error"] for r in one_rec["layers"]]
     ppl = dist_rec["metrics"]["perplexity"]["wikitext2"]
     assert ppl["ppl"] == one_rec["metrics"]["perplexity"]["wikitext2"]["ppl"] and ppl["nwindows"] == 3
