@@ -181,8 +181,9 @@ def _layer_rows(row: dict, record: dict) -> list[dict]:
             for r in record.get("layers") or []]
 
 
-def collect(*dirs: str | Path, layers: bool = False) -> Collection:
-    """Every complete record below ``dirs``; ``layers=True`` also gathers the per-layer reports."""
+def collect(*dirs: str | Path, layers: bool = False, keep_duplicates: bool = False) -> Collection:
+    """Every complete record below ``dirs`` (of one config hash the newest, unless ``keep_duplicates``: the same job
+    run on other threads or ranks); ``layers=True`` also gathers the per-layer reports."""
     if not dirs:
         raise ValueError("collect() needs at least one output directory")
     rows, skipped, layer_rows = [], [], []
@@ -217,7 +218,7 @@ def collect(*dirs: str | Path, layers: bool = False) -> Collection:
             rows.append(row)
     frame = pd.DataFrame(rows)
     duplicates = []
-    if not frame.empty:
+    if not frame.empty and not keep_duplicates:
         frame = frame.sort_values("finished", kind="stable")
         dup = frame.duplicated("config_hash", keep="last")
         for _, row in frame[dup].iterrows():

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^\s*<!-- (table: (?P<command>.+?)|not a measurement|quoted: docs/benchmarks\.md"
                     r"|history: no records) -->\s*$")
-RENDERERS = ("analysis.tables", "analysis.scale", "analysis.solver_timing")
+RENDERERS = ("analysis.tables", "analysis.scale", "analysis.solver_timing", "analysis.rank_projection")
 
 
 def documents(repo: Path = REPO) -> list[Path]:

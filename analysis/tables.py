@@ -36,6 +36,7 @@ from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
 from analysis.memory_table import memory_long, memory_markdown
 from analysis.names import METRIC_PRESETS
 from analysis.ppl_tables import benchmark_long, benchmark_markdown, calibration_long, calibration_markdown, ppl_table
+from analysis.ranks_table import ranks_long, ranks_markdown
 from analysis.projections import projections_latex, projections_long, projections_markdown
 from analysis.render import emit
 from analysis.rows import label_by_params, select_rows
@@ -51,6 +52,7 @@ class TableKind:
     help: str = ""
     layers: bool = False  # renders the per-layer rows (options["layers"]), not only the records
     baseline: bool = False  # takes --baseline
+    duplicates: bool = False  # keeps every record of one config (the same job run on other ranks or threads)
 
 
 def _frontier(frame, fmt, o):
@@ -91,6 +93,9 @@ TABLES: dict[str, TableKind] = {
     "allocation": TableKind(("md", "latex", "csv"), _allocation, "uniform vs OWL / profile per method, ratios to uniform"),
     "memory": TableKind(("md", "csv"), lambda f, fmt, o: memory_markdown(f) if fmt == "md"
                         else memory_long(f).to_csv(index=False), "what a job cost: weights, peak RSS, minutes, saved"),
+    "ranks": TableKind(("md", "csv"), lambda f, fmt, o: ranks_markdown(f) if fmt == "md"
+                       else ranks_long(f).to_csv(index=False), "one process against runtime.distributed ranks: time, "
+                       "collectives, bytes sent, perplexity", duplicates=True),
     "downstream": TableKind(("md", "csv"), lambda f, fmt, o: downstream_markdown(f, o["compare"], o["tasks"]) if fmt == "md"
                             else downstream_long(f, o["compare"], o["tasks"]).to_csv(index=False),
                             "--compare TARGET,BASELINE pooled over the informative zero-shot tasks: better, worse, "
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
                 f"(got --table {args.table})")
     if args.tasks and args.table not in ("zeroshot", "downstream"):
         p.error(f"--tasks applies to --table zeroshot or downstream only (got --table {args.table})")
-    col = collect(*args.dirs, layers=kind.layers)
+    col = collect(*args.dirs, layers=kind.layers, keep_duplicates=kind.duplicates)
     frame = col.frame
     try:
         frame = select_rows(frame, args.where)

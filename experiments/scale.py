@@ -116,6 +116,11 @@ def projection(arch: dict, per_block: dict, cfg, bytes_per_block: int, working: 
     }
 
 
+def _solver_rows(layers: list[dict]) -> list[dict]:
+    """Each linear's solver seconds, block by block (analysis/rank_projection.py shares them out over ranks)."""
+    return [{"block": r["block"], "layer": r["layer"], "shape": r["shape"], "solver_s": r["solver_s"]} for r in layers]
+
+
 def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -157,10 +162,7 @@ def run_scale(cfg: DictConfig, out_dir: str | Path) -> dict:
               "arch": arch["name"], "method": {"name": method.name, "label": method.label,
                                                "params": dict(method.params)},
               "sparsity": target.as_dict(), "device": str(device), "dtype": cfg.dtype,
-              "timings": report.timings, "per_block": per_block,
-              # each linear's solver seconds, block by block (the distributed cost model splits them over ranks)
-              "layers": [{"block": r["block"], "layer": r["layer"], "shape": r["shape"], "solver_s": r["solver_s"]}
-                         for r in report.layers],
+              "timings": report.timings, "per_block": per_block, "layers": _solver_rows(report.layers),
               "memory": {**mem, "scope": scope, "rss_before_prune_bytes": before,
                          "block_bytes": block_bytes(model, adapter)},
               "matmul_flops_per_s": flops}

@@ -41,8 +41,8 @@ class _SharedInputs:
     """Which linears of a block read the very same input tensor (Llama's q/k/v and gate/up, OPT's q/k/v,
     Gemma's too): their statistics are the same sums of the same products, so they are accumulated once
     and shared, bit for bit what separate accumulation gives (H, C and G of the dense stream included).
-    The first calibration window (of each shard, ``engine.shards``) decides; a linear that shared then must share in every later pass, else
-    the run stops (its statistics would otherwise mix another linear's inputs in).
+    The first calibration window (of each shard, ``engine.shards``) decides; a linear that shared then must
+    share in every later pass, else the run stops (its statistics would otherwise mix another linear's inputs in).
     Tensors seen in the running pass are kept referenced until it ends, so no later input of that pass
     can reuse their memory and be taken for the same tensor."""
 
@@ -161,7 +161,8 @@ class BlockPass:
         acc = _Accumulator(stats, group, paired=dense_inputs is not None, stored=dense_stored, gram=self.gram)
 
         def run(i: int, x, kw, dense: bool):
-            acc.start(i, i == part.start, x.shape[0], dense, stop=not keep_outputs or (not dense and dense_inputs is not None))
+            stop = not keep_outputs or (not dense and dense_inputs is not None)
+            acc.start(i, i == part.start, x.shape[0], dense, stop=stop)
             t0 = time.perf_counter()
             try:
                 return self.block(x, **kw)

@@ -65,6 +65,7 @@ class Comm:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))  # where collectives' tensors live
     sent_bytes: int = 0  # what this rank put into collectives (statistics, weights), for the record
     comm_s: float = 0.0  # seconds in those collectives (waiting for slower ranks included)
+    _final: object = field(default=None, repr=False)  # the process group of outcome()
 
     @property
     def active(self) -> bool:
@@ -152,6 +153,18 @@ class Comm:
                 merged[rows] = weighted_sum(self.gather_rows(t, rows), weights)
             setattr(out, name, merged)
         return out
+
+    def outcome(self, status: str | None = None) -> str:
+        """Rank 0's ``status`` of the job ("complete" | "failed") for every rank, once the others are done with
+        their part: they wait for it (rank 0's zero-shot and save can outlast the collectives' timeout, so on a
+        group of its own with a day's) and drop their progress only when the job is complete."""
+        if not self.active:
+            return status
+        if self._final is None:
+            self._final = torch.distributed.new_group(backend="gloo", timeout=datetime.timedelta(days=1))
+        box = [status]
+        torch.distributed.broadcast_object_list(box, src=0, group=self._final)
+        return box[0]
 
     def barrier(self) -> None:
         if self.active:

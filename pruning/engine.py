@@ -47,6 +47,7 @@ from pruning.block_pass import BlockPass
 from pruning.capture import BlockKwargs, capture_block_inputs, check_replay, first_output, to_device
 from pruning.distributed import LOCAL, Comm, balance, batch_parts
 from pruning.offload import ResidentStore
+from pruning.resume import agree
 from pruning.solvers import ENGINE_KNOBS, OUTPUT_TARGETS, Solver, SolverResult
 from pruning.solvers.common import relative_error
 from pruning.solvers.dense_target import dense_output_error, dense_target_correction, dense_target_weights
@@ -409,14 +410,14 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         return _prune_without_data(model, adapter, solver, sparsity, params, t_total, store, targets)
     if fit_data and windows is None:
         raise ValueError(f"{solver.fn.__name__} needs calibration windows")
-    if comm.active and (progress is not None or engine.shards != 1):
-        raise ValueError("a distributed prune neither resumes (progress) nor takes engine.shards: its ranks are the shards")
+    if comm.active and engine.shards != 1:
+        raise ValueError("a distributed prune does not take engine.shards: its ranks are the shards")
     run = _Pruner(model, adapter, solver, sparsity, params, engine, fit, device, store, targets, comm)
     run.capture(windows if fit_data else None, heldout)
     blocks = adapter.blocks(model)
     if progress is not None and not store.on_disk:
         raise ValueError("progress (resuming a prune) needs the blocks on disk: a pruning.offload.BlockStore")
-    start = run.restore(progress.load()) if progress is not None else 0
+    start = run.restore(agree(progress, comm)) if progress is not None else 0
     if progress is not None:
         store.settle(start)
     for bi in tqdm(range(start, len(blocks)), desc=f"prune {sparsity}", unit="block", initial=start, total=len(blocks)):
@@ -427,6 +428,7 @@ def prune_model(model, adapter: FamilyAdapter, windows: torch.Tensor | None, sol
         else:  # the pruned block replaces the dense one only once the progress counts it as done
             store.stage(bi, blocks[bi])
             progress.save(run.state(bi, t_total))
+            comm.barrier()  # every rank's progress counts the block done before any rank commits it (resume.agree)
             store.commit(bi)
     run.report.timings = run.timings(t_total - run.earlier_s)
     if comm.active:

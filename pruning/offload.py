@@ -28,11 +28,12 @@ from pruning.errors import ConfigError, ModelLoadError
 
 
 PROGRESS_FILE = "progress.pt"  # a prune's block-level checkpoint (pruning/resume.py): the store is mid-prune
+PROGRESS_PREV = "progress.prev.pt"  # the one saved before it
 
 
 def resuming(root: str | Path) -> bool:
     """The store holds a prune's progress: its blocks are kept as they are (neither re-initialised nor cleared)."""
-    return (Path(root) / PROGRESS_FILE).exists()
+    return (Path(root) / PROGRESS_FILE).exists() or (Path(root) / PROGRESS_PREV).exists()
 
 
 def _libc():

@@ -8,6 +8,7 @@ when it finished, ``failed`` (with the error and traceback) when it did not.
 from __future__ import annotations
 
 import logging
+import contextlib
 import math
 import os
 import shutil
@@ -68,10 +69,9 @@ def validate(cfg: DictConfig) -> JobSpec:
         spec.eval.perplexity.split(name)
     dataset_spec(spec.calibration.dataset)
     profile = None if method in EVAL_ONLY else check_allocation(dict(spec.allocation), target)
-    if spec.runtime.distributed and (spec.runtime.offload or spec.engine.shards != 1):
-        raise ConfigError(f"runtime.distributed=true with {'runtime.offload=disk' if spec.runtime.offload else 'engine.shards'}"
-                          f"={spec.runtime.offload or spec.engine.shards}: not supported yet (every rank holds the model; "
-                          "the ranks are the shards); drop one of the two")
+    if spec.runtime.distributed and spec.engine.shards != 1:
+        raise ConfigError(f"runtime.distributed=true with engine.shards={spec.engine.shards}: the ranks are the shards; "
+                          "engine.shards reproduces a distributed run in one process. Drop engine.shards")
     if spec.runtime.offload and spec.eval.zero_shot_on:
         raise ConfigError("runtime.offload=disk does not support zero-shot evaluation yet (lm-eval needs the whole "
                           "model in memory); use eval=ppl or run without offload")
@@ -166,10 +166,11 @@ def run_job(cfg: DictConfig, out_dir: str | Path, comm: Comm = LOCAL) -> dict | 
 def _run_worker(cfg: DictConfig, out_dir: Path, config: dict, chash: str, comm: Comm) -> None:
     """A rank other than 0: rank 0 says whether the job runs (or stands complete), then the same stages with
     their collectives, writing nothing."""
-    if comm.broadcast_object(None) == "skip":
+    decision, where = comm.broadcast_object(None)
+    if decision == "skip":
         return None
     spec = validate(cfg)
-    _Job(spec, config, chash, out_dir, job_inputs(config), comm).run()
+    _Job(spec, config, chash, Path(where), job_inputs(config), comm).run()  # rank 0's directory (its store paths)
     return None
 
 
@@ -290,7 +291,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, config: dict, chash: str, comm: 
     inputs = job_inputs(config)  # checksums of the profile / checkpoint files: a changed file re-runs the job
     existing = reusable_record(path, chash, bool(cfg.get("force", False)), inputs)
     skip = existing is not None and not _save_missing(existing, config)
-    comm.broadcast_object("skip" if skip else "run")
+    comm.broadcast_object(("skip" if skip else "run", str(out_dir)))
     if skip:
         return existing
     try:
@@ -316,7 +317,7 @@ class _Job:
         self.path = out_dir / RESULTS_FILE
         self.loaded, self.windows, self.offload_dir, self.temporary_store = None, None, None, False
         self.progress = None  # block-level checkpoints with the blocks on disk (pruning/resume.py)
-        self.heldout, self.zero_shot_samples, self.prune_timings = None, None, {}
+        self.heldout, self.zero_shot_samples, self.prune_timings, self.ranks_done = None, None, {}, False
         if comm.writer:  # the other ranks of a distributed job write nothing
             out_dir.mkdir(parents=True, exist_ok=True)
             # the config beside the record it belongs to: a forced re-run leaves a standing record's copy alone
@@ -359,6 +360,9 @@ class _Job:
             return self.finish()
         except BaseException as e:
             self.fail(e)
+            if self.comm.writer and self.ranks_done:  # the other ranks wait for the outcome (finish)
+                with contextlib.suppress(Exception):
+                    self.comm.outcome("failed")
             if self.progress is not None and self.progress.exists():
                 log.error("kept the block store with the prune's progress in %s: the same command goes on from "
                           "the last finished block", self.offload_dir)
@@ -367,6 +371,9 @@ class _Job:
             if self.temporary_store and self.offload_dir is not None and not (
                     self.progress is not None and self.progress.exists()):
                 shutil.rmtree(self.offload_dir, ignore_errors=True)
+                if self.comm.active:  # <job dir>/offload/rank<r>: the last rank out removes the parent too
+                    with contextlib.suppress(OSError):
+                        self.offload_dir.parent.rmdir()
 
     def load(self) -> None:
         record, runtime = self.record, self.spec.runtime
@@ -377,6 +384,8 @@ class _Job:
         torch.manual_seed(self.spec.seed)
         if runtime.offload:
             self.offload_dir = Path(runtime.offload_dir or self.out_dir / "offload")
+            if self.comm.active:  # a store (and a progress) per rank: each prunes and evaluates its own copy
+                self.offload_dir = self.offload_dir / f"rank{self.comm.rank}"
             self.temporary_store = not runtime.offload_dir
             self.progress = self._progress()
         self.loaded = load_model(self.spec.model, offload_dir=self.offload_dir)
@@ -457,8 +466,9 @@ class _Job:
             record["metrics"]["perplexity"] = evaluate_perplexity(loaded.model, loaded.tokenizer, spec.eval.perplexity,
                                                                   spec.data, self.comm)
         record["timings"]["eval_ppl_s"] = round(time.perf_counter() - t_eval, 3)
-        if self.comm.active:  # the job's last collective: the other ranks end here
+        if self.comm.active:  # the job's last collective but finish's outcome: the other ranks end here
             record["job"]["distributed"] = self._ranks()
+            self.ranks_done = True
             if not self.comm.writer:
                 return
         for name, r in record["metrics"]["perplexity"].items():
@@ -504,7 +514,10 @@ class _Job:
         log.warning(msg)
 
     def finish(self) -> dict | None:
-        if not self.comm.writer:
+        if not self.comm.writer:  # rank 0's record decides whether this rank's progress (and store) can go
+            self.loaded = None  # the model is not needed while rank 0 scores zero-shot tasks and saves
+            if self.comm.outcome() == "complete" and self.progress is not None:
+                self.progress.done()
             return None
         record = self.record
         record["timings"]["total_s"] = round(time.perf_counter() - self.t_start, 3)
@@ -521,6 +534,7 @@ class _Job:
         write_json_atomic(self.path, record)
         if self.progress is not None:
             self.progress.done()  # the record is complete: a kept store holds the pruned model, nothing to resume
+        self.comm.outcome("complete")
         self.tracker.log_summary(_summary(record))
         self.tracker.finish()
         log.info("wrote %s", self.path)

@@ -141,9 +141,18 @@ def test_torchrun_job_writes_one_record_with_the_two_ranks_and_the_one_process_n
     ppl = dist_rec["metrics"]["perplexity"]["wikitext2"]
     assert ppl["ppl"] == one_rec["metrics"]["perplexity"]["wikitext2"]["ppl"] and ppl["nwindows"] == 3
     assert not list(tmp_path.glob("two@*"))  # no second directory: rank 1 claimed nothing
+    from analysis.collect import collect
+    from analysis.ranks_table import ranks_long, ranks_markdown
+
+    frame = collect(tmp_path, keep_duplicates=True).frame
+    table = ranks_long(frame)
+    assert list(table["processes"]) == [1, 2] and list(table["shards"]) == [2, 2]
+    assert table["sent_mb_per_block"].iloc[0] == 0 and table["sent_mb_per_block"].iloc[1] > 0
+    assert table["ppl"].iloc[0] == table["ppl"].iloc[1]
+    assert sum(line.startswith("| tiny-llama |") for line in ranks_markdown(frame).splitlines()) == 2
 
 
-def test_distributed_needs_a_launcher_and_refuses_what_it_cannot_do_yet(tiny_data_root, tmp_path, monkeypatch):
+def test_distributed_needs_a_launcher_and_no_shards_of_its_own(tiny_data_root, tmp_path, monkeypatch):
     from pruning.distributed import init
     from pruning.pipeline import validate
 
@@ -153,7 +162,105 @@ def test_distributed_needs_a_launcher_and_refuses_what_it_cannot_do_yet(tiny_dat
         init()
     with pytest.raises(ConfigError, match="distributed_backend='mpi'"):
         init("mpi")
-    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "runtime.distributed=true", "runtime.offload=disk",
+    cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, "runtime.distributed=true", "engine.shards=2",
                                      "method=sparsegpt"))
-    with pytest.raises(ConfigError, match="runtime.offload=disk.*not supported yet"):
+    with pytest.raises(ConfigError, match="engine.shards=2: the ranks are the shards"):
         validate(cfg)
+
+
+def _scale_record(true_sequential: bool) -> dict:
+    """A scale record of one LLaMA-shaped block (hidden 8, MLP 16) with chosen per-linear solver seconds."""
+    shapes = {"self_attn.q_proj": [8, 8], "self_attn.k_proj": [8, 8], "self_attn.v_proj": [8, 8],
+              "self_attn.o_proj": [8, 8], "mlp.gate_proj": [16, 8], "mlp.up_proj": [16, 8], "mlp.down_proj": [8, 16]}
+    seconds = {"self_attn.q_proj": 1.0, "self_attn.k_proj": 1.0, "self_attn.v_proj": 1.0, "self_attn.o_proj": 1.0,
+               "mlp.gate_proj": 2.0, "mlp.up_proj": 2.0, "mlp.down_proj": 4.0}  # 12 s; the block's solver: 24 s
+    params = {"true_sequential": True, "output_target": "dense"} if true_sequential else {}
+    return {"kind": "scale", "arch": "llama-2-7b", "config": {"arch": {"config": {"model_type": "llama"}},
+                                                              "nsamples": 16, "seqlen": 512},
+            "method": {"label": "apt-refit-dense-seq" if true_sequential else "sparsegpt", "params": params},
+            "per_block": {"calib_forward_s": 40.0, "solver_s": 24.0, "prune_total_s": 64.0},
+            "projection": {"layers": 32}, "memory": {"block_bytes": 1000},
+            "layers": [{"block": 0, "layer": n, "shape": s, "solver_s": seconds[n]} for n, s in shapes.items()]}
+
+
+def test_rank_projection_divides_the_passes_and_shares_each_group_by_its_costs():
+    from analysis.rank_projection import project
+
+    one, two, eight = project(_scale_record(False), [1, 2, 8], link_gbs=1e-6)  # 1 kB/s: bytes visible in seconds
+    assert one["block_s"] == pytest.approx(64.0) and one["received_gb"] == 0  # one rank: the measured block
+    # 2 ranks, one group (costs doubled to 24 s): down 8 | gate 4 + up 4 ... -> 12 / 12
+    assert two["forward_s"] == 20.0 and two["solver_s"] == pytest.approx(12.0)
+    stats = 3 * 8 * 8 * 4 + 16 * 16 * 4  # q/k/v's, o's and gate/up's inputs of 8 columns, down's of 16
+    assert two["received_gb"] * 1e9 == pytest.approx(stats + 500)
+    assert eight["solver_s"] == pytest.approx(8.0)  # no group divides below its largest linear
+    seq = project(_scale_record(True), [2, 8], link_gbs=1e-6)
+    # groups q/k/v (2+2+2: 4 on the slower rank), o (2), gate/up (4+4: 4), down (8) -> 18; at 8 ranks 2+2+4+8 = 16
+    assert [r["solver_s"] for r in seq] == pytest.approx([18.0, 16.0])
+    assert seq[0]["received_gb"] * 1e9 == pytest.approx(2 * stats + 500)  # C beside H with the dense target
+
+
+def _rank_job(rank: int, world: int, init_file: str, out_dir: str, args: list, kill: bool, result: str) -> None:
+    """One rank of a distributed job run in-process (run_job with its Comm); ``kill``: rank 1 dies while it writes
+    block 1 back, before saving its progress, after rank 0 has saved its own (rank 0 then fails in the barrier)."""
+    import datetime
+    import time
+
+    from pruning.offload import BlockStore
+    from pruning.pipeline import run_job
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=30))
+    if kill and rank == 1:
+        original = BlockStore.stage
+
+        def stage(self, i, block):
+            if i == 1:
+                time.sleep(3)  # rank 0 saves its progress of block 1 meanwhile and waits in the barrier
+                raise KeyboardInterrupt
+            original(self, i, block)
+        BlockStore.stage = stage
+    torch.set_num_threads(1)
+    try:
+        rec = run_job(compose_cfg(args), out_dir, Comm(rank=rank, world=world, backend="gloo"))
+        with open(f"{result}.rank{rank}", "wb") as f:
+            pickle.dump(rec, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn_job(tmp_path, name, args, kill=False, out="job"):
+    init = tmp_path / f"init-{name}"
+    mp.spawn(_rank_job, args=(2, str(init), str(tmp_path / out), args, kill, str(tmp_path / name)), nprocs=2)
+    return pickle.loads((tmp_path / f"{name}.rank0").read_bytes())
+
+
+def test_a_killed_distributed_offloaded_prune_resumes_where_the_slowest_rank_stopped(tiny_data_root, tmp_path):
+    """Blocks on disk, a store per rank, the default method; rank 1 killed before its progress of block 1, rank 0
+    one block ahead: the same command resumes both from block 1 (rank 0 back to its previous progress) and ends
+    with the uninterrupted 2-rank run's layers and perplexity; rank 0 saves and verifies the model from its store."""
+    args = tiny_overrides("tiny-llama", tiny_data_root, "calibration.nsamples=4", "calibration.seqlen=64",
+                          "method=apt-refit-dense-seq", "runtime.offload=disk", "runtime.distributed=true")
+    whole = _spawn_job(tmp_path, "whole", [*args, "save.enabled=true"], out="whole")
+    assert whole["save"]["verification"]["passed"] and whole["job"]["distributed"]["world_size"] == 2
+    with pytest.raises(mp.ProcessRaisedException):
+        _spawn_job(tmp_path, "killed", args, kill=True)
+    stores = tmp_path / "job" / "offload"
+    assert (stores / "rank0" / "progress.prev.pt").exists() and (stores / "rank1" / "progress.pt").exists()
+    resumed = _spawn_job(tmp_path, "resumed", args)
+    assert resumed["protocol"]["engine"]["resumed_from_block"] == 1
+    assert [r["rel_error"] for r in resumed["layers"]] == [r["rel_error"] for r in whole["layers"]]
+    assert resumed["metrics"]["perplexity"]["wikitext2"]["ppl"] == whole["metrics"]["perplexity"]["wikitext2"]["ppl"]
+    assert not stores.exists()  # complete: the temporary stores go
+
+
+def test_one_shard_keeps_the_hash_of_older_records_and_runtime_distributed_is_not_in_it():
+    from omegaconf import OmegaConf
+
+    from pruning.results import config_hash
+
+    cfg = OmegaConf.to_container(compose_cfg(["model=tiny-llama", "method=sparsegpt"]), resolve=True)
+    assert cfg["engine"]["shards"] == 1 and cfg["runtime"]["distributed"] is False
+    without = {**cfg, "engine": {k: v for k, v in cfg["engine"].items() if k != "shards"}}
+    assert config_hash(cfg) == config_hash(without)
+    assert config_hash({**cfg, "engine": {**cfg["engine"], "shards": 2}}) != config_hash(cfg)
+    assert config_hash({**cfg, "runtime": {**cfg["runtime"], "distributed": True}}) == config_hash(cfg)
