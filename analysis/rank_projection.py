@@ -3,7 +3,8 @@
 
 The cost model, per block (docs/running.md, "One job across several processes"):
 
-* **calibration passes** (forward, statistics, the dense stream's passes): the windows are split, so ÷ N;
+* **calibration passes** (forward, statistics, the dense stream's passes): the windows are split, so ÷ N; at
+  the paper protocol's 128 × 2048 tokens they scale linearly in tokens (as ``experiments/scale.py`` projects);
 * **solver**: each sublayer group's linears are shared out by :func:`pruning.distributed.balance` on their
   measured solver seconds (the record's per-linear rows; the rest of the block's solver time, the dense-output
   targets and error reports, is spread over the linears in proportion), so a group takes its makespan: it
@@ -70,13 +71,16 @@ def project(rec: dict, ranks: list[int], link_gbs: float) -> list[dict]:
         received = (n - 1) * stats + weights * (n - 1) / n
         comm = received / (link_gbs * 1e9)
         block = forward + solver + comm
+        paper = forward * rec["projection"]["paper_tokens"] / rec["projection"]["tokens"] + solver + comm
         out.append({"arch": rec["arch"], "method": METHOD_NAMES.get(rec["method"]["label"], rec["method"]["label"]),
                     "tokens": f"{rec['config']['nsamples']}×{rec['config']['seqlen']}", "ranks": n,
                     "forward_s": forward, "solver_s": solver, "received_gb": received / 1e9, "comm_s": comm,
-                    "block_s": block, "model_h": block * layers / 3600, "measured_block_s": per_block["prune_total_s"]})
-    base = {(r["arch"], r["method"]): r["block_s"] for r in out if r["ranks"] == 1}
+                    "block_s": block, "model_h": block * layers / 3600, "paper_model_h": paper * layers / 3600,
+                    "measured_block_s": per_block["prune_total_s"]})
+    one = next((r for r in out if r["ranks"] == 1), None)
     for r in out:
-        r["speedup"] = base.get((r["arch"], r["method"]), float("nan")) / r["block_s"]
+        r["speedup"] = one["block_s"] / r["block_s"] if one else float("nan")
+        r["paper_speedup"] = one["paper_model_h"] / r["paper_model_h"] if one else float("nan")
     return out
 
 
@@ -95,11 +99,13 @@ def projection_markdown(frame: pd.DataFrame, link_gbs: float) -> str:
     def num(d):
         return lambda v: f"{v:.{d}f}"
     formats = {c: num(1) for c in ("forward_s", "solver_s", "comm_s", "block_s", "measured_block_s")}
-    formats.update(received_gb=num(2), model_h=num(2), speedup=lambda v: f"{v:.2f}×")
+    formats.update(received_gb=num(2), model_h=num(2), paper_model_h=num(1),
+                   **{c: (lambda v: f"{v:.2f}×") for c in ("speedup", "paper_speedup")})
     return (to_markdown(frame, formats) + f"\nPer block, from one measured block (measured_block_s) of the scale "
             f"benchmark on its machine: calibration passes ÷ ranks, each sublayer group's solves shared out by "
             f"their measured seconds (a group's slowest rank), the statistics and weights each rank receives at an "
-            f"assumed {link_gbs:g} GB/s, not overlapped; model_h = block × the real depth; analysis/rank_projection.py "
+            f"assumed {link_gbs:g} GB/s, not overlapped; model_h = block × the real depth; paper_model_h: the same with "
+            f"the calibration passes scaled to 128 × 2048 tokens (linear in tokens); analysis/rank_projection.py "
             f"says what is left out.\n")
 
 

@@ -31,6 +31,12 @@ With ``heldout`` windows (not in the references) a second set of inputs travels 
 blocks beside the calibration inputs; their Hessians are accumulated at the same points but never
 reach the solver, and each layer's row gets ``heldout_rel_error`` = ``‖(W − W')X_h‖² / ‖WX_h‖²`` on
 them: how much of a solver's layer-error gain is fitted to its own calibration windows.
+
+Across several processes (``comm``, :mod:`pruning.distributed`) each rank runs its own contiguous shard of the
+windows (and of the dense and held-out streams) through every block; the statistics of a group are merged
+across ranks in rank order before any solver reads them, the group's linears are solved on different ranks and
+their weights broadcast, so every rank enters the next block with the same weights. ``engine.shards`` does the
+same accumulation in one process.
 """
 
 from __future__ import annotations

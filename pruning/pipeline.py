@@ -7,8 +7,8 @@ when it finished, ``failed`` (with the error and traceback) when it did not.
 
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import math
 import os
 import shutil

@@ -126,17 +126,19 @@ def _job(args, tmp_path, name, env=None):
 
 def test_torchrun_job_writes_one_record_with_the_two_ranks_and_the_one_process_numbers(tiny_data_root, tmp_path):
     """`torchrun --nproc-per-node 2 -m experiments.run runtime.distributed=true`: rank 0 writes one record (both
-    ranks' timings and hosts in it); its layers and perplexity are those of one process with engine.shards=2."""
+    ranks' timings and hosts in it, its zero-shot scores); its layers and perplexity are those of one process with
+    engine.shards=2."""
     common = tiny_overrides("tiny-llama", tiny_data_root, "method=sparsegpt", "calibration.nsamples=4",
                             "calibration.seqlen=32", "runtime.threads=1", "eval.perplexity.max_windows=3")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     dist_rec = _job([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                     str(29500 + os.getpid() % 1000), "-m", "experiments.run", *common, "runtime.distributed=true"],
-                    tmp_path, "two", env)
+                     str(29500 + os.getpid() % 1000), "-m", "experiments.run", *common, "runtime.distributed=true",
+                     "eval=zeroshot", "eval.zero_shot.tasks=[piqa]", "eval.zero_shot.limit=2"], tmp_path, "two", env)
     one_rec = _job([sys.executable, "-m", "experiments.run", *common, "engine.shards=2"], tmp_path, "one", env)
     info = dist_rec["job"]["distributed"]
     assert info["world_size"] == 2 and info["backend"] == "gloo" and [r["rank"] for r in info["ranks"]] == [0, 1]
     assert all(r["timings"]["prune_total_s"] > 0 and r["sent_bytes"] > 0 and r["comm_s"] > 0 for r in info["ranks"])
+    assert dist_rec["metrics"]["zero_shot"]["tasks"]["piqa"]["n_docs"] == 2  # rank 0 alone, rank 1 waiting
     assert [r["rel_error"] for r in dist_rec["layers"]] == [r["rel_error"] for r in one_rec["layers"]]
     ppl = dist_rec["metrics"]["perplexity"]["wikitext2"]
     assert ppl["ppl"] == one_rec["metrics"]["perplexity"]["wikitext2"]["ppl"] and ppl["nwindows"] == 3
@@ -179,7 +181,7 @@ def _scale_record(true_sequential: bool) -> dict:
                                                               "nsamples": 16, "seqlen": 512},
             "method": {"label": "apt-refit-dense-seq" if true_sequential else "sparsegpt", "params": params},
             "per_block": {"calib_forward_s": 40.0, "solver_s": 24.0, "prune_total_s": 64.0},
-            "projection": {"layers": 32}, "memory": {"block_bytes": 1000},
+            "projection": {"layers": 32, "tokens": 8192, "paper_tokens": 262144}, "memory": {"block_bytes": 1000},
             "layers": [{"block": 0, "layer": n, "shape": s, "solver_s": seconds[n]} for n, s in shapes.items()]}
 
 
@@ -188,6 +190,7 @@ def test_rank_projection_divides_the_passes_and_shares_each_group_by_its_costs()
 
     one, two, eight = project(_scale_record(False), [1, 2, 8], link_gbs=1e-6)  # 1 kB/s: bytes visible in seconds
     assert one["block_s"] == pytest.approx(64.0) and one["received_gb"] == 0  # one rank: the measured block
+    assert one["paper_model_h"] == pytest.approx((40.0 * 32 + 24.0) * 32 / 3600)  # passes x 32 tokens, not solves
     # 2 ranks, one group (costs doubled to 24 s): down 8 | gate 4 + up 4 ... -> 12 / 12
     assert two["forward_s"] == 20.0 and two["solver_s"] == pytest.approx(12.0)
     stats = 3 * 8 * 8 * 4 + 16 * 16 * 4  # q/k/v's, o's and gate/up's inputs of 8 columns, down's of 16
@@ -245,6 +248,7 @@ def test_a_killed_distributed_offloaded_prune_resumes_where_the_slowest_rank_sto
     with pytest.raises(mp.ProcessRaisedException):
         _spawn_job(tmp_path, "killed", args, kill=True)
     stores = tmp_path / "job" / "offload"
+    assert json.loads((tmp_path / "job" / "results.json").read_text())["status"] == "failed"  # rank 0's record
     assert (stores / "rank0" / "progress.prev.pt").exists() and (stores / "rank1" / "progress.pt").exists()
     resumed = _spawn_job(tmp_path, "resumed", args)
     assert resumed["protocol"]["engine"]["resumed_from_block"] == 1
