@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pruning.errors import ConfigError
+from pruning.stats import STAT_FIELDS, LayerStats, merge_stats, shard_weights, weighted_sum
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,6 @@ class Comm:
         """One linear's statistics over every shard: this process's ``parts`` (:func:`pruning.stats.merge_stats`)
         and, across ranks, each rank's one part gathered in rank order and combined row chunk by row chunk
         with the same arithmetic; every rank gets the same bits."""
-        from pruning.stats import STAT_FIELDS, LayerStats, shard_weights, weighted_sum, merge_stats
-
         if not self.active:
             return merge_stats(parts)
         if len(parts) != 1:
