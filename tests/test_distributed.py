@@ -268,3 +268,20 @@ def test_one_shard_keeps_the_hash_of_older_records_and_runtime_distributed_is_no
     assert config_hash(cfg) == config_hash(without)
     assert config_hash({**cfg, "engine": {**cfg["engine"], "shards": 2}}) != config_hash(cfg)
     assert config_hash({**cfg, "runtime": {**cfg["runtime"], "distributed": True}}) == config_hash(cfg)
+
+
+def test_progress_keeps_the_state_before_and_falls_back_to_it(tmp_path):
+    """Each save keeps the one before (a rank one block ahead goes back to it, resume.agree); a kill between the
+    save's two renames leaves only that one, which is then the state; done() removes both."""
+    from pruning.resume import Progress, agree
+
+    p = Progress(tmp_path, "cfg")
+    p.save({"next_block": 1})
+    assert p.previous() is None
+    p.save({"next_block": 2})
+    assert p.load()["next_block"] == 2 and p.previous()["next_block"] == 1
+    assert agree(p, Comm())["next_block"] == 2  # one process: its own state
+    p.path.unlink()  # killed between the renames
+    assert p.exists() and p.load()["next_block"] == 1
+    p.done()
+    assert not p.exists() and p.load() is None
