@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.names import METHOD_NAMES, sparsity_name, to_markdown
+from analysis.names import METHOD_NAMES, fixed, sparsity_name, to_markdown
 from pruning.results import RESULTS_FILE, read_record
 
 GIB = 2 ** 30
@@ -44,11 +44,8 @@ def memory_long(frame: pd.DataFrame) -> pd.DataFrame:
 
 def memory_markdown(frame: pd.DataFrame) -> str:
     long = memory_long(frame)
-
-    def num(d):
-        return lambda v: "–" if v is None or v != v else f"{v:.{d}f}"
-    formats = {c: num(2) for c in ("params_b", "weights_gib", "peak_rss_prune_gib", "peak_rss_gib", "saved_gib")}
-    formats.update({c: num(1) for c in ("machine_gib", "prune_min", "eval_min", "save_min")})
+    formats = {c: fixed(2) for c in ("params_b", "weights_gib", "peak_rss_prune_gib", "peak_rss_gib", "saved_gib")}
+    formats.update({c: fixed(1) for c in ("machine_gib", "prune_min", "eval_min", "save_min")})
     formats["verified"] = lambda v: "–" if v is None else ("yes" if v else "NO")
     return (to_markdown(long, formats) + "\nWeights at the run's dtype (GiB = 2³⁰ bytes); blocks on disk: "
             "`runtime.offload=disk`; peak RSS of the job's process while pruning and over the whole job (load, "

@@ -64,6 +64,11 @@ def sparsity_name(spec: str) -> str:
     return f"{sp.ratio * 100:g}%" if sp.kind == "unstructured" else spec
 
 
+def fixed(digits: int):
+    """A table cell formatter: ``digits`` decimals, "–" for a missing value (None or NaN)."""
+    return lambda v: "–" if v is None or v != v else f"{v:.{digits}f}"
+
+
 def to_markdown(df: pd.DataFrame, formats: dict | None = None) -> str:
     """A plain Markdown table of ``df``'s columns (no index); ``formats`` maps a column to a formatter."""
     formats = formats or {}

@@ -19,22 +19,18 @@ The cost model, per block (docs/running.md, "One job across several processes"):
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.names import METHOD_NAMES, to_markdown
-from pruning.adapters import ADAPTERS
+from analysis.names import METHOD_NAMES, fixed, to_markdown
+from analysis.scale import scale_records, whole_model_seconds
+from pruning.adapters import adapter_for_type
 from pruning.distributed import balance
 
 def _groups(rec: dict) -> tuple[tuple[str, ...], ...]:
     """The sublayer groups of the record's family (pruning/adapters.py); in each, the linears read one input."""
-    model_type = rec["config"]["arch"]["config"]["model_type"]
-    adapter = next((a for a in ADAPTERS if model_type.startswith(a.family)), None)
-    if adapter is None:
-        raise SystemExit(f"{rec['arch']}: no adapter for model_type={model_type!r}")
-    return adapter.sequential_groups
+    return adapter_for_type(rec["config"]["arch"]["config"]["model_type"], rec["arch"]).sequential_groups
 
 
 def _linear_costs(rec: dict) -> dict[str, float]:
@@ -71,11 +67,12 @@ def project(rec: dict, ranks: list[int], link_gbs: float) -> list[dict]:
         received = (n - 1) * stats + weights * (n - 1) / n
         comm = received / (link_gbs * 1e9)
         block = forward + solver + comm
-        paper = forward * rec["projection"]["paper_tokens"] / rec["projection"]["tokens"] + solver + comm
+        model_s, paper_s = whole_model_seconds({"calib_forward_s": forward, "prune_total_s": block}, layers,
+                                               rec["projection"]["tokens"], rec["projection"]["paper_tokens"])
         out.append({"arch": rec["arch"], "method": METHOD_NAMES.get(rec["method"]["label"], rec["method"]["label"]),
                     "tokens": f"{rec['config']['nsamples']}×{rec['config']['seqlen']}", "ranks": n,
                     "forward_s": forward, "solver_s": solver, "received_gb": received / 1e9, "comm_s": comm,
-                    "block_s": block, "model_h": block * layers / 3600, "paper_model_h": paper * layers / 3600,
+                    "block_s": block, "model_h": model_s / 3600, "paper_model_h": paper_s / 3600,
                     "measured_block_s": per_block["prune_total_s"]})
     one = next((r for r in out if r["ranks"] == 1), None)
     for r in out:
@@ -86,9 +83,8 @@ def project(rec: dict, ranks: list[int], link_gbs: float) -> list[dict]:
 
 def projection_frame(directory: Path, ranks: list[int], link_gbs: float) -> pd.DataFrame:
     rows = []
-    for path in sorted(Path(directory).rglob("results.json")):
-        rec = json.loads(path.read_text())
-        if rec.get("kind") == "scale" and rec.get("layers"):
+    for _, rec in scale_records(directory):
+        if rec.get("layers"):
             rows += project(rec, ranks, link_gbs)
     if not rows:
         raise SystemExit(f"no scale records with per-linear rows under {directory} (experiments.scale writes them)")
@@ -96,10 +92,8 @@ def projection_frame(directory: Path, ranks: list[int], link_gbs: float) -> pd.D
 
 
 def projection_markdown(frame: pd.DataFrame, link_gbs: float) -> str:
-    def num(d):
-        return lambda v: f"{v:.{d}f}"
-    formats = {c: num(1) for c in ("forward_s", "solver_s", "comm_s", "block_s", "measured_block_s")}
-    formats.update(received_gb=num(2), model_h=num(2), paper_model_h=num(1),
+    formats = {c: fixed(1) for c in ("forward_s", "solver_s", "comm_s", "block_s", "measured_block_s")}
+    formats.update(received_gb=fixed(2), model_h=fixed(2), paper_model_h=fixed(1),
                    **{c: (lambda v: f"{v:.2f}×") for c in ("speedup", "paper_speedup")})
     return (to_markdown(frame, formats) + f"\nPer block, from one measured block (measured_block_s) of the scale "
             f"benchmark on its machine: calibration passes ÷ ranks, each sublayer group's solves shared out by "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.names import METHOD_NAMES, sparsity_name, to_markdown
+from analysis.names import METHOD_NAMES, fixed, sparsity_name, to_markdown
 from pruning.results import RESULTS_FILE, read_record
 
 
@@ -49,11 +49,8 @@ def ranks_long(frame: pd.DataFrame) -> pd.DataFrame:
 
 def ranks_markdown(frame: pd.DataFrame) -> str:
     long = ranks_long(frame)
-
-    def num(d):
-        return lambda v: "–" if v is None or v != v else f"{v:.{d}f}"
-    formats = {c: num(1) for c in ("prune_s", "forward_s", "solver_s", "collectives_s", "sent_mb_per_block")}
-    formats.update(ppl=num(2), x_one_process=lambda v: "–" if v != v else f"{v:.2f}×")
+    formats = {c: fixed(1) for c in ("prune_s", "forward_s", "solver_s", "collectives_s", "sent_mb_per_block")}
+    formats.update(ppl=fixed(2), x_one_process=lambda v: "–" if v != v else f"{v:.2f}×")
     return (to_markdown(long, formats) + "\nProcesses × threads each; shards: the calibration shards whose statistics are "
             "combined (a rank each, or `engine.shards` in one process); prune = rank 0's wall time of the prune; "
             "forward (calibration passes) and solver: the slowest rank's seconds; collectives: the slowest rank's "

@@ -42,13 +42,18 @@ def _label(rec: dict) -> str:
             + ("+dense_error" if engine.get("dense_error") else ""))
 
 
+def scale_records(root: str | Path):
+    """``(path, record)`` of every complete scale record below ``root``, in path order."""
+    for path in sorted(Path(root).rglob(RESULTS_FILE)):
+        rec = read_record(path)
+        if rec and rec.get("kind") == "scale" and rec.get("status") == "complete":
+            yield path, rec
+
+
 def scale_long(root: str | Path) -> pd.DataFrame:
     """One row per scale record below ``root``."""
     rows = []
-    for path in sorted(Path(root).rglob(RESULTS_FILE)):
-        rec = read_record(path)
-        if not rec or rec.get("kind") != "scale" or rec.get("status") != "complete":
-            continue
+    for path, rec in scale_records(root):
         cfg, b, proj = rec["config"], rec["per_block"], rec["projection"]
         rows.append({"arch": rec["arch"], "method": _label(rec), "sparsity": rec["sparsity"]["spec"],
                      "dtype": rec["dtype"], "device": rec["device"], "tokens": f"{cfg['nsamples']}×{cfg['seqlen']}",

@@ -91,15 +91,19 @@ ADAPTERS: tuple[FamilyAdapter, ...] = (
 SUPPORTED_MODEL_TYPES = tuple(t for a in ADAPTERS for t in a.model_types)
 
 
-def adapter_for(model: nn.Module) -> FamilyAdapter:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def adapter_for_type(model_type: str | None, what: str = "") -> FamilyAdapter:
+    """The adapter of a config's ``model_type`` (``what``: the model's class, for the error)."""
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
     raise ModelLoadError(
-        f"unsupported architecture {model_type!r} ({type(model).__name__}); supported model types: "
+        f"unsupported architecture {model_type!r}{f' ({what})' if what else ''}; supported model types: "
         f"{', '.join(SUPPORTED_MODEL_TYPES)}. Add a FamilyAdapter in pruning/adapters.py to support it"
     )
+
+
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    return adapter_for_type(getattr(getattr(model, "config", None), "model_type", None), type(model).__name__)
 
 
 def prunable_linears(model: nn.Module, adapter: FamilyAdapter) -> dict[str, nn.Linear]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pruning.errors import ConfigError
-from pruning.stats import STAT_FIELDS, LayerStats, merge_stats, shard_weights, weighted_sum
+from pruning.stats import merge_stats, merged_stats, weighted_sum
 
 log = logging.getLogger(__name__)
 
@@ -137,20 +137,15 @@ class Comm:
             raise ValueError(f"a rank holds one calibration shard, not {len(parts)} (engine.shards is for one process)")
         mine = parts[0]
         counts = [int(c) for c in self.gather_objects(mine.nsamples)]
-        weights = shard_weights(counts)
-        out = LayerStats.__new__(LayerStats)
-        out.nsamples = sum(counts)
-        for name in STAT_FIELDS:
-            t = getattr(mine, name)
-            if t is None:
-                setattr(out, name, None)
-                continue
-            merged = torch.empty_like(t)
-            step = self.chunk_rows(t)
-            for start in range(0, t.shape[0], step):
-                rows = slice(start, start + step)
-                merged[rows] = weighted_sum(self.gather_rows(t, rows), weights)
-            setattr(out, name, merged)
+        return merged_stats(counts, mine, lambda name, weights: self._gathered_sum(getattr(mine, name), weights))
+
+    def _gathered_sum(self, t: torch.Tensor, weights: list[float]) -> torch.Tensor:
+        """Every rank's ``t`` summed with ``weights`` in rank order, row chunk by row chunk (:func:`weighted_sum`)."""
+        out = torch.empty_like(t)
+        step = self.chunk_rows(t)
+        for start in range(0, t.shape[0], step):
+            rows = slice(start, start + step)
+            out[rows] = weighted_sum(self.gather_rows(t, rows), weights)
         return out
 
     def outcome(self, status: str | None = None) -> str:
@@ -173,7 +168,7 @@ class Comm:
         """What a record keeps (``job.distributed``); None in one process."""
         if not self.active:
             return None
-        return {"world_size": self.world, "backend": self.backend, "rank": self.rank}
+        return {"world_size": self.world, "backend": self.backend}
 
 
 LOCAL = Comm()

@@ -118,7 +118,7 @@ class Job(TypedDict, total=False):
     finished: str
     slurm_job_id: str | None
     torch_threads: int
-    distributed: dict  # runtime.distributed: world_size, backend, rank (0), ranks [{rank, host, timings, peak_rss_bytes, sent_bytes}]
+    distributed: dict  # runtime.distributed: world_size, backend, ranks [{rank, host, timings, peak_rss_bytes, sent_bytes}]
 
 
 class Protocol(TypedDict, total=False):

@@ -95,12 +95,18 @@ def merge_stats(parts: list[LayerStats]) -> LayerStats:
     sums are grouped differently); one part is returned as it is."""
     if len(parts) == 1:
         return parts[0]
-    weights = shard_weights([p.nsamples for p in parts])
+    return merged_stats([p.nsamples for p in parts], parts[0],
+                        lambda name, weights: weighted_sum([getattr(p, name) for p in parts], weights))
+
+
+def merged_stats(counts: list[int], like: LayerStats, combine) -> LayerStats:
+    """The statistics over shards of ``counts`` sequences each: every field ``like`` holds is ``combine(name,
+    weights)`` (the shards' values of it summed with their :func:`shard_weights`), the others None."""
+    weights = shard_weights(counts)
     out = LayerStats.__new__(LayerStats)
-    out.nsamples = sum(p.nsamples for p in parts)
+    out.nsamples = sum(counts)
     for name in STAT_FIELDS:
-        values = [getattr(p, name) for p in parts]
-        setattr(out, name, None if values[0] is None else weighted_sum(values, weights))
+        setattr(out, name, None if getattr(like, name) is None else combine(name, weights))
     return out
 
 
