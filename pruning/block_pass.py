@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from pruning.adapters import FamilyAdapter
 from pruning.capture import StopForward, capture_block_inputs, first_output, to_device
 from pruning.offload import ResidentStore
+from pruning.reuse import OutputReuse
 from pruning.stats import LayerStats, merge_parts, merge_stats
 
 
@@ -124,6 +125,7 @@ class BlockPass:
     device: torch.device
     gram: bool = True
     merge: Callable = merge_stats  # one linear's statistics over the parts (Comm.merge_stats: across ranks too)
+    reuse: OutputReuse | None = None  # submodule outputs kept from one calibration pass for the next (pruning/reuse.py)
     stats_s: float = 0.0  # seconds accumulating statistics, over this block's passes
     dense_s: float = 0.0  # seconds of the dense stream's passes (output_target=dense, engine.dense_error)
 
@@ -143,17 +145,21 @@ class BlockPass:
         ``dense_stored`` (from :meth:`dense_pass`) instead: the linears' dense inputs, window for window, paired
         with the pruned ones as they arrive; no dense pass runs (the same statistics, bit for bit).
         ``parts`` (``engine.shards``): ranges of batches accumulated apart, one after the other, and combined by
-        :attr:`merge` (:mod:`pruning.distributed`: across ranks too)."""
+        :attr:`merge` (:mod:`pruning.distributed`: across ranks too). With :attr:`reuse` (and no ``dense_inputs``)
+        submodules whose outputs the last pass left unchanged answer from them (:mod:`pruning.reuse`)."""
         per_part, outputs = [], []
-        for part in parts or [range(len(inputs))]:
-            stats, outs = self._accumulate(group, inputs, part, keep_outputs, dense_inputs, dense_weights, dense_stored)
-            per_part.append(stats)
-            outputs += outs
+        reuse = self.reuse if dense_inputs is None else None
+        with reuse.pass_over(group, self.linears) if reuse is not None else contextlib.nullcontext():
+            for part in parts or [range(len(inputs))]:
+                stats, outs = self._accumulate(group, inputs, part, keep_outputs, dense_inputs, dense_weights,
+                                               dense_stored, reuse)
+                per_part.append(stats)
+                outputs += outs
         stats = merge_parts(per_part, self.merge)
         self._check_reached(stats, group)
         return stats, outputs
 
-    def _accumulate(self, group, inputs, part, keep_outputs, dense_inputs, dense_weights, dense_stored):
+    def _accumulate(self, group, inputs, part, keep_outputs, dense_inputs, dense_weights, dense_stored, reuse):
         """One part's pass of :meth:`statistics`: its own running means, and the outputs it keeps."""
         linears = self.linears
         stats = {n: LayerStats(linears[n].in_features, hessian=self.hessian, norms=self.norms, device=self.device)
@@ -163,6 +169,8 @@ class BlockPass:
         def run(i: int, x, kw, dense: bool):
             stop = not keep_outputs or (not dense and dense_inputs is not None)
             acc.start(i, i == part.start, x.shape[0], dense, stop=stop)
+            if reuse is not None:
+                reuse.window(i)
             t0 = time.perf_counter()
             try:
                 return self.block(x, **kw)

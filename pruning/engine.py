@@ -41,6 +41,7 @@ same accumulation in one process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from pruning.capture import BlockKwargs, capture_block_inputs, check_replay, fir
 from pruning.distributed import LOCAL, Comm, balance, batch_parts
 from pruning.offload import ResidentStore
 from pruning.resume import agree
+from pruning.reuse import OutputReuse
 from pruning.solvers import ENGINE_KNOBS, OUTPUT_TARGETS, Solver, SolverResult
 from pruning.solvers.common import relative_error
 from pruning.solvers.dense_target import dense_output_error, dense_target_correction, dense_target_weights
@@ -71,6 +73,7 @@ class EngineReport:
     block_kwargs: str | None = None  # "shared" (block 0's serve every block) | "per_block"; None: no capture
     resumed_from_block: int | None = None  # the prune went on from a saved state at this block (pruning/resume.py)
     rank_timings: list | None = None  # a distributed prune: every rank's timings, in rank order
+    reused_calls: int = 0  # submodule calls answered from the last pass's outputs (engine.reuse_outputs)
 
     def engine_info(self) -> dict:
         """What a record keeps of how the engine ran (``protocol.engine``; its revision is
@@ -78,6 +81,8 @@ class EngineReport:
         out = {"block_kwargs": self.block_kwargs, "replay_max_rel_diff": self.replay_rel_diff}
         if self.resumed_from_block is not None:
             out["resumed_from_block"] = self.resumed_from_block
+        if self.reused_calls:
+            out["reused_module_calls"] = self.reused_calls
         return out
 
 
@@ -169,6 +174,7 @@ class _Pruner:
         self.dense_stream = fit.dense_target or engine.dense_error  # the dense model's block inputs travel too
         self.dense_report = engine.dense_error  # each layer's dense_rel_error (needs G and the dense weights)
         self.store_dense = engine.dense_inputs == "stored"
+        self.reuse_outputs = engine.reuse_outputs
         self.want_h = solver.needs_hessian or engine.report_error or engine.dense_error
         self.report = EngineReport()
         self.forward_s = self.solver_s = self.heldout_s = self.stats_s = self.dense_s = self.report_s = 0.0
@@ -248,8 +254,11 @@ class _Pruner:
         # dense passes run with
         keep = self.dense_report or self.held is not None or (per_group_dense and not stored)
         block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if keep else None
+        # group by group, a submodule the last pass computed before the group just solved answers from that output
+        reuse = OutputReuse(block, linears, self.reuse_outputs) if fit_data and len(groups) > 1 else None
         calib = BlockPass(block, bi, self.adapter, linears, self.kwargs.of(bi) if fit_data else [], self.want_h,
-                          self.solver.needs_norms, self.device, gram=self.dense_report, merge=self.comm.merge_stats)
+                          self.solver.needs_norms, self.device, gram=self.dense_report, merge=self.comm.merge_stats,
+                          reuse=reuse)
         t0 = time.perf_counter()
         kept, dense_out = calib.dense_pass(self.dense_inputs) if stored else (None, None)
         self.forward_s += time.perf_counter() - t0
@@ -277,7 +286,8 @@ class _Pruner:
             for n in group:
                 stats.pop(n, None)
         self.stats_s, self.dense_s = self.stats_s + calib.stats_s, self.dense_s + calib.dense_s
-        self.propagate(bi, block, dense_out)
+        self.propagate(bi, block, dense_out, reuse)
+        self.report.reused_calls += reuse.reused if reuse is not None else 0
 
     def held_statistics(self, block, bi: int, linears: dict, group: tuple) -> dict | None:
         if self.held is None:
@@ -342,10 +352,17 @@ class _Pruner:
         stats.pop(n, None)
         return row
 
-    def propagate(self, bi: int, block, dense_out: list | None) -> None:
-        """The pruned block's outputs (and the held-out windows') become the next block's inputs."""
+    def propagate(self, bi: int, block, dense_out: list | None, reuse: OutputReuse | None = None) -> None:
+        """The pruned block's outputs (and the held-out windows') become the next block's inputs; ``reuse``: the
+        submodules the last group's pass left unchanged answer from their outputs."""
         t0 = time.perf_counter()
-        self.inputs = [first_output(block(x, **kw)) for x, kw in zip(self.inputs, self.kwargs.of(bi))]
+        outputs = []
+        with reuse.pass_over((), {}, record=False) if reuse is not None else contextlib.nullcontext():
+            for i, (x, kw) in enumerate(zip(self.inputs, self.kwargs.of(bi))):
+                if reuse is not None:
+                    reuse.window(i)
+                outputs.append(first_output(block(x, **kw)))
+        self.inputs = outputs
         self.forward_s += time.perf_counter() - t0
         if self.dense_stream:
             self.dense_inputs = dense_out

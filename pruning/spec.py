@@ -45,6 +45,9 @@ def _above(low):
 # true_sequential): "stored", one dense pass per block keeping every linear's dense input until its group is
 # solved; "recompute", one dense pass per group (no stored inputs, more forward time). Same statistics bit for bit.
 DENSE_INPUTS = ("stored", "recompute")
+# Which submodule outputs a pass of a block calibrated group by group keeps for the next one (pruning/reuse.py):
+# the same results whichever, so not in the config hash.
+REUSE_OUTPUTS = ("sublayers", "all", "none")
 MODEL_SOURCES = ("hub", "local", "gguf", "packaged_gguf", "assembled_gguf", "random")
 
 
@@ -155,6 +158,7 @@ class EngineSpec:
     batch_size: int = field(default=1, metadata=_least(1))
     device: str | None = None
     shards: int = field(default=1, metadata=_least(1))  # statistics accumulated per shard of windows (pruning/distributed.py)
+    reuse_outputs: str = field(default="sublayers", metadata={"choices": REUSE_OUTPUTS})  # pruning/reuse.py
 
 
 @dataclass(frozen=True)

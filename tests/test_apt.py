@@ -361,3 +361,31 @@ def test_sparsegpt_score_option_is_exact_beats_no_update_and_is_deterministic(la
     assert res.error < relative_error(W, W.masked_fill(res.mask, 0), H)
     obs = apt(W, sp, H=H, blocksize=24, score="obs")
     assert not torch.equal(res.mask, obs.mask)  # the option changes the mask, not only a label
+
+
+@pytest.mark.parametrize("dead", [False, True])
+def test_flipped_inverse_factor_is_the_reference_factor_up_to_rounding(dead):
+    """APT forms the upper Cholesky factor of (H + λI)⁻¹ from one Cholesky of the reversed matrix and one triangular
+    inverse (half the arithmetic of Cholesky, inverse, Cholesky): the same factor to float64 rounding, the same
+    damping, upper triangular with a positive diagonal; with dead inputs too (H_jj = 1 after prepare_layer)."""
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(200, 48, generator=g, dtype=torch.float64) @ torch.randn(48, 48, generator=g, dtype=torch.float64)
+    H = X.t() @ X / 200
+    if dead:
+        H[:, 5] = H[5, :] = 0
+        H[5, 5] = 1
+    U_ref, info_ref = inverse_hessian_factor(H, 0.01)
+    U, info = inverse_hessian_factor(H, 0.01, flipped=True)
+    assert info == info_ref and torch.equal(U, U.triu()) and bool((U.diagonal() > 0).all())
+    torch.testing.assert_close(U, U_ref, rtol=1e-9, atol=1e-12 * float(U_ref.abs().max()))
+    Hd = H + info["damp"] * torch.eye(48, dtype=torch.float64)
+    torch.testing.assert_close(U.t() @ U @ Hd, torch.eye(48, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_flipped_factor_escalates_damping_like_the_reference():
+    """An indefinite H: both forms fail at the asked damping and succeed at the same escalated one."""
+    H = torch.diag(torch.tensor([1.0, 1.0, -0.5], dtype=torch.float64))  # mean diag 0.5: needs percdamp > 1
+    U_ref, info_ref = inverse_hessian_factor(H, 0.01)
+    U, info = inverse_hessian_factor(H, 0.01, flipped=True)
+    assert info["damp_retries"] == info_ref["damp_retries"] > 0 and info["percdamp_used"] == info_ref["percdamp_used"]
+    torch.testing.assert_close(U, U_ref, rtol=1e-12, atol=1e-12)

@@ -79,8 +79,49 @@ def check_pattern(w: torch.Tensor, sparsity: Sparsity) -> None:
     sparsity.check_width(w.shape[1])
 
 
-def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int = 6) -> tuple[torch.Tensor, dict]:
-    """Upper Cholesky factor of ``(H + damp·I)⁻¹`` with escalating damping on failure."""
+def _reference_factor(Hd: torch.Tensor) -> torch.Tensor:
+    """SparseGPT's sequence: Cholesky of ``Hd``, its inverse, the inverse's upper Cholesky factor (``4/3 n³``)."""
+    L = torch.linalg.cholesky(Hd)
+    del Hd
+    Hinv = torch.cholesky_inverse(L)
+    del L
+    return torch.linalg.cholesky(Hinv, upper=True)  # each intermediate released once the next exists
+
+
+def _triangular_inverse(L: torch.Tensor) -> torch.Tensor:
+    """``L⁻¹`` of a lower-triangular ``L``, in place on CPU (LAPACK ``trtri``, ``n³/3``: torch has no triangular
+    inverse; its ``solve_triangular`` against an identity costs ``n³``), by a triangular solve elsewhere."""
+    if L.device.type != "cpu":
+        eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+        return torch.linalg.solve_triangular(L, eye, upper=False)
+    from scipy.linalg import lapack
+    trtri = lapack.dtrtri if L.dtype == torch.float64 else lapack.strtri
+    # L row-major is Lᵀ column-major: inverting that upper factor (in place) leaves L⁻¹ row-major
+    inv, info = trtri(L.numpy().T, lower=0, overwrite_c=1)
+    if info:
+        raise torch.linalg.LinAlgError(f"triangular inverse: zero diagonal entry {info}")
+    return torch.from_numpy(inv.T)
+
+
+def _flipped_factor(Hd: torch.Tensor) -> torch.Tensor:
+    """The same factor in ``2/3 n³``: with ``J`` the order reversal and ``J Hd J = L Lᵀ``, ``R = J L J`` is upper
+    triangular with ``Hd = R Rᵀ``, so ``Hd⁻¹ = (R⁻¹)ᵀ R⁻¹`` and ``U = R⁻¹ = J L⁻¹ J`` is the upper Cholesky factor
+    of ``Hd⁻¹`` (unique, positive diagonal): one Cholesky and one triangular inverse. Equal to the reference
+    sequence up to rounding."""
+    F = Hd.flip(0, 1)
+    del Hd
+    info = torch.empty((), dtype=torch.int32, device=F.device)
+    torch.linalg.cholesky_ex(F, out=(F, info))
+    if int(info):
+        raise torch.linalg.LinAlgError(f"Cholesky: leading minor {int(info)} is not positive definite")
+    return _triangular_inverse(F.tril_()).flip(0, 1)
+
+
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int = 6,
+                           flipped: bool = False) -> tuple[torch.Tensor, dict]:
+    """Upper Cholesky factor of ``(H + damp·I)⁻¹`` with escalating damping on failure; ``flipped``: formed by
+    :func:`_flipped_factor` (half the arithmetic; APT) instead of the reference's sequence (SparseGPT, ALPS,
+    whose results must match their authors' code)."""
     columns = H.shape[0]
     diag = torch.arange(columns, device=H.device)
     mean_diag = torch.mean(torch.diag(H))
@@ -88,13 +129,9 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
     for attempt in range(max_damp_tries + 1):
         Hd = H.clone()
         Hd[diag, diag] += frac * mean_diag
-        try:  # each intermediate is released once the next exists: two cols x cols matrices at a time, not four
-            L = torch.linalg.cholesky(Hd)
+        try:
+            U = _flipped_factor(Hd) if flipped else _reference_factor(Hd)
             del Hd
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            U = torch.linalg.cholesky(Hinv, upper=True)
-            del Hinv
             if torch.isfinite(U).all():
                 info = {"percdamp_used": frac, "damp": float(frac * mean_diag), "damp_retries": attempt,
                         "hinv_fallback": False}
@@ -116,10 +153,11 @@ def undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
     return H
 
 
-def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tries: int, dtype: torch.dtype):
+def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tries: int, dtype: torch.dtype,
+                  flipped: bool = False):
     """Working copies of ``W`` and ``H`` in ``dtype`` with dead inputs handled as the reference does
     (``H_jj = 0``: set ``H_jj = 1`` and zero that weight column), and the upper Cholesky factor of
-    the damped inverse. Returns ``(W, H, dead, U, info)``."""
+    the damped inverse (:func:`inverse_hessian_factor`). Returns ``(W, H, dead, U, info)``."""
     if not percdamp > 0:
         from pruning.errors import ConfigError
         raise ConfigError(f"method.percdamp={percdamp!r}: need > 0 (damping = percdamp * mean(diag H))")
@@ -128,6 +166,6 @@ def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tr
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    U, info = inverse_hessian_factor(H, percdamp, max_damp_tries)
+    U, info = inverse_hessian_factor(H, percdamp, max_damp_tries, flipped)
     info["dead_columns"] = int(dead.sum())
     return W, H, dead, U, info
