@@ -12,6 +12,13 @@ A table is preceded by one of these markers (an HTML comment: invisible on the p
 - ``<!-- quoted: docs/benchmarks.md -->`` (README only): every number appears in a rendered table there;
 - ``<!-- history: no records -->`` (docs/history.md only): a past measurement whose records were never
   archived; that page claims nothing current.
+
+Prose numbers of docs/benchmarks.md (every decimal outside tables, code and comments) are checked too: each must
+be a number of its ``##`` section's rendered tables, or of what a command named in the section by
+``<!-- numbers from: python -m analysis.<module> ARGS -->`` prints from archived records (figures the prose quotes
+that no shown table has, e.g. per-seed values), rounded as the prose rounds it; or be named in the section by
+``<!-- prose constants: 0.05 1.5 -->``: a setting, a target or a bound the text states, not a measurement
+(:func:`prose_problems`).
 """
 
 from __future__ import annotations
@@ -28,7 +35,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 MARKER = re.compile(r"^\s*<!-- (table: (?P<command>.+?)|not a measurement|quoted: docs/benchmarks\.md"
                     r"|history: no records) -->\s*$")
-RENDERERS = ("analysis.tables", "analysis.scale", "analysis.solver_timing", "analysis.rank_projection")
+CONSTANTS = re.compile(r"<!-- prose constants: (?P<numbers>[^>]*?) -->")
+SOURCES = re.compile(r"<!-- numbers from: (?P<command>.+?) -->")
+NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
+PROSE_CHECKED = ("docs/benchmarks.md",)
+RENDERERS = ("analysis.tables", "analysis.scale", "analysis.solver_timing", "analysis.rank_projection",
+             "analysis.answer_bias", "analysis.record_facts")
 
 
 def documents(repo: Path = REPO) -> list[Path]:
@@ -61,8 +74,8 @@ def command_of(marker: str) -> str | None:
     return found.group("command") if found else None
 
 
-def render(command: str, repo: Path = REPO) -> list[str]:
-    """The first table the command prints, run in-process (its module's ``main``)."""
+def output(command: str, repo: Path = REPO) -> str:
+    """What the command prints, run in-process (its module's ``main``)."""
     argv = shlex.split(command)
     if argv[:2] != ["python", "-m"] or argv[2] not in RENDERERS:
         raise ValueError(f"not a table command: {command!r}; allowed: python -m {' | '.join(RENDERERS)} ...")
@@ -70,14 +83,78 @@ def render(command: str, repo: Path = REPO) -> list[str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         main([str(repo / a) if a.startswith("analysis/records") else a for a in argv[3:]])
+    return buf.getvalue()
+
+
+def render(command: str, repo: Path = REPO) -> list[str]:
+    """The first table the command prints."""
     rows, started = [], False
-    for line in buf.getvalue().splitlines():
+    for line in output(command, repo).splitlines():
         if line.strip().startswith("|"):
             rows.append(line.strip())
             started = True
         elif started:
             break
     return rows
+
+
+def _sections(path: Path) -> list[tuple[str, list[tuple[int, str]]]]:
+    """The document cut at its ``##`` headings: ``(heading, [(line number, line)])``, code fences dropped."""
+    out, fenced = [("", [])], False
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip().startswith("```"):
+            fenced = not fenced
+            continue
+        if fenced:
+            continue
+        if line.startswith("## "):
+            out.append((line[3:].strip(), []))
+        out[-1][1].append((i, line))
+    return out
+
+
+def _prose(line: str) -> str:
+    """A prose line without its comments, inline code and link targets (settings and paths, not results)."""
+    line = re.sub(r"<!--.*?-->", "", line)
+    line = re.sub(r"`[^`]*`", "", line)
+    return re.sub(r"\]\([^)]*\)", "]", line)
+
+
+def _quotes(number: str, candidates: set[str]) -> bool:
+    """``number`` as the prose writes it (``d.dd``) is one of ``candidates`` as printed, or one printed with one
+    more decimal rounded to it (a table's 1.656× quoted as 1.66×), or, for a number of three or more significant
+    digits (which does not match by chance), any longer one rounded to it (a record's 11.304230690 as 11.304231)."""
+    if number in candidates:
+        return True
+    places = len(number.split(".")[1])
+    loose = len(number.replace(".", "").lstrip("0")) >= 3
+    return any(f"{float(c):.{places}f}" == number for c in candidates
+               if len(c.partition(".")[2]) == places + 1 or (loose and len(c.partition(".")[2]) > places))
+
+
+def prose_problems(path: Path) -> list[str]:
+    """Every prose decimal of ``path`` that is neither a number of its section's rendered tables or ``numbers
+    from`` commands nor one of the section's declared constants, and every declared constant its section's
+    prose does not use."""
+    problems = []
+    rendered_lines = {start + k + 1 for marker, rows, start in tables(path) if marker and command_of(marker)
+                      for k in range(len(rows))}
+    for heading, lines in _sections(path):
+        text = "\n".join(line for _, line in lines)
+        sources = {n for i, line in lines if i in rendered_lines for n in NUMBER.findall(line)}
+        for found in SOURCES.finditer(text):
+            sources.update(NUMBER.findall(output(found.group("command"))))
+        constants = {n for m in CONSTANTS.finditer(text) for n in m.group("numbers").split()}
+        used = set()
+        for number, line in ((n, line) for _, line in lines if not line.strip().startswith("|")
+                             for n in DECIMAL.findall(_prose(line))):
+            used.add(number)
+            if number not in constants and not _quotes(number, sources):
+                problems.append(f"{path.name}, \"{heading}\": {number} is in no rendered table or numbers-from "
+                                f"command of the section: {line.strip()[:100]}")
+        problems += [f"{path.name}, \"{heading}\": declared constant {n} is not in the section's prose"
+                     for n in sorted(constants - used)]
+    return problems
 
 
 def refresh(path: Path, write: bool) -> list[str]:
@@ -107,7 +184,9 @@ def main(argv=None) -> int:
     for path, commands in stale.items():
         for command in commands:
             print(f"{path.relative_to(REPO)}: {'re-rendered' if args.write else 'stale'}: {command}")
-    return 0 if args.write or not any(stale.values()) else 1
+    prose = [p for name in PROSE_CHECKED for p in prose_problems(REPO / name)]
+    print("\n".join(prose))
+    return 0 if (args.write or not any(stale.values())) and not prose else 1
 
 
 if __name__ == "__main__":

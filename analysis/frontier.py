@@ -60,8 +60,11 @@ def window_mismatches(f: pd.DataFrame, base: pd.DataFrame, datasets: list[str]) 
     return out
 
 
-def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window_mismatch: bool = False) -> pd.DataFrame:
-    """One row per (model, sparsity, method): the statistics of the module docstring. A record whose window
+def paired_records(frame: pd.DataFrame, baseline: str = "sparsegpt",
+                   allow_window_mismatch: bool = False) -> tuple[pd.DataFrame, list[str], list[tuple[str, str]]]:
+    """The pruned records, each with its perplexities' ratio and difference to the baseline's record of the same
+    model, sparsity and calibration seed (``ratio_<set>``, ``diff_<set>``) and its paired cost ratios; returns
+    them, the evaluated datasets and the paired ``(column, ratio column)`` pairs. A record whose window
     fingerprints differ from its baseline's is an error (:func:`window_mismatches`) unless
     ``allow_window_mismatch``."""
     if frame.empty:
@@ -92,6 +95,39 @@ def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window
               if col not in OPTIONAL_COLUMNS or (col in f and pd.to_numeric(f[col], errors="coerce").notna().any())]
     for col, x in paired:
         f[x] = pd.to_numeric(f[col], errors="coerce").to_numpy() / matched(f, base, KEYS, col)
+    return f, datasets, paired
+
+
+def frontier_seeds_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window_mismatch: bool = False) -> str:
+    """One row per record (model, sparsity, method, calibration seed): its perplexities and their ratios to the
+    baseline's record on the same windows, its layer errors and its solver and prune seconds with their ratios:
+    the per-seed figures behind :func:`frontier_markdown`'s means."""
+    f, datasets, _ = paired_records(frame, baseline, allow_window_mismatch)
+    f["_k"] = [(str(m), sparsity_order(sp), method_key(lab), s) for m, sp, lab, s in
+               zip(f["model"], f["sparsity"], f["label"], f["calib_seed"])]
+    f = f.sort_values("_k")
+    num = lambda v, fmt: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)  # noqa: E731
+    out = {"model": f["model"], "sparsity": f["sparsity"].map(sparsity_name),
+           "method": f["label"].map(lambda m: METHOD_NAMES.get(m, m)), "seed": f["calib_seed"].map(lambda v: num(v, ".0f"))}
+    base = METHOD_NAMES.get(baseline, baseline)
+    for ds in datasets:
+        name = DATASET_NAMES.get(ds, ds)
+        out[f"{name} ppl"] = f[f"ppl_{ds}"].map(lambda v: num(v, ".2f"))
+        out[f"{name} ÷ {base}"] = f[f"ratio_{ds}"].map(lambda v: num(v, ".3f"))
+    out["layer error"] = pd.to_numeric(f["mean_rel_error"], errors="coerce").map(lambda v: num(v, ".4f"))
+    out["dense-output error"] = pd.to_numeric(f.get("mean_dense_rel_error", pd.Series(math.nan, index=f.index)),
+                                              errors="coerce").map(lambda v: num(v, ".4f"))
+    out["solver s"] = pd.to_numeric(f["solver_s"], errors="coerce").map(lambda v: num(v, ".1f"))
+    out[f"solver ÷ {base}"] = f["solver_x"].map(lambda v: num(v, ".2f").replace("–", "") + "×")
+    out["prune s"] = pd.to_numeric(f["prune_total_s"], errors="coerce").map(lambda v: num(v, ".1f"))
+    out[f"prune ÷ {base}"] = f["prune_x"].map(lambda v: num(v, ".2f").replace("–", "") + "×")
+    return to_markdown(pd.DataFrame(out).replace("×", "–"))
+
+
+def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window_mismatch: bool = False) -> pd.DataFrame:
+    """One row per (model, sparsity, method): the statistics of the module docstring, over
+    :func:`paired_records`."""
+    f, datasets, paired = paired_records(frame, baseline, allow_window_mismatch)
     rows = []
     for (model, sparsity, label), g in f.groupby(["model", "sparsity", "label"], sort=False):
         if g["calib_seed"].duplicated().any():

@@ -17,7 +17,7 @@ from analysis.names import METHOD_NAMES, method_key, to_markdown
 from analysis.render import emit
 from pruning.results import RESULTS_FILE, read_record, write_text_atomic
 
-GB = 2 ** 30
+GiB = 2 ** 30
 
 
 def whole_model_seconds(per_block: dict, layers: int, tokens: int, paper_tokens: int) -> tuple[float, float]:
@@ -60,11 +60,11 @@ def scale_long(root: str | Path) -> pd.DataFrame:
                      "forward_s": b["calib_forward_s"], "stats_s": b.get("calib_stats_s"),
                      "dense_s": b.get("calib_dense_forward_s"), "solver_s": b["solver_s"],
                      "report_s": b.get("error_report_s"),
-                     "block_s": b["prune_total_s"], "working_gb": (rec["memory"]["peak_rss_bytes"]
-                                                                   - rec["memory"]["rss_before_prune_bytes"]) / GB
-                     if rec["device"] == "cpu" else rec["memory"].get("peak_cuda_bytes", 0) / GB,
+                     "block_s": b["prune_total_s"], "working_gib": (rec["memory"]["peak_rss_bytes"]
+                                                                   - rec["memory"]["rss_before_prune_bytes"]) / GiB
+                     if rec["device"] == "cpu" else rec["memory"].get("peak_cuda_bytes", 0) / GiB,
                      **_hours(b, proj),
-                     "peak_gb": proj["peak_bytes"] / GB, "peak_offload_gb": proj["peak_bytes_offload"] / GB,
+                     "peak_gib": proj["peak_bytes"] / GiB, "peak_offload_gib": proj["peak_bytes_offload"] / GiB,
                      "forward_over_bound": proj["forward_over_bound"],
                      "ref_block_s": (rec.get("anchor") or {}).get("per_block", {}).get("prune_total_s"),
                      "path": str(path.parent)})
@@ -86,15 +86,15 @@ def scale_markdown(root: str | Path) -> str:
     long = scale_long(root)
     shown = long.drop(columns=["path"]).assign(method=lambda f: f["method"].map(lambda m: METHOD_NAMES.get(m, m)))
     num = {c: (lambda v, d=d: "–" if v is None or v != v else f"{v:.{d}f}") for c, d in (
-        ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("report_s", 1), ("block_s", 1), ("working_gb", 2),
-        ("model_h", 2), ("paper_h", 2), ("peak_gb", 1), ("peak_offload_gb", 1), ("forward_over_bound", 1))}
+        ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("report_s", 1), ("block_s", 1), ("working_gib", 2),
+        ("model_h", 2), ("paper_h", 2), ("peak_gib", 1), ("peak_offload_gib", 1), ("forward_over_bound", 1))}
     num["x_sparsegpt"] = num["x_ref"] = lambda v: "–" if v is None or v != v else f"{v:.2f}×"
     num["ref_block_s"] = lambda v: "–" if v is None or v != v else f"{v:.1f}"
     return (to_markdown(shown, num) + "\nPer block: calibration forward passes (of which statistics accumulation and the dense "
             "stream's passes), solver, the layers' dense-output error report (report_s), the whole prune and its ratio to SparseGPT's on the same shapes, tokens, dtype "
-            "and device; working memory = peak RSS (CUDA: peak allocated) while pruning, less the RSS before. "
+            "and device; working memory (GiB) = peak RSS (CUDA: peak allocated) while pruning, less the RSS before. "
             "Projected to the real depth (model_h) and to 128 × 2048 calibration tokens (paper_h); peak memory with "
-            "every block resident (peak_gb) or one (offload); forward_over_bound = calibration forward time over "
+            "every block resident (peak_gib) or one (offload); forward_over_bound = calibration forward time over "
             "the matrix FLOPs of the passes the method makes at this machine's measured matmul throughput "
             "(experiments/scale.py says how); ref_block_s = the reference SparseGPT (IST-DASLab/sparsegpt's fasterprune, "
             "`anchor=`) on the same block and windows in the same run, x_ref = block_s over it.\n")

@@ -32,7 +32,7 @@ import pandas as pd
 from analysis.allocation import allocation_latex, allocation_long, allocation_markdown
 from analysis.collect import collect, layers_of
 from analysis.downstream import downstream_long, downstream_markdown
-from analysis.frontier import frontier_latex, frontier_long, frontier_markdown
+from analysis.frontier import frontier_latex, frontier_long, frontier_markdown, frontier_seeds_markdown, paired_records
 from analysis.memory_table import memory_long, memory_markdown
 from analysis.names import METRIC_PRESETS
 from analysis.ppl_tables import benchmark_long, benchmark_markdown, calibration_long, calibration_markdown, ppl_table
@@ -63,6 +63,13 @@ def _frontier(frame, fmt, o):
             "csv": lambda: frontier_long(frame, base, allow).to_csv(index=False)}[fmt]()
 
 
+def _seeds(frame, fmt, o):
+    base = o["baseline"] or "sparsegpt"
+    allow = o["allow_window_mismatch"]
+    return {"md": lambda: frontier_seeds_markdown(frame, base, allow),
+            "csv": lambda: paired_records(frame, base, allow)[0].to_csv(index=False)}[fmt]()
+
+
 def _projections(frame, fmt, o):
     layers, base = o["layers"], o["baseline"] or "sparsegpt"
     return {"md": lambda: projections_markdown(layers, base), "latex": lambda: projections_latex(layers, base),
@@ -88,6 +95,8 @@ TABLES: dict[str, TableKind] = {
                              if fmt == "md" else calibration_long(f).to_csv(index=False), "the calibration study"),
     "frontier": TableKind(("md", "latex", "csv"), _frontier, "mean +- std over calibration seeds, ratios to SparseGPT",
                           baseline=True),
+    "seeds": TableKind(("md", "csv"), _seeds, "the frontier's records one by one: per-seed perplexities, errors, "
+                       "seconds and their ratios to SparseGPT's record on the same windows", baseline=True),
     "projections": TableKind(("md", "latex", "csv"), _projections, "layer error per projection, ratios to SparseGPT",
                              layers=True, baseline=True),
     "allocation": TableKind(("md", "latex", "csv"), _allocation, "uniform vs OWL / profile per method, ratios to uniform"),

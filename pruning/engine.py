@@ -255,7 +255,8 @@ class _Pruner:
         keep = self.dense_report or self.held is not None or (per_group_dense and not stored)
         block_dense = {n: m.weight.data.clone() for n, m in linears.items()} if keep else None
         # group by group, a submodule the last pass computed before the group just solved answers from that output
-        reuse = OutputReuse(block, linears, self.reuse_outputs) if fit_data and len(groups) > 1 else None
+        reuse = (OutputReuse(block, linears, self.reuse_outputs, self.adapter.input_taps)
+                 if fit_data and len(groups) > 1 else None)
         calib = BlockPass(block, bi, self.adapter, linears, self.kwargs.of(bi) if fit_data else [], self.want_h,
                           self.solver.needs_norms, self.device, gram=self.dense_report, merge=self.comm.merge_stats,
                           reuse=reuse)

@@ -69,8 +69,8 @@ def config_hash(config: dict) -> str:
     """sha256 (first 16 hex digits) of the canonical JSON of a resolved config, minus HASH_EXCLUDE
     (and minus DENSE_HASH_EXCLUDE for ``method.name: dense`` or ``none``; minus ``allocation`` when it is uniform,
     ``calibration.heldout_nsamples`` when it is 0, ``engine.dense_error`` when it is false, ``engine.dense_inputs``
-    when it is ``stored``, ``engine.shards`` when it is 1 and ``engine.reuse_outputs`` always, so those hashes equal
-    the ones of records written before these keys existed)."""
+    when it is ``stored``, ``engine.shards`` when it is 1, ``method.factor`` when it is ``reference`` and
+    ``engine.reuse_outputs`` always, so those hashes equal the ones of records written before these keys existed)."""
     cfg = json.loads(json.dumps(config, sort_keys=True, default=str))
     if (cfg.get("allocation") or {}).get("name") == "uniform":  # = records from before the allocation group
         cfg.pop("allocation")
@@ -83,6 +83,8 @@ def config_hash(config: dict) -> str:
     if (cfg.get("engine") or {}).get("shards") == 1:  # = records from before engine.shards
         cfg["engine"].pop("shards")
     (cfg.get("engine") or {}).pop("reuse_outputs", None)  # the same outputs whichever (pruning/reuse.py)
+    if (cfg.get("method") or {}).get("factor") == "reference":  # = records from before method.factor
+        cfg["method"].pop("factor")
     dense = (cfg.get("method") or {}).get("name") in ("dense", "none")
     for key in HASH_EXCLUDE + (DENSE_HASH_EXCLUDE if dense else ()):
         _drop(cfg, key)

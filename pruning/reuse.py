@@ -55,9 +55,11 @@ class OutputReuse:
     """One block's reusable submodule outputs (module docstring). The engine calls :meth:`window` before each
     calibration window's forward pass and runs every calibration pass of the block inside :meth:`pass_over`."""
 
-    def __init__(self, block: torch.nn.Module, linears: dict, mode: str = "sublayers"):
+    def __init__(self, block: torch.nn.Module, linears: dict, mode: str = "sublayers", taps: tuple = ()):
         if mode not in REUSE_OUTPUTS:
             raise ValueError(f"engine.reuse_outputs={mode!r}; allowed: {', '.join(REUSE_OUTPUTS)}")
+        # a tapped linear (Mamba's dt_proj) is never called: its weight is used once its source's output exists
+        self.taps = {target: source for target, source in taps if target in linears and source in linears}
         prunable = {id(m) for m in linears.values()}
         self.modules: dict[str, torch.nn.Module] = {}
         for name, mod in block.named_modules():
@@ -78,8 +80,10 @@ class OutputReuse:
     def pass_over(self, group: tuple, linears: dict, record: bool = True):
         """One pass of the calibration windows with ``group``'s linears about to be calibrated (empty: the output
         pass). Modules kept from the last pass answer from their outputs; those that complete before the first
-        linear of ``group`` is called are kept for the next pass (``record``)."""
-        handles = [linears[n].register_forward_pre_hook(self._trip) for n in group]
+        linear of ``group`` is called (a tapped one: before its source completes) are kept for the next pass
+        (``record``)."""
+        handles = [linears[self.taps[n]].register_forward_hook(lambda *a: self._trip(None, None)) if n in self.taps
+                   else linears[n].register_forward_pre_hook(self._trip) for n in group]
         own = {}
         for name, mod in self.modules.items():
             if name in self.kept:

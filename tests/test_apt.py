@@ -389,3 +389,15 @@ def test_flipped_factor_escalates_damping_like_the_reference():
     U, info = inverse_hessian_factor(H, 0.01, flipped=True)
     assert info["damp_retries"] == info_ref["damp_retries"] > 0 and info["percdamp_used"] == info_ref["percdamp_used"]
     torch.testing.assert_close(U, U_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_the_flipped_factor_is_an_option_checked_by_name():
+    """method.factor=flipped runs APT with the flipped factor (a valid pruning at the exact target); an unknown form
+    is refused with the allowed ones."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(64, 16, generator=g)
+    H, W = X.t() @ X / 64, torch.randn(8, 16, generator=g)
+    res = apt(W, parse_sparsity(0.5), H=H, blocksize=8, factor="flipped")
+    assert int(res.mask.sum()) == 64 and res.error < 1
+    with pytest.raises(ConfigError, match="method.factor='lu'; allowed: reference, flipped"):
+        apt(W, parse_sparsity(0.5), H=H, factor="lu")

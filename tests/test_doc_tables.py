@@ -68,3 +68,41 @@ def test_the_solver_timing_pivot_puts_sparsegpt_first_and_refuses_two_settings_o
                                                       "| 50% | 2.0 | 4.0 (2.00×) |", "| 2:4 | – | 3.0 |"]
     with pytest.raises(ValueError, match=r"one parameter setting per method; these have several: \['apt'\]"):
         to_pivot_markdown(pd.concat([totals, totals.iloc[[1]]]))
+
+
+def test_every_prose_number_of_the_benchmarks_is_a_rendered_or_recorded_one():
+    """docs/benchmarks.md: every decimal of the prose is a number of its section's rendered tables or ``numbers from``
+    commands (as printed, or rounded one place), or a declared constant (python -m analysis.doc_tables lists them)."""
+    from analysis.doc_tables import PROSE_CHECKED, prose_problems
+
+    problems = [p for name in PROSE_CHECKED for p in prose_problems(REPO / name)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_prose_check_catches_a_drifted_number_and_an_unused_constant(tmp_path):
+    from analysis.doc_tables import _quotes, prose_problems
+
+    command = "python -m analysis.solver_timing analysis/records/solver-timing-h200 --pivot"
+    doc = tmp_path / "x.md"
+    doc.write_text(f"## A\n\n<!-- table: {command} -->\n{chr(10).join(render(command))}\n\n"
+                   "SparseGPT takes 134.9 s, APT 1.05× that, ALPS 1875.4 s, `percdamp=0.01` aside.\n\n"
+                   "## B\n\n<!-- prose constants: 0.05 2.5 -->\nA test at level 0.05; 134.9 s is not in this section.\n")
+    problems = prose_problems(doc)
+    assert len(problems) == 2 and '"B": 134.9' in problems[0] and "declared constant 2.5" in problems[1], problems
+    doc.write_text(doc.read_text().replace("1875.4 s", "1875.5 s"))
+    assert any('"A": 1875.5' in p for p in prose_problems(doc))
+    assert _quotes("1.66", {"1.656"}) and not _quotes("1.7", {"1.656"}) and not _quotes("40.24", {"40.23"})
+    assert _quotes("11.304231", {"11.304230690002441"}) and not _quotes("0.74", {"0.7412"})
+
+
+def test_record_facts_prints_every_number_with_its_units(tmp_path):
+    from analysis.record_facts import facts
+
+    rec = {"config": {"x": 1.5}, "layers": [{"rel_error": 0.1}], "timings": {"prune_total_s": 4878.753},
+           "memory": {"peak_rss_bytes": 5294448640}, "job": {"ok": True}, "rows": [2, 3]}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "results.json").write_text(__import__("json").dumps(rec))
+    assert facts(tmp_path) == ["a: timings.prune_total_s = 4878.753 = 81.31 min = 1.36 h",
+                               "a: memory.peak_rss_bytes = 5294448640 = 5.29 GB = 4.93 GiB = 5294.4 MB",
+                               "a: rows.0 = 2", "a: rows.1 = 3"]
+    assert facts(tmp_path, "memory") == [facts(tmp_path)[1]]

@@ -63,6 +63,7 @@ SCORES = ("obs", "sparsegpt")
 GRANULARITIES = ("block", "row")
 NM_UPDATES = ("group", "block")
 DTYPES = ("float64", "float32")
+FACTORS = ("reference", "flipped")  # how the inverse-Hessian factor is formed (common.inverse_hessian_factor)
 _JITTERS = tuple(10.0 ** e for e in range(-8, -1))
 _CHUNK_BYTES = 1 << 27  # padded systems are gathered in chunks of rows of at most this many bytes
 _CHUNK_ROWS = 256  # ... and at most this many rows (rows are sorted by set size, so padding stays small)
@@ -367,12 +368,13 @@ def exact_reconstruction(W: torch.Tensor, Hd: torch.Tensor, mask: torch.Tensor, 
 def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch.Tensor | None, *,
          blocksize: int, percdamp: float, max_damp_tries: int, variant: str, score: str,
          granularity: str, nm_update: str = "group", refine_iters: int = 0, swap_rounds: int = 0,
-         swaps_per_row: int = 8, swap_cg_iters: int = 2, dtype: str = "float64") -> SolverResult:
+         swaps_per_row: int = 8, swap_cg_iters: int = 2, dtype: str = "float64",
+         factor: str = "reference") -> SolverResult:
     # The inverse-Hessian factor is formed in float64 even for dtype=float32: forming it in float32 (as
     # SparseGPT does) saved ~12% of the solver time but raised the layer error of APT-refit by 3-8% on
-    # ill-conditioned synthetic layers. It is formed flipped (one Cholesky and one triangular inverse, half the
-    # arithmetic of SparseGPT's Cholesky, inverse, Cholesky; the same factor up to float64 rounding).
-    W, Hf, _, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64, flipped=True)
+    # ill-conditioned synthetic layers. factor=flipped forms it from one Cholesky and one triangular inverse
+    # (half the arithmetic); the same factor to float64 rounding, which can still move a float32 mask at a tie.
+    W, Hf, _, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64, flipped=factor == "flipped")
     info.update(jitter_solves=0, fallback_solves=0)
     dt = getattr(torch, dtype)  # float32: about half the cost of every product and factorisation on CPU
     W, U = W.to(dt), U.to(dt)
@@ -405,7 +407,7 @@ def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch
         variant: str = "block", blocksize: int = 128, score: str = "obs", granularity: str = "block",
         nm_update: str = "group", percdamp: float = 0.01, max_damp_tries: int = 6, max_subsets: int = 20000,
         refine_iters: int = 0, swap_rounds: int = 0, swaps_per_row: int = 8, swap_cg_iters: int = 2,
-        dtype: str = "float64") -> SolverResult:
+        dtype: str = "float64", factor: str = "reference") -> SolverResult:
     """APT on one linear layer: choose the mask and apply the joint optimal update (module docstring)."""
     check_pattern(w, sparsity)
     _check(sparsity, blocksize, variant, score, granularity, max_subsets, nm_update)
@@ -416,13 +418,15 @@ def apt(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torch
         raise ConfigError(f"method.swaps_per_row={swaps_per_row!r}: need an integer >= 1")
     if dtype not in DTYPES:
         raise ConfigError(f"method.dtype={dtype!r}; allowed: {', '.join(DTYPES)}")
+    if factor not in FACTORS:
+        raise ConfigError(f"method.factor={factor!r}; allowed: {', '.join(FACTORS)}")
     if variant == "exact" and (refine_iters or swap_rounds):
         raise ConfigError("method.variant=exact already solves every row exactly; refine_iters and swap_rounds "
                           "apply to variant=block only")
     return _run(w, sparsity, H, None, blocksize=blocksize, percdamp=percdamp, max_damp_tries=max_damp_tries,
                 variant=variant, score=score, granularity=granularity, nm_update=nm_update,
                 refine_iters=refine_iters, swap_rounds=swap_rounds, swaps_per_row=swaps_per_row,
-                swap_cg_iters=swap_cg_iters, dtype=dtype)
+                swap_cg_iters=swap_cg_iters, dtype=dtype, factor=factor)
 
 
 def apt_update(w: torch.Tensor, mask: torch.Tensor, *, H: torch.Tensor, variant: str = "block",

@@ -79,13 +79,17 @@ def check_pattern(w: torch.Tensor, sparsity: Sparsity) -> None:
     sparsity.check_width(w.shape[1])
 
 
-def _reference_factor(Hd: torch.Tensor) -> torch.Tensor:
-    """SparseGPT's sequence: Cholesky of ``Hd``, its inverse, the inverse's upper Cholesky factor (``4/3 n³``)."""
+def _reference_factor(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """SparseGPT's sequence on ``H + damp·I``: Cholesky, its inverse, the inverse's upper Cholesky factor (``4/3 n³``);
+    each intermediate released once the next exists (the damped copy is made here, so no caller holds it)."""
+    diag = torch.arange(H.shape[0], device=H.device)
+    Hd = H.clone()
+    Hd[diag, diag] += damp
     L = torch.linalg.cholesky(Hd)
     del Hd
     Hinv = torch.cholesky_inverse(L)
     del L
-    return torch.linalg.cholesky(Hinv, upper=True)  # each intermediate released once the next exists
+    return torch.linalg.cholesky(Hinv, upper=True)
 
 
 def _triangular_inverse(L: torch.Tensor) -> torch.Tensor:
@@ -103,13 +107,14 @@ def _triangular_inverse(L: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(inv.T)
 
 
-def _flipped_factor(Hd: torch.Tensor) -> torch.Tensor:
-    """The same factor in ``2/3 n³``: with ``J`` the order reversal and ``J Hd J = L Lᵀ``, ``R = J L J`` is upper
-    triangular with ``Hd = R Rᵀ``, so ``Hd⁻¹ = (R⁻¹)ᵀ R⁻¹`` and ``U = R⁻¹ = J L⁻¹ J`` is the upper Cholesky factor
-    of ``Hd⁻¹`` (unique, positive diagonal): one Cholesky and one triangular inverse. Equal to the reference
-    sequence up to rounding."""
-    F = Hd.flip(0, 1)
-    del Hd
+def _flipped_factor(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """The same factor in ``2/3 n³``: with ``J`` the order reversal and ``J Hd J = L Lᵀ`` (``Hd = H + damp·I``),
+    ``R = J L J`` is upper triangular with ``Hd = R Rᵀ``, so ``Hd⁻¹ = (R⁻¹)ᵀ R⁻¹`` and ``U = R⁻¹ = J L⁻¹ J`` is the
+    upper Cholesky factor of ``Hd⁻¹`` (unique, positive diagonal): one Cholesky and one triangular inverse, equal to
+    the reference sequence up to rounding. One ``n × n`` working copy besides the result: the reversed, damped
+    ``H`` is factorised and inverted in place."""
+    F = H.flip(0, 1)
+    F.diagonal().add_(damp)  # the diagonal of J H J is H's reversed: the same damping on every entry
     info = torch.empty((), dtype=torch.int32, device=F.device)
     torch.linalg.cholesky_ex(F, out=(F, info))
     if int(info):
@@ -123,15 +128,11 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
     :func:`_flipped_factor` (half the arithmetic; APT) instead of the reference's sequence (SparseGPT, ALPS,
     whose results must match their authors' code)."""
     columns = H.shape[0]
-    diag = torch.arange(columns, device=H.device)
     mean_diag = torch.mean(torch.diag(H))
     frac = percdamp
     for attempt in range(max_damp_tries + 1):
-        Hd = H.clone()
-        Hd[diag, diag] += frac * mean_diag
         try:
-            U = _flipped_factor(Hd) if flipped else _reference_factor(Hd)
-            del Hd
+            U = (_flipped_factor if flipped else _reference_factor)(H, frac * mean_diag)
             if torch.isfinite(U).all():
                 info = {"percdamp_used": frac, "damp": float(frac * mean_diag), "damp_retries": attempt,
                         "hinv_fallback": False}
