@@ -106,3 +106,4 @@ def test_record_facts_prints_every_number_with_its_units(tmp_path):
                                "a: memory.peak_rss_bytes = 5294448640 = 5.29 GB = 4.93 GiB = 5294.4 MB",
                                "a: rows.0 = 2", "a: rows.1 = 3"]
     assert facts(tmp_path, "memory") == [facts(tmp_path)[1]]
+    assert "a: layers.0.rel_error = 0.1" in facts(tmp_path, layers=True)
