@@ -13,7 +13,8 @@ A table is preceded by one of these markers (an HTML comment: invisible on the p
 - ``<!-- history: no records -->`` (docs/history.md only): a past measurement whose records were never
   archived; that page claims nothing current.
 
-Prose numbers of docs/benchmarks.md (every decimal outside tables, code and comments) are checked too: each must
+Prose numbers of docs/ (every decimal outside tables, code, comments and arXiv numbers; history.md, which
+claims nothing current, aside) are checked too: each must
 be a number of its ``##`` section's rendered tables, or of what a command named in the section by
 ``<!-- numbers from: python -m analysis.<module> ARGS -->`` prints from archived records (figures the prose quotes
 that no shown table has, e.g. per-seed values), rounded as the prose rounds it; or be named in the section by
@@ -39,7 +40,9 @@ CONSTANTS = re.compile(r"<!-- prose constants: (?P<numbers>[^>]*?) -->")
 SOURCES = re.compile(r"<!-- numbers from: (?P<command>.+?) -->")
 NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
-PROSE_CHECKED = ("docs/benchmarks.md",)
+# every document but the history page (which claims nothing current) and the README (whose numbers are
+# checked against docs/benchmarks.md by tests/test_readme.py)
+PROSE_CHECKED = tuple(p.relative_to(REPO).as_posix() for p in sorted((REPO / "docs").glob("*.md")) if p.name != "history.md")
 RENDERERS = ("analysis.tables", "analysis.scale", "analysis.solver_timing", "analysis.rank_projection",
              "analysis.answer_bias", "analysis.record_facts")
 
@@ -117,6 +120,7 @@ def _prose(line: str) -> str:
     """A prose line without its comments, inline code and link targets (settings and paths, not results)."""
     line = re.sub(r"<!--.*?-->", "", line)
     line = re.sub(r"`[^`]*`", "", line)
+    line = re.sub(r"arXiv:? ?\d{4}\.\d{4,5}", "arXiv", line)  # a paper's number
     return re.sub(r"\]\([^)]*\)", "]", line)
 
 
