@@ -169,8 +169,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     kind = TABLES[args.table]
     if args.baseline and not kind.baseline:
-        p.error(f"--baseline applies to --table {' or '.join(k for k, v in TABLES.items() if v.baseline)} only "
-                f"(got --table {args.table})")
+        names = [k for k, v in TABLES.items() if v.baseline]
+        p.error(f"--baseline applies to --table {', '.join(names[:-1])} or {names[-1]} only (got --table {args.table})")
     if args.tasks and args.table not in ("zeroshot", "downstream"):
         p.error(f"--tasks applies to --table zeroshot or downstream only (got --table {args.table})")
     col = collect(*args.dirs, layers=kind.layers, keep_duplicates=kind.duplicates)

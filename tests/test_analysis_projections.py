@@ -64,4 +64,4 @@ def test_heldout_columns_and_cli(tmp_path, capsys):
     assert "no records of the baseline 'alps'; methods here: apt-refit, sparsegpt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tables_main([str(root), "--table", "ppl", "--baseline", "alps"])
-    assert "--baseline applies to --table frontier or projections only" in capsys.readouterr().err
+    assert "--baseline applies to --table frontier, seeds or projections only" in capsys.readouterr().err
