@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import io
 import re
@@ -89,6 +90,12 @@ def output(command: str, repo: Path = REPO) -> str:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=None)
+def _source_numbers(command: str) -> frozenset:
+    """The numbers a ``numbers from`` command prints, rendered once however many sections name it."""
+    return frozenset(NUMBER.findall(output(command)))
+
+
 def render(command: str, repo: Path = REPO) -> list[str]:
     """The first table the command prints."""
     rows, started = [], False
@@ -147,7 +154,7 @@ def prose_problems(path: Path) -> list[str]:
         text = "\n".join(line for _, line in lines)
         sources = {n for i, line in lines if i in rendered_lines for n in NUMBER.findall(line)}
         for found in SOURCES.finditer(text):
-            sources.update(NUMBER.findall(output(found.group("command"))))
+            sources |= _source_numbers(found.group("command"))
         constants = {n for m in CONSTANTS.finditer(text) for n in m.group("numbers").split()}
         used = set()
         for number, line in ((n, line) for _, line in lines if not line.strip().startswith("|")

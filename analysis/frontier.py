@@ -23,7 +23,8 @@ import pandas as pd
 from analysis.collect import ppl_datasets
 from analysis.render import EXPLODED, exploded_note
 from analysis.seeds import paired_over_seeds
-from analysis.names import DATASET_NAMES, MARKERS, METHOD_NAMES, fmt_ppl, method_key, sparsity_name, sparsity_order, to_markdown
+from analysis.names import (DATASET_NAMES, MARKERS, METHOD_NAMES, fixed, fmt_ppl, method_key, sparsity_name,
+                            sparsity_order, to_markdown)
 
 KEYS = ["model", "sparsity", "calib_seed"]
 PAIRED_RATIOS = [("solver_s", "solver_x"), ("prune_total_s", "prune_x"), ("mean_rel_error", "error_x"),
@@ -106,22 +107,21 @@ def frontier_seeds_markdown(frame: pd.DataFrame, baseline: str = "sparsegpt", al
     f["_k"] = [(str(m), sparsity_order(sp), method_key(lab), s) for m, sp, lab, s in
                zip(f["model"], f["sparsity"], f["label"], f["calib_seed"])]
     f = f.sort_values("_k")
-    num = lambda v, fmt: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)  # noqa: E731
+    num = lambda col, digits: pd.to_numeric(f[col], errors="coerce").map(fixed(digits))  # noqa: E731
+    times = lambda col: num(col, 2).map(lambda v: v if v == "–" else v + "×")  # noqa: E731
     out = {"model": f["model"], "sparsity": f["sparsity"].map(sparsity_name),
-           "method": f["label"].map(lambda m: METHOD_NAMES.get(m, m)), "seed": f["calib_seed"].map(lambda v: num(v, ".0f"))}
+           "method": f["label"].map(lambda m: METHOD_NAMES.get(m, m)), "seed": num("calib_seed", 0)}
     base = METHOD_NAMES.get(baseline, baseline)
     for ds in datasets:
         name = DATASET_NAMES.get(ds, ds)
-        out[f"{name} ppl"] = f[f"ppl_{ds}"].map(lambda v: num(v, ".2f"))
-        out[f"{name} ÷ {base}"] = f[f"ratio_{ds}"].map(lambda v: num(v, ".3f"))
-    out["layer error"] = pd.to_numeric(f["mean_rel_error"], errors="coerce").map(lambda v: num(v, ".4f"))
-    out["dense-output error"] = pd.to_numeric(f.get("mean_dense_rel_error", pd.Series(math.nan, index=f.index)),
-                                              errors="coerce").map(lambda v: num(v, ".4f"))
-    out["solver s"] = pd.to_numeric(f["solver_s"], errors="coerce").map(lambda v: num(v, ".1f"))
-    out[f"solver ÷ {base}"] = f["solver_x"].map(lambda v: num(v, ".2f").replace("–", "") + "×")
-    out["prune s"] = pd.to_numeric(f["prune_total_s"], errors="coerce").map(lambda v: num(v, ".1f"))
-    out[f"prune ÷ {base}"] = f["prune_x"].map(lambda v: num(v, ".2f").replace("–", "") + "×")
-    return to_markdown(pd.DataFrame(out).replace("×", "–"))
+        out[f"{name} ppl"] = num(f"ppl_{ds}", 2)
+        out[f"{name} ÷ {base}"] = num(f"ratio_{ds}", 3)
+    if "mean_dense_rel_error" not in f:
+        f["mean_dense_rel_error"] = math.nan
+    out["layer error"], out["dense-output error"] = num("mean_rel_error", 4), num("mean_dense_rel_error", 4)
+    out["solver s"], out[f"solver ÷ {base}"] = num("solver_s", 1), times("solver_x")
+    out["prune s"], out[f"prune ÷ {base}"] = num("prune_total_s", 1), times("prune_x")
+    return to_markdown(pd.DataFrame(out))
 
 
 def frontier_long(frame: pd.DataFrame, baseline: str = "sparsegpt", allow_window_mismatch: bool = False) -> pd.DataFrame:
