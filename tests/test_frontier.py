@@ -144,6 +144,24 @@ def test_alps_never_worse_than_its_start(layer, spec):
     assert warm.error <= apt(W, sp, H=H).error * (1 + 1e-5)  # ... never returns something worse than APT's
 
 
+@pytest.mark.parametrize("spec", [0.5, "2:4"])
+def test_alps_from_the_default_solution_is_never_worse_than_it(layer, spec):
+    """``init=apt-refit``: ADMM from the default method's solver's solution, and never returns worse."""
+    from pruning.solvers.alps import DEFAULT_SOLVER
+    W, H = layer
+    sp = parse_sparsity(spec)
+    start = apt(W, sp, H=H, **DEFAULT_SOLVER)
+    for max_iter in (3, 300):
+        assert alps(W, sp, H=H, init="apt-refit", max_iter=max_iter).error <= start.error * (1 + 1e-5)
+
+
+def test_the_warm_start_uses_the_default_methods_knobs():
+    from pruning.solvers.alps import DEFAULT_SOLVER
+    from tests.conftest import compose_cfg
+    method = compose_cfg(["method=apt-refit-dense-seq"]).method
+    assert method.name == "apt" and {k: method[k] for k in DEFAULT_SOLVER} == DEFAULT_SOLVER
+
+
 def _alps_start(W, H, sp):
     """ALPS's initial point as the reference builds it: the projection of the column-normalised dense
     weights (``|W_ij| · sqrt(H_jj + damp)`` over the whole layer), no update."""

@@ -31,7 +31,11 @@ Defaults are the reference's (``rho=0.1``, ``max_iter=300``, ``update_iter=3``, 
   (ADMM is a heuristic for a non-convex problem), the initial projection is returned; counted in
   ``info``. The reference has no such guard.
 * ``init=apt`` (not in the reference; default ``magnitude`` is the reference): warm start from APT's
-  solution (mask and weights), so ADMM searches masks around APT's.
+  solution (mask and weights), so ADMM searches masks around APT's. ``init=apt-refit``: from the
+  solution of the default method's solver (APT with :data:`DEFAULT_SOLVER`'s knobs, the ones
+  ``conf/method/apt-refit-dense.yaml`` composes); with ``output_target: dense`` the engine hands every
+  solver ``W*`` for ``W``, so ADMM then searches masks for the default's own objective, starting from
+  the default's mask (docs/methods.md, "Masks for the default's objective").
 * float64 for the eigendecomposition, float32 (as the reference) or float64 (``dtype``) elsewhere.
 """
 
@@ -48,7 +52,9 @@ from pruning.sparsity import Sparsity
 
 log = logging.getLogger(__name__)
 
-INITS = ("magnitude", "apt")
+INITS = ("magnitude", "apt", "apt-refit")
+# The default method's APT knobs (conf/method/apt-refit-dense.yaml over apt-refit.yaml; a test keeps them equal)
+DEFAULT_SOLVER = {"blocksize": 64, "dtype": "float32", "refine_iters": 8}
 DTYPES = ("float32", "float64")
 
 
@@ -129,9 +135,9 @@ def alps(w: torch.Tensor, sparsity: Sparsity, *, H: torch.Tensor, sq_norms: torc
     Y = B0 @ Hn  # the linear term b0 Hn of every row
     numel = W.numel()
     keep = numel - numel * sparsity.n // sparsity.m if sparsity.kind == "nm" else int(round((1 - sparsity.ratio) * numel))
-    if init == "apt":
-        from pruning.solvers.apt import apt  # the warm start; APT's own knobs at their defaults
-        start = apt(w, sparsity, H=H, percdamp=percdamp)
+    if init != "magnitude":
+        from pruning.solvers.apt import apt  # the warm start: APT's defaults, or the default method's solver
+        start = apt(w, sparsity, H=H, percdamp=percdamp, **(DEFAULT_SOLVER if init == "apt-refit" else {}))
         D0 = (start.weight.double() * scale).to(dt).masked_fill(start.mask, 0.0)
     else:
         D0 = B0.masked_fill(project(B0, sparsity, keep), 0.0)
