@@ -176,7 +176,8 @@ def _number(value):
 
 def _layer_rows(row: dict, record: dict) -> list[dict]:
     keys = {k: row[k] for k in ("model", "label", "sparsity", "config_hash", "path")}
-    return [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "heldout_rel_error", "solver_s")},
+    return [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "heldout_rel_error", "dense_rel_error",
+                                                      "solver_s")},
              "target": _number(r.get("target")), "layer_sparsity": r.get("sparsity"), "numel": _numel(r.get("shape"))}
             for r in record.get("layers") or []]
 
@@ -237,8 +238,8 @@ def collect(*dirs: str | Path, layers: bool = False, keep_duplicates: bool = Fal
     layer_frame = None
     if layers:
         layer_frame = pd.DataFrame(layer_rows, columns=["model", "label", "sparsity", "config_hash", "path", "name",
-                                                        "block", "layer", "rel_error", "heldout_rel_error", "solver_s",
-                                                        "target", "layer_sparsity", "numel"])
+                                                        "block", "layer", "rel_error", "heldout_rel_error", "dense_rel_error",
+                                                        "solver_s", "target", "layer_sparsity", "numel"])
         kept = set(frame.path) if not frame.empty else set()  # duplicates dropped above lose their layers too
         layer_frame = layer_frame[layer_frame.path.isin(kept)].reset_index(drop=True)
     return Collection(frame, skipped, duplicates, layer_frame)

@@ -5,7 +5,8 @@ down_proj, …) of each method, paired with a baseline's on the same calibration
 
 Per (model, sparsity, projection, method): the layer error ‖(W−W')X‖²/‖WX‖² averaged over the blocks
 (and, where records have them, the held-out layer error on windows the solver never fitted,
-``calibration.heldout_nsamples``), and its ratio to the baseline's average for the same projection,
+``calibration.heldout_nsamples``, and the error against the dense model's own layer output,
+‖W X_d − W'X‖²/‖W X_d‖², ``engine.dense_error`` or a dense-target method), and its ratio to the baseline's average for the same projection,
 model, sparsity and calibration seed, averaged over seeds. A method whose mean layer error is lower
 but whose perplexity is not shows here which projections carry the difference.
 """
@@ -20,7 +21,8 @@ from analysis.frontier import latex_table, matched
 from analysis.names import METHOD_NAMES, method_key, sparsity_name, sparsity_order, to_markdown
 
 KEYS = ["model", "sparsity", "calib_seed", "layer"]
-ERRORS = [("rel_error", "layer error"), ("heldout_rel_error", "held-out layer error")]
+ERRORS = [("rel_error", "layer error"), ("heldout_rel_error", "held-out layer error"),
+          ("dense_rel_error", "dense-output error")]  # the last two only where records have them
 
 
 def projections_long(layers: pd.DataFrame, baseline: str = "sparsegpt") -> pd.DataFrame:
@@ -30,7 +32,7 @@ def projections_long(layers: pd.DataFrame, baseline: str = "sparsegpt") -> pd.Da
     f = layers[layers.sparsity != "dense"].copy()
     if not (f.label == baseline).any():
         raise ValueError(f"no records of the baseline {baseline!r}; methods here: {', '.join(sorted(f.label.unique()))}")
-    errors = [(col, name) for col, name in ERRORS if pd.to_numeric(f[col], errors="coerce").notna().any()]
+    errors = [(col, name) for col, name in ERRORS if col in f and pd.to_numeric(f[col], errors="coerce").notna().any()]
     for col, _ in errors:
         f[col] = pd.to_numeric(f[col], errors="coerce")
     # mean over the blocks of one record, per projection
@@ -67,8 +69,9 @@ def projections_display(layers: pd.DataFrame, baseline: str = "sparsegpt") -> pd
     return pd.DataFrame(out)
 
 
-CAPTION = ("Layer error ‖(W−W')X‖²/‖WX‖² per projection, averaged over the model's blocks; ÷ {base}: the ratio to "
-           "{base}'s average for the same projection on the same calibration windows, averaged over seeds.")
+CAPTION = ("Layer error ‖(W−W')X‖²/‖WX‖² per projection (and, where records have it, the dense-output error "
+           "‖W X_d − W'X‖²/‖W X_d‖²), averaged over the model's blocks; ÷ {base}: the ratio to {base}'s average "
+           "for the same projection on the same calibration windows, averaged over seeds.")
 
 
 def projections_markdown(layers: pd.DataFrame, baseline: str = "sparsegpt") -> str:

@@ -17,11 +17,12 @@ ERRORS = {
 }
 
 
-def layer_record(label, seed, errors, heldout=False):
+def layer_record(label, seed, errors, heldout=False, dense=False):
     rec = frontier_record(label, 0.5, seed, 40.0, 60.0, 10.0)
     rec["layers"] = [{"name": f"model.layers.{b}.{proj}", "block": b, "layer": proj, "shape": [8, 8],
                       "target": "0.5", "sparsity": 0.5, "rel_error": e,
-                      **({"heldout_rel_error": 1.5 * e} if heldout else {})}
+                      **({"heldout_rel_error": 1.5 * e} if heldout else {}),
+                      **({"dense_rel_error": 4 * e} if dense else {})}
                      for proj, errs in errors.items() for b, e in enumerate(errs)]
     return rec
 
@@ -65,3 +66,18 @@ def test_heldout_columns_and_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tables_main([str(root), "--table", "ppl", "--baseline", "alps"])
     assert "--baseline applies to --table frontier, seeds or projections only" in capsys.readouterr().err
+
+
+def test_dense_output_error_column(tmp_path):
+    """Records with each layer's dense-output error (engine.dense_error, a dense-target method) get its
+    column and its paired ratio; records without it leave the column out (above)."""
+    root = tmp_path / "dense"
+    for (label, seed), errors in ERRORS.items():
+        write(root, f"{label}_{seed}", layer_record(label, seed, errors, dense=True))
+    col = collect(root, layers=True)
+    long = projections_long(layers_of(col.frame, col.layers))
+    o = long[(long.label == "apt-refit") & (long.projection == "self_attn.o_proj")].iloc[0]
+    assert o.dense_rel_error == pytest.approx(4 * (0.015 + 0.01) / 2)
+    assert o.dense_rel_error_x == pytest.approx(o.rel_error_x)
+    md = projections_markdown(layers_of(col.frame, col.layers))
+    assert "| smollm2-135m | 50% | self_attn.o_proj | APT-refit | 0,1 | 0.0125 | 0.500 | 0.0500 | 0.500 |" in md
