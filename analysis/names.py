@@ -13,10 +13,11 @@ from pruning.evaluation.zero_shot_data import TASKS as OFFLINE_TASKS
 from pruning.sparsity import parse_sparsity
 
 METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "apt", "apt-exact", "apt-refit", "apt-refit-dense", "apt-refit-dense-seq", "apt-swap",
-                "alps")
+                "alps", "alps-dense-seq")
 METHOD_NAMES = {"dense": "Dense", "magnitude": "Magnitude", "wanda": "Wanda", "sparsegpt": "SparseGPT", "apt": "APT",
                 "apt-exact": "APT-exact", "alps": "ALPS", "apt-refit": "APT-refit", "apt-swap": "APT-swap",
-                "apt-refit-dense": "APT-refit-dense", "apt-refit-dense-seq": "APT-refit-dense-seq"}
+                "apt-refit-dense": "APT-refit-dense", "apt-refit-dense-seq": "APT-refit-dense-seq",
+                "alps-dense-seq": "ALPS-dense-seq"}
 DATASET_NAMES = {"wikitext2": "WikiText-2", "ptb": "PTB", "c4": "C4"}
 # lm-eval task names, in the column order of the Wanda / LLM-Pruner tables, and their headers.
 # One list for pruning/ and analysis/: the offline tasks, defined in that order in zero_shot_data.TASKS.
@@ -35,7 +36,7 @@ METRIC_PRESETS = {
 
 
 MARKERS = {"magnitude": "v", "wanda": "s", "sparsegpt": "^", "apt": "o", "apt-exact": "D", "alps": "P", "apt-refit": "*", "apt-swap": "X",
-           "apt-refit-dense": "p", "apt-refit-dense-seq": "h"}
+           "apt-refit-dense": "p", "apt-refit-dense-seq": "h", "alps-dense-seq": "8"}
 
 
 def sparsity_order(spec: str) -> tuple:

@@ -259,14 +259,15 @@ def test_magnitude_without_error_report_needs_no_data(tiny_data_root, tmp_path, 
     assert rec["sparsity"]["actual"] >= 0.5 and all(r["rel_error"] is None for r in rec["layers"])
 
 
-@pytest.mark.parametrize("method", ["apt", "apt-exact", "apt-refit", "apt-refit-dense", "apt-refit-dense-seq", "apt-swap", "alps"])
+@pytest.mark.parametrize("method", ["apt", "apt-exact", "apt-refit", "apt-refit-dense", "apt-refit-dense-seq", "apt-swap", "alps",
+                                    "alps-dense-seq"])
 def test_reconstruction_job_end_to_end(tiny_data_root, tmp_path, method):
-    blocks = [] if method == "alps" else ["method.blocksize=16"]
+    blocks = [] if method.startswith("alps") else ["method.blocksize=16"]
     cfg = compose_cfg(tiny_overrides("tiny-llama", tiny_data_root, f"method={method}", "sparsity=0.6",
                                      "calibration.nsamples=4", "calibration.seqlen=32", *blocks))
     rec = run_job(cfg, tmp_path)
     assert rec["status"] == "complete" and rec["sparsity"]["actual"] == pytest.approx(0.6, abs=1e-3)
-    name = "alps" if method == "alps" else "apt"
+    name = "alps" if method.startswith("alps") else "apt"
     assert rec["method"]["name"] == name and rec["method"]["label"] == method
     if name == "apt":
         assert rec["method"]["params"]["variant"] == ("exact" if method == "apt-exact" else "block")
