@@ -162,6 +162,16 @@ def test_the_warm_start_uses_the_default_methods_knobs():
     assert method.name == "apt" and {k: method[k] for k in DEFAULT_SOLVER} == DEFAULT_SOLVER
 
 
+def test_alps_dense_seq_is_the_override_command_its_records_ran():
+    """docs/benchmarks.md's ALPS-on-the-default's-objective records ran as ``method=alps`` plus overrides;
+    ``method=alps-dense-seq`` must compose the same solver and engine knobs (only the label differs)."""
+    from tests.conftest import compose_cfg
+    named = dict(compose_cfg(["method=alps-dense-seq"]).method)
+    ran = dict(compose_cfg(["method=alps", "method.init=apt-refit", "+method.output_target=dense",
+                            "+method.target_alpha=0.25", "+method.true_sequential=true"]).method)
+    assert named.pop("label") == "alps-dense-seq" and "label" not in ran and named == ran
+
+
 def _alps_start(W, H, sp):
     """ALPS's initial point as the reference builds it: the projection of the column-normalised dense
     weights (``|W_ij| · sqrt(H_jj + damp)`` over the whole layer), no update."""
