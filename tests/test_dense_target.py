@@ -61,6 +61,34 @@ def test_w_star_solves_the_dense_output_problem():
     torch.testing.assert_close(quarter - W, 0.25 * (ref - W), rtol=1e-4, atol=1e-6)  # a share of the correction
 
 
+
+@pytest.mark.parametrize("alpha", [0.25, 0.7])
+def test_the_blended_target_is_the_blend_of_the_two_objectives(alpha):
+    """docs/methods.md, "Masks for the default's objective": with W_α = W + α (W* − W), the solver's loss
+    (Ŵ − W_α)(H + λI)(Ŵ − W_α)ᵀ differs from α · dense-output loss + (1 − α) · own-output loss (both with the
+    ridge λ‖Ŵ − W‖²) by a constant, so a mask search on (W_α, H) searches masks for that blend."""
+    g = torch.Generator().manual_seed(2)
+    seqs, tokens, d, out = 5, 16, 7, 4
+    xp = torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
+    xd = xp + 0.4 * torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
+    W = torch.randn(out, d, generator=g, dtype=torch.float64)
+    st = _stats(xp, xd)
+    Xp, Xd = xp.reshape(-1, d), xd.reshape(-1, d)
+    scale, percdamp = 2 / seqs, 0.01
+    lam = percdamp * float(torch.diagonal(st.H.double()).mean())
+    w_alpha = dense_target_weights(W, st.H, st.C, percdamp, alpha=alpha)
+    ridge = lambda w: lam * float(((w - W) ** 2).sum())  # noqa: E731
+    dense_loss = lambda w: scale * float(((Xd @ W.t() - Xp @ w.t()) ** 2).sum()) + ridge(w)  # noqa: E731
+    own_loss = lambda w: scale * float(((Xp @ (W - w).t()) ** 2).sum()) + ridge(w)  # noqa: E731
+    Hl = st.H.double() + lam * torch.eye(d, dtype=torch.float64)
+    solver_loss = lambda w: float((((w - w_alpha) @ Hl) * (w - w_alpha)).sum())  # noqa: E731
+    gaps = []
+    for _ in range(4):
+        w = torch.randn(out, d, generator=g, dtype=torch.float64) * torch.rand(out, d, generator=g).round()
+        gaps.append(alpha * dense_loss(w) + (1 - alpha) * own_loss(w) - solver_loss(w))
+    # H and C are accumulated in float32 (1e-6 relative); a wrong share of the correction moves the gap by O(1)
+    assert max(gaps) - min(gaps) == pytest.approx(0, abs=1e-5 * max(abs(x) for x in gaps))
+
 def test_row_wise_and_matrix_correction_agree_and_the_matrix_is_formed_once_for_wide_layers():
     """A layer with fewer rows than columns (down_proj) gets W (C − H)(H + λI)⁻¹ row-wise, without forming
     the matrix; one with at least as many rows (q_proj, gate_proj) forms it once, and every later linear
