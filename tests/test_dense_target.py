@@ -25,6 +25,14 @@ def _stats(xp, xd):
     return st
 
 
+def _problem(g, seqs, tokens, d, out, noise):
+    """A layer ``W`` and pruned / dense inputs that differ by ``noise``: (W, their statistics, X_p, X_d)."""
+    xp = torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
+    xd = xp + noise * torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
+    W = torch.randn(out, d, generator=g, dtype=torch.float64)
+    return W, _stats(xp, xd), xp.reshape(-1, d), xd.reshape(-1, d)
+
+
 def test_cross_term_equals_h_bit_for_bit_on_equal_inputs_and_then_nothing_moves():
     x = torch.randn(5, 7, 6, generator=torch.Generator().manual_seed(0))
     st = _stats(x, x.clone())
@@ -38,11 +46,7 @@ def test_w_star_solves_the_dense_output_problem():
     without damping the dense-output loss of any Ŵ is ‖(Ŵ − W*) X_p‖² plus a constant."""
     g = torch.Generator().manual_seed(1)
     seqs, tokens, d, out = 6, 20, 8, 5
-    xp = torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
-    xd = xp + 0.3 * torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
-    W = torch.randn(out, d, generator=g, dtype=torch.float64)
-    st = _stats(xp, xd)
-    Xp, Xd = xp.reshape(-1, d), xd.reshape(-1, d)
+    W, st, Xp, Xd = _problem(g, seqs, tokens, d, out, noise=0.3)
     scale = 2 / seqs  # H = (2/n) Σ x xᵀ over n sequences
     percdamp = 0.05
     lam = percdamp * float(torch.diagonal(st.H.double()).mean())
@@ -69,11 +73,7 @@ def test_the_blended_target_is_the_blend_of_the_two_objectives(alpha):
     ridge λ‖Ŵ − W‖²) by a constant, so a mask search on (W_α, H) searches masks for that blend."""
     g = torch.Generator().manual_seed(2)
     seqs, tokens, d, out = 5, 16, 7, 4
-    xp = torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
-    xd = xp + 0.4 * torch.randn(seqs, tokens, d, generator=g, dtype=torch.float64)
-    W = torch.randn(out, d, generator=g, dtype=torch.float64)
-    st = _stats(xp, xd)
-    Xp, Xd = xp.reshape(-1, d), xd.reshape(-1, d)
+    W, st, Xp, Xd = _problem(g, seqs, tokens, d, out, noise=0.4)
     scale, percdamp = 2 / seqs, 0.01
     lam = percdamp * float(torch.diagonal(st.H.double()).mean())
     w_alpha = dense_target_weights(W, st.H, st.C, percdamp, alpha=alpha)
