@@ -34,8 +34,8 @@ Defaults are the reference's (``rho=0.1``, ``max_iter=300``, ``update_iter=3``, 
   solution (mask and weights), so ADMM searches masks around APT's. ``init=apt-refit``: from the
   solution of the default method's solver (APT with :data:`DEFAULT_SOLVER`'s knobs, the ones
   ``conf/method/apt-refit-dense.yaml`` composes); with ``output_target: dense`` the engine hands every
-  solver ``W*`` for ``W``, so ADMM then searches masks for the default's own objective, starting from
-  the default's mask (docs/methods.md, "Masks for the default's objective").
+  solver ``W_α = W + α (W* − W)`` for ``W``, so ADMM then searches masks for the default's own objective,
+  starting from the default's mask (docs/methods.md, "Masks for the default's objective").
 * float64 for the eigendecomposition, float32 (as the reference) or float64 (``dtype``) elsewhere.
 """
 
