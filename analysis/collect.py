@@ -174,10 +174,15 @@ def _number(value):
         return None
 
 
+# The per-layer frame: the record's keys, the layer's own fields as written, and three derived columns.
+LAYER_KEYS = ("model", "label", "sparsity", "config_hash", "path")
+LAYER_FIELDS = ("name", "block", "layer", "rel_error", "heldout_rel_error", "dense_rel_error", "solver_s")
+LAYER_COLUMNS = [*LAYER_KEYS, *LAYER_FIELDS, "target", "layer_sparsity", "numel"]
+
+
 def _layer_rows(row: dict, record: dict) -> list[dict]:
-    keys = {k: row[k] for k in ("model", "label", "sparsity", "config_hash", "path")}
-    return [{**keys, **{k: r.get(k) for k in ("name", "block", "layer", "rel_error", "heldout_rel_error", "dense_rel_error",
-                                                      "solver_s")},
+    keys = {k: row[k] for k in LAYER_KEYS}
+    return [{**keys, **{k: r.get(k) for k in LAYER_FIELDS},
              "target": _number(r.get("target")), "layer_sparsity": r.get("sparsity"), "numel": _numel(r.get("shape"))}
             for r in record.get("layers") or []]
 
@@ -237,9 +242,7 @@ def collect(*dirs: str | Path, layers: bool = False, keep_duplicates: bool = Fal
         log.warning("left out %d stale record(s), e.g. %s: %s", len(paths), paths[0], reason)
     layer_frame = None
     if layers:
-        layer_frame = pd.DataFrame(layer_rows, columns=["model", "label", "sparsity", "config_hash", "path", "name",
-                                                        "block", "layer", "rel_error", "heldout_rel_error", "dense_rel_error",
-                                                        "solver_s", "target", "layer_sparsity", "numel"])
+        layer_frame = pd.DataFrame(layer_rows, columns=LAYER_COLUMNS)
         kept = set(frame.path) if not frame.empty else set()  # duplicates dropped above lose their layers too
         layer_frame = layer_frame[layer_frame.path.isin(kept)].reset_index(drop=True)
     return Collection(frame, skipped, duplicates, layer_frame)

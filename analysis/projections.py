@@ -7,8 +7,9 @@ Per (model, sparsity, projection, method): the layer error ‖(W−W')X‖²/‖
 (and, where records have them, the held-out layer error on windows the solver never fitted,
 ``calibration.heldout_nsamples``, and the error against the dense model's own layer output,
 ‖W X_d − W'X‖²/‖W X_d‖², ``engine.dense_error`` or a dense-target method), and its ratio to the
-baseline's average for the same projection, model, sparsity and calibration seed, averaged over seeds. A method whose mean layer error is lower
-but whose perplexity is not shows here which projections carry the difference.
+baseline's average for the same projection, model, sparsity and calibration seed, averaged over seeds.
+A method whose mean layer error is lower but whose perplexity is not shows here which projections carry
+the difference.
 """
 
 from __future__ import annotations

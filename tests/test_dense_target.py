@@ -65,7 +65,6 @@ def test_w_star_solves_the_dense_output_problem():
     torch.testing.assert_close(quarter - W, 0.25 * (ref - W), rtol=1e-4, atol=1e-6)  # a share of the correction
 
 
-
 @pytest.mark.parametrize("alpha", [0.25, 0.7])
 def test_the_blended_target_is_the_blend_of_the_two_objectives(alpha):
     """docs/methods.md, "Masks for the default's objective": with W_α = W + α (W* − W), the solver's loss
@@ -88,6 +87,7 @@ def test_the_blended_target_is_the_blend_of_the_two_objectives(alpha):
         gaps.append(alpha * dense_loss(w) + (1 - alpha) * own_loss(w) - solver_loss(w))
     # H and C are accumulated in float32 (1e-6 relative); a wrong share of the correction moves the gap by O(1)
     assert max(gaps) - min(gaps) == pytest.approx(0, abs=1e-5 * max(abs(x) for x in gaps))
+
 
 def test_row_wise_and_matrix_correction_agree_and_the_matrix_is_formed_once_for_wide_layers():
     """A layer with fewer rows than columns (down_proj) gets W (C − H)(H + λI)⁻¹ row-wise, without forming
