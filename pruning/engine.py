@@ -128,16 +128,21 @@ class _Stream:
     kwargs: "BlockKwargs"
 
 
-def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict) -> tuple[float, float]:
+def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict, last: bool,
+                     keep_c: bool) -> tuple[float, float]:
     """``method.output_target=dense``: replace the layer's weight by ``W*`` (:mod:`pruning.solvers.dense_target`)
     before its solver runs; returns the seconds taken (counted as solver time) and ``‖W* − W‖ / ‖W‖``.
     ``cache`` keeps the last correction: linears reading the same input share one statistics object
-    (:class:`pruning.block_pass._SharedInputs`), so one correction serves them all."""
+    (:class:`pruning.block_pass._SharedInputs`), so one correction serves them all; ``last``: no later linear of
+    the group reads it (what it holds is released as it is spent). Unless ``keep_c`` (the dense-output error
+    report reads ``C``), ``C`` is given up to the correction, which forms ``C − H`` in its storage."""
     t0 = time.perf_counter()
     w = layer.weight.data.float()
     if cache.get("stats") is not stats:
-        cache.update(stats=stats, correction=dense_target_correction(stats.H, stats.C, percdamp))
-    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["correction"])
+        cache.update(stats=stats, correction=dense_target_correction(stats.H, stats.C, percdamp, overwrite_c=not keep_c))
+        if not keep_c and cache["correction"] is not None:  # (None: C == H, left as it is)
+            stats.C = None
+    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["correction"], last=last)
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
     layer.weight.data = target.to(layer.weight.dtype)
     return time.perf_counter() - t0, round(shift, 6)
@@ -322,16 +327,15 @@ class _Pruner:
     def dense_targets(self, group: tuple, linears: dict, stats: dict) -> dict:
         """``output_target=dense``: every linear of the group gets ``W*`` in place of its weight before any of
         them is solved, so each shared correction (q/k/v, gate/up) is freed before the solvers run, and so is
-        ``C`` unless the dense-output error report reads it. Returns ``(seconds, shift)`` per linear."""
+        ``C`` (as the correction is formed) unless the dense-output error report reads it. Returns
+        ``(seconds, shift)`` per linear."""
         if not self.fit.dense_target:
             return {n: (0.0, None) for n in group}
         cache: dict = {}
-        shifts = {n: _to_dense_target(linears[n], stats[n], self.fit.percdamp, self.fit.target_alpha, cache)
-                  for n in group}
-        if not self.dense_report:
-            for n in group:
-                stats[n].C = None
-        return shifts
+        return {n: _to_dense_target(linears[n], stats[n], self.fit.percdamp, self.fit.target_alpha, cache,
+                                    last=all(stats[m] is not stats[n] for m in group[i + 1:]),
+                                    keep_c=self.dense_report)
+                for i, n in enumerate(group)}
 
     def solve(self, bi: int, n: str, layer, stats: dict, block_dense: dict | None, held_stats: dict | None,
               shift: tuple) -> dict:

@@ -382,6 +382,30 @@ def test_flipped_inverse_factor_is_the_reference_factor_up_to_rounding(dead):
     torch.testing.assert_close(U.t() @ U @ Hd, torch.eye(48, dtype=torch.float64), rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("flipped", [False, True])
+def test_the_factor_works_on_its_own_copies(flipped):
+    """The factor is formed from a fresh working copy per damping attempt (no float64 H held beside it): the
+    caller's H is untouched, and asking for the float64 factor of a float32 H with dead inputs gives what the
+    float64 working copy with H_jj = 1 gives; prepare_layer without a working H returns the same factor."""
+    from pruning.solvers.common import prepare_layer
+    g = torch.Generator().manual_seed(4)
+    X = torch.randn(300, 40, generator=g)
+    H = X.t() @ X / 300
+    H[:, 7] = H[7, :] = 0
+    before = H.clone()
+    dead = torch.diag(H).double() == 0
+    H64 = H.double()
+    H64[dead, dead] = 1
+    U_ref, info_ref = inverse_hessian_factor(H64, 0.01, flipped=flipped)
+    U, info = inverse_hessian_factor(H, 0.01, flipped=flipped, dtype=torch.float64, dead=dead)
+    assert torch.equal(U, U_ref) and info == info_ref and torch.equal(H, before)
+    W = torch.randn(6, 40, generator=g)
+    kept = prepare_layer(W, H, 0.01, 6, torch.float32, flipped, torch.float64)
+    lean = prepare_layer(W, H, 0.01, 6, torch.float32, flipped, torch.float64, keep_h=False)
+    assert lean[1] is None and torch.equal(lean[3], U_ref) and torch.equal(kept[3], U_ref)
+    assert torch.equal(lean[0], kept[0]) and kept[1][7, 7] == 1 and torch.equal(H, before)
+
+
 def test_flipped_factor_escalates_damping_like_the_reference():
     """An indefinite H: both forms fail at the asked damping and succeed at the same escalated one."""
     H = torch.diag(torch.tensor([1.0, 1.0, -0.5], dtype=torch.float64))  # mean diag 0.5: needs percdamp > 1

@@ -111,6 +111,30 @@ def test_row_wise_and_matrix_correction_agree_and_the_matrix_is_formed_once_for_
                                (narrow.double() + 0.25 * narrow.double() @ M).float())
 
 
+def test_the_correction_releases_what_it_has_spent_and_overwriting_c_changes_no_bit():
+    """Memory without a changed number: with overwrite_c the difference C − H is formed in C's storage (the
+    same bits as C − H); a row-wise product with last=True releases the difference after its product and the
+    factor after its solve; the matrix, once formed, is all a correction keeps. Every result equals the one of a
+    correction that keeps everything."""
+    g = torch.Generator().manual_seed(6)
+    xp = torch.randn(4, 30, 12, generator=g)
+    st = _stats(xp, xp + 0.2 * torch.randn(4, 30, 12, generator=g))
+    narrow, wide = torch.randn(5, 12, generator=g), torch.randn(20, 12, generator=g)
+    keep = dense_target_correction(st.H, st.C, 0.01)
+    C = st.C.clone()
+    lean = dense_target_correction(st.H, C, 0.01, overwrite_c=True)
+    assert torch.equal(lean.diff, keep.diff) and torch.equal(lean.chol, keep.chol)
+    assert torch.equal(C, st.C - st.H)  # C given up: it holds the difference now
+    first = keep.times(narrow)
+    assert torch.equal(lean.times(narrow, last=True), first) and lean.diff is None and lean.chol is None
+    assert keep.diff is not None and keep.chol is not None  # not the last: kept for the next linear
+    formed = dense_target_correction(st.H, st.C, 0.01)
+    assert torch.equal(formed.times(wide), keep.times(wide)) and formed.diff is None and formed.chol is None
+    assert torch.equal(formed.times(narrow), keep.times(narrow))  # through the matrix, as before
+    with pytest.raises(ValueError, match="do not fit"):
+        dense_target_weights(narrow, st.H, None, 0.01)  # no C and no correction: nothing to form it from
+
+
 def test_shapes_that_do_not_fit_are_refused():
     with pytest.raises(ValueError, match="do not fit"):
         dense_target_weights(torch.zeros(3, 4), torch.eye(5), torch.eye(5))
@@ -127,22 +151,27 @@ def _block_input(lm, ids, block: int, name: str) -> torch.Tensor:
     return got[0].double().reshape(-1, got[0].shape[-1])
 
 
+PER_BLOCK = 4  # corrections per LLaMA block, in order: q/k/v's input, o's, gate/up's, down's
+
+
+def _spy_corrections(monkeypatch) -> list:
+    """Every correction the engine forms, as the (H, C) it was given (copied before it may overwrite C)."""
+    seen = []
+    real = engine.dense_target_correction
+
+    def spy(H, C, percdamp, overwrite_c=False):
+        seen.append((H.clone(), C.clone()))
+        return real(H, C, percdamp, overwrite_c=overwrite_c)
+
+    monkeypatch.setattr(engine, "dense_target_correction", spy)
+    return seen
+
+
 def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     """The engine's H and C of a layer in block 1 are those of the pruned model's and the dense model's
     inputs of that layer (computed here from plain forward passes of both models); block 0's inputs are
     the same in both models, so its layers are not moved and prune exactly as with the usual target."""
-    seen = {}
-    real = engine.dense_target_weights
-
-    def spy(W, H, C, percdamp, alpha, correction=None):
-        seen.setdefault(len(seen), (H.clone(), C.clone()))
-        return real(W, H, C, percdamp, alpha, correction=correction)
-
-    factorised = []
-    real_correction = engine.dense_target_correction
-    monkeypatch.setattr(engine, "dense_target_weights", spy)
-    monkeypatch.setattr(engine, "dense_target_correction",
-                        lambda H, C, p: factorised.append(1) or real_correction(H, C, p))
+    seen = _spy_corrections(monkeypatch)
     dense, pruned, plain = tiny("tiny-llama"), tiny("tiny-llama"), tiny("tiny-llama")
     ids = windows(4, 32)
     sp = parse_sparsity(0.5)
@@ -152,7 +181,7 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     assert [r["target_shift"] for r in report.layers[:n0]] == [0.0] * n0
     assert all(r["target_shift"] > 0 for r in report.layers[n0:])
     n_blocks = len(pruned.adapter.blocks(pruned.model))
-    assert len(factorised) == 4 * n_blocks  # per block: q/k/v share one, o, gate/up share one, down
+    assert len(seen) == PER_BLOCK * n_blocks  # per block: q/k/v share one, o, gate/up share one, down
     b0 = lambda lm: lm.adapter.blocks(lm.model)[0]  # noqa: E731
     for a, b in zip(b0(pruned).parameters(), b0(plain).parameters()):
         assert torch.equal(a, b)  # block 0: the same solve
@@ -160,7 +189,7 @@ def test_engine_pairs_dense_and_pruned_inputs_token_for_token(monkeypatch):
     # block 1's q_proj input depends on block 0 and a norm only
     xd, xp = (_block_input(lm, ids, 1, "self_attn.q_proj") for lm in (dense, pruned))
     H_ref, C_ref = 2 / 4 * xp.t() @ xp, 2 / 4 * xd.t() @ xp
-    H, C = seen[n0]  # the first layer of block 1 is q_proj
+    H, C = seen[PER_BLOCK]  # block 1's first correction: q/k/v's input
     torch.testing.assert_close(H.double(), H_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(C.double(), C_ref, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(C_ref, H_ref, rtol=1e-2)
@@ -170,10 +199,7 @@ def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(mo
     """engine.true_sequential with output_target=dense: o_proj of block 1 gets H from its inputs in the block
     whose q/k/v are already pruned, and C pairs them with its inputs in the dense model (the dense block on
     the dense inputs, though the engine's copy of the block is partly pruned by then)."""
-    seen = []
-    real = engine.dense_target_weights
-    monkeypatch.setattr(engine, "dense_target_weights", lambda W, H, C, percdamp, alpha, correction=None:
-                        seen.append((H.clone(), C.clone())) or real(W, H, C, percdamp, alpha, correction=correction))
+    seen = _spy_corrections(monkeypatch)
     ids = windows(4, 32)
     sp = parse_sparsity(0.5)
     pruned, together = tiny("tiny-llama"), tiny("tiny-llama")
@@ -182,14 +208,12 @@ def test_dense_target_with_true_sequential_fits_each_group_to_the_dense_block(mo
     seq = seen[:]
     seen.clear()
     prune_model(together.model, together.adapter, ids, SOLVERS["sparsegpt"], sp, fit=FitSpec("dense"))
-    order = [n for g in pruned.adapter.sequential_groups for n in g]
-    n0 = len(order)
-    H, C = seq[n0 + order.index("self_attn.o_proj")]  # block 1, after its q/k/v
+    H, C = seq[PER_BLOCK + 1]  # block 1's o_proj, after its q/k/v
     # block 1's o_proj input in a plain forward: depends on blocks 0-1's q/k/v, not on o_proj
     xp, xd = (_block_input(lm, ids, 1, "self_attn.o_proj") for lm in (pruned, tiny("tiny-llama")))
     torch.testing.assert_close(H.double(), 2 / 4 * xp.t() @ xp, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(C.double(), 2 / 4 * xd.t() @ xp, rtol=1e-4, atol=1e-5)
-    H1, _ = seen[n0 + [*together.adapter.prunable(together.adapter.blocks(together.model)[1])].index("self_attn.o_proj")]
+    H1, _ = seen[PER_BLOCK + 1]
     assert not torch.allclose(H1, H, rtol=1e-3)  # one pass through the still-dense block: another input
 
 
@@ -285,9 +309,11 @@ def test_one_dense_pass_per_block_gives_the_statistics_of_one_per_group(model, m
     seen = {}
 
     def recording(mode):
-        def to_target(layer, stats, percdamp, alpha, cache):
-            seen.setdefault(mode, []).append(tuple(None if t is None else t.clone() for t in (stats.H, stats.C, stats.G)))
-            return original(layer, stats, percdamp, alpha, cache)
+        def to_target(layer, stats, percdamp, alpha, cache, **kw):
+            if cache.get("stats") is not stats:  # the first linear reading this input: C before it is given up
+                seen.setdefault(mode, []).append(tuple(None if t is None else t.clone()
+                                                       for t in (stats.H, stats.C, stats.G)))
+            return original(layer, stats, percdamp, alpha, cache, **kw)
         return to_target
 
     original = engine._to_dense_target

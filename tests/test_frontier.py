@@ -76,6 +76,45 @@ def test_every_swap_round_and_cg_step_lowers_no_row(layer, spec):
     assert (cur[mask] == 0).all()
 
 
+def _textbook_cg(W, W0, H, mask, iters):
+    """Jacobi-preconditioned CG on the kept weights, every iterate a new tensor (refit.refine_cg's form before it
+    updated in place)."""
+    keep = (~mask).to(W.dtype)
+    X = W * keep
+    tiny = torch.finfo(H.dtype).tiny
+    R = -((X - W0) @ H) * keep
+    minv = 1.0 / torch.diagonal(H).clamp(min=tiny)
+    Z = R * minv
+    P = Z.clone()
+    rz = (R * Z).sum(1)
+    for _ in range(iters):
+        AP = (P @ H) * keep
+        pap = (P * AP).sum(1)
+        alpha = torch.where(pap > 0, rz / pap.clamp(min=tiny), torch.zeros_like(rz))
+        X = X + alpha.unsqueeze(1) * P
+        R = R - alpha.unsqueeze(1) * AP
+        Z = R * minv
+        rz_new = (R * Z).sum(1)
+        beta = torch.where(rz > 0, rz_new / rz.clamp(min=tiny), torch.zeros_like(rz))
+        P = Z + beta.unsqueeze(1) * P
+        rz = rz_new
+    return X
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_refine_cg_in_place_is_the_textbook_iteration_bit_for_bit(layer, dtype):
+    """refine_cg updates its iterates in place (fewer rows x cols matrices alive: memory at 7B widths); the numbers
+    are those of the out-of-place iteration to the last bit, and the start it is given is what it overwrites."""
+    W, H = layer
+    start = apt(W, parse_sparsity(0.5), H=H)
+    Hd, W0 = damped(H).to(dtype), W.to(dtype)
+    expected = _textbook_cg(start.weight.to(dtype), W0, Hd, start.mask, 6)
+    given = start.weight.to(dtype)
+    got = refine_cg(given, W0, Hd, start.mask, 6)
+    assert torch.equal(got, expected) and got is given
+    assert not torch.equal(expected, _textbook_cg(start.weight.to(dtype), W0, Hd, start.mask, 5))  # the steps count
+
+
 def test_swaps_strictly_improve_and_keep_counts(layer):
     W, H = layer
     sp = parse_sparsity(0.5)

@@ -374,20 +374,24 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
     # SparseGPT does) saved ~12% of the solver time but raised the layer error of APT-refit by 3-8% on
     # ill-conditioned synthetic layers. factor=flipped forms it from one Cholesky and one triangular inverse
     # (half the arithmetic); the same factor to float64 rounding, which can still move a float32 mask at a tie.
-    W, Hf, _, U, info = prepare_layer(w, H, percdamp, max_damp_tries, torch.float64, flipped=factor == "flipped")
-    info.update(jitter_solves=0, fallback_solves=0)
     dt = getattr(torch, dtype)  # float32: about half the cost of every product and factorisation on CPU
-    W, U = W.to(dt), U.to(dt)
+    # no working H beside the float64 factor (7B's down_proj: 0.97 GB fewer at the solver's peak)
+    W, _, dead, U, info = prepare_layer(w, H, percdamp, max_damp_tries, dt, flipped=factor == "flipped",
+                                        factor_dtype=torch.float64, keep_h=False)
+    info.update(jitter_solves=0, fallback_solves=0)
+    U = U.to(dt)
     Wd = W.clone()  # the prepared dense weights, the reference of exact / refined reconstruction
     Hd = None
     if (variant == "exact" or refine_iters or swap_rounds) and not info["hinv_fallback"]:
-        Hd = Hf.to(dt, copy=True)
-        Hd.diagonal().add_(info["damp"])  # the damped Hessian whose inverse U factors
-    del Hf  # (7B's down_proj: 0.97 GB in float64) the error below reads H itself: Hf with dead inputs' 1 removed
+        Hd = H.to(dt, copy=True)  # the damped Hessian whose inverse U factors (dead inputs' H_jj = 1, as U's)
+        Hd[dead, dead] = 1
+        Hd.diagonal().add_(info["damp"])
     mask = _block_pass(W, U, sparsity, blocksize, score, granularity, nm_update, fixed_mask, info)
+    P = U.t() @ U if variant == "exact" and Hd is not None else None
+    del U  # only the exact variant reads the factor after the block pass
     if Hd is not None:
         if variant == "exact":
-            W = exact_reconstruction(Wd, Hd, mask, U.t() @ U, info)
+            W = exact_reconstruction(Wd, Hd, mask, P, info)
         else:
             if swap_rounds:
                 W, mask = swap_search(W, Wd, Hd, mask, sparsity, rounds=swap_rounds, swaps=swaps_per_row,

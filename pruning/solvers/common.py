@@ -79,11 +79,11 @@ def check_pattern(w: torch.Tensor, sparsity: Sparsity) -> None:
     sparsity.check_width(w.shape[1])
 
 
-def _reference_factor(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
-    """SparseGPT's sequence on ``H + damp·I``: Cholesky, its inverse, the inverse's upper Cholesky factor (``4/3 n³``);
-    each intermediate released once the next exists (the damped copy is made here, so no caller holds it)."""
-    diag = torch.arange(H.shape[0], device=H.device)
-    Hd = H.clone()
+def _reference_factor(Hd: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+    """SparseGPT's sequence on ``Hd + damp·I``: Cholesky, its inverse, the inverse's upper Cholesky factor (``4/3 n³``).
+    ``Hd`` is a working copy the factor owns (damped in place, released once its Cholesky factor exists), so no
+    more than two ``n × n`` matrices live at a time."""
+    diag = torch.arange(Hd.shape[0], device=Hd.device)
     Hd[diag, diag] += damp
     L = torch.linalg.cholesky(Hd)
     del Hd
@@ -107,13 +107,14 @@ def _triangular_inverse(L: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(inv.T)
 
 
-def _flipped_factor(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
+def _flipped_factor(Hd: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
     """The same factor in ``2/3 n³``: with ``J`` the order reversal and ``J Hd J = L Lᵀ`` (``Hd = H + damp·I``),
     ``R = J L J`` is upper triangular with ``Hd = R Rᵀ``, so ``Hd⁻¹ = (R⁻¹)ᵀ R⁻¹`` and ``U = R⁻¹ = J L⁻¹ J`` is the
     upper Cholesky factor of ``Hd⁻¹`` (unique, positive diagonal): one Cholesky and one triangular inverse, equal to
-    the reference sequence up to rounding. One ``n × n`` working copy besides the result: the reversed, damped
-    ``H`` is factorised and inverted in place."""
-    F = H.flip(0, 1)
+    the reference sequence up to rounding. ``Hd``: a working copy the factor owns; its reversed copy is damped,
+    factorised and inverted in place."""
+    F = Hd.flip(0, 1)
+    del Hd
     F.diagonal().add_(damp)  # the diagonal of J H J is H's reversed: the same damping on every entry
     info = torch.empty((), dtype=torch.int32, device=F.device)
     torch.linalg.cholesky_ex(F, out=(F, info))
@@ -122,17 +123,23 @@ def _flipped_factor(H: torch.Tensor, damp: torch.Tensor) -> torch.Tensor:
     return _triangular_inverse(F.tril_()).flip(0, 1)
 
 
-def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int = 6,
-                           flipped: bool = False) -> tuple[torch.Tensor, dict]:
+def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int = 6, flipped: bool = False,
+                           dtype: torch.dtype | None = None, dead: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """Upper Cholesky factor of ``(H + damp·I)⁻¹`` with escalating damping on failure; ``flipped``: formed by
     :func:`_flipped_factor` (half the arithmetic; APT) instead of the reference's sequence (SparseGPT, ALPS,
-    whose results must match their authors' code)."""
+    whose results must match their authors' code). Formed in ``dtype`` (default ``H``'s) with ``H_jj = 1`` on the
+    ``dead`` inputs (:func:`prepare_layer`); each attempt factors a fresh working copy of ``H``, so the caller
+    need not hold one in ``dtype`` beside it (APT: a float64 ``cols × cols`` matrix fewer at the peak)."""
+    dtype = dtype or H.dtype
     columns = H.shape[0]
-    mean_diag = torch.mean(torch.diag(H))
+    diag = torch.diag(H).to(dtype)
+    if dead is not None:
+        diag[dead] = 1
+    mean_diag = torch.mean(diag)
     frac = percdamp
     for attempt in range(max_damp_tries + 1):
         try:
-            U = (_flipped_factor if flipped else _reference_factor)(H, frac * mean_diag)
+            U = (_flipped_factor if flipped else _reference_factor)(_working_copy(H, dtype, dead), frac * mean_diag)
             if torch.isfinite(U).all():
                 info = {"percdamp_used": frac, "damp": float(frac * mean_diag), "damp_retries": attempt,
                         "hinv_fallback": False}
@@ -143,8 +150,16 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
             pass
         frac *= 10
     log.warning("Cholesky failed up to percdamp=%g; using an identity inverse Hessian for this layer", frac / 10)
-    return torch.eye(columns, device=H.device, dtype=H.dtype), {"percdamp_used": None, "damp_retries": max_damp_tries,
-                                                                "hinv_fallback": True}
+    return torch.eye(columns, device=H.device, dtype=dtype), {"percdamp_used": None, "damp_retries": max_damp_tries,
+                                                              "hinv_fallback": True}
+
+
+def _working_copy(H: torch.Tensor, dtype: torch.dtype, dead: torch.Tensor | None) -> torch.Tensor:
+    """``H`` in ``dtype``, a copy, with ``H_jj = 1`` on the dead inputs."""
+    A = H.to(dtype, copy=True)
+    if dead is not None:
+        A[dead, dead] = 1
+    return A
 
 
 def undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
@@ -155,18 +170,19 @@ def undamped(H: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
 
 
 def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tries: int, dtype: torch.dtype,
-                  flipped: bool = False):
+                  flipped: bool = False, factor_dtype: torch.dtype | None = None, keep_h: bool = True):
     """Working copies of ``W`` and ``H`` in ``dtype`` with dead inputs handled as the reference does
     (``H_jj = 0``: set ``H_jj = 1`` and zero that weight column), and the upper Cholesky factor of
-    the damped inverse (:func:`inverse_hessian_factor`). Returns ``(W, H, dead, U, info)``."""
+    the damped inverse (:func:`inverse_hessian_factor`) in ``factor_dtype`` (default ``dtype``). Returns
+    ``(W, H, dead, U, info)``; ``keep_h=False``: no working ``H`` (None in its place; APT rebuilds the one it
+    needs later in its own dtype). The working ``H`` is made after the factor, so it never lives beside it."""
     if not percdamp > 0:
         from pruning.errors import ConfigError
         raise ConfigError(f"method.percdamp={percdamp!r}: need > 0 (damping = percdamp * mean(diag H))")
+    factor_dtype = factor_dtype or dtype
+    dead = torch.diag(H).to(factor_dtype) == 0
     W = w.to(dtype, copy=True)
-    H = H.to(dtype, copy=True)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
     W[:, dead] = 0
-    U, info = inverse_hessian_factor(H, percdamp, max_damp_tries, flipped)
+    U, info = inverse_hessian_factor(H, percdamp, max_damp_tries, flipped, dtype=factor_dtype, dead=dead)
     info["dead_columns"] = int(dead.sum())
-    return W, H, dead, U, info
+    return W, _working_copy(H, dtype, dead) if keep_h else None, dead, U, info

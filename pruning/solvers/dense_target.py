@@ -49,31 +49,42 @@ class DenseCorrection:
     products with ``rows`` right-hand sides instead of a solve with ``cols`` of them (``down_proj``; on
     Gemma-3-270M's, 640 × 2048, 0.74 s → 0.23 s on 2 CPU cores). A layer with at
     least as many rows as columns forms ``M = (C − H)(H + λI)⁻¹`` once; the linears that read the same
-    input (q/k/v, gate/up) then reuse it. Both orders are the same product up to float64 rounding."""
+    input (q/k/v, gate/up) then reuse it. Both orders are the same product up to float64 rounding.
 
-    diff: torch.Tensor
-    chol: torch.Tensor
+    Memory: what is spent is released at once (``diff`` and ``chol`` once ``M`` exists; with ``last``, ``diff``
+    after its product and ``chol`` after its solve), since the solve holds a copy of the factor besides
+    (7B's ``down_proj``: each of these is 0.97 GB)."""
+
+    diff: torch.Tensor | None
+    chol: torch.Tensor | None
     matrix: torch.Tensor | None = None
 
-    def times(self, W: torch.Tensor) -> torch.Tensor:
-        """``W (C − H)(H + λI)⁻¹`` in float64."""
-        Wd = W.double()
+    def times(self, W: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """``W (C − H)(H + λI)⁻¹`` in float64; ``last``: no later linear reads this correction."""
         if self.matrix is None and W.shape[0] < W.shape[1]:
-            return torch.cholesky_solve((Wd @ self.diff).t().contiguous(), self.chol).t()
+            B = W.double() @ self.diff
+            if last:
+                self.diff = None
+            out = torch.cholesky_solve(B.t(), self.chol).t()  # (the solve copies B column-major itself)
+            if last:
+                self.chol = None
+            return out
         if self.matrix is None:  # (C − H)(H + λI)⁻¹ = [(H + λI)⁻¹ (C − H)ᵀ]ᵀ  (H symmetric)
-            self.matrix = torch.cholesky_solve(self.diff.t().contiguous(), self.chol).t()
-        return Wd @ self.matrix
+            self.matrix = torch.cholesky_solve(self.diff.t(), self.chol).t()
+            self.diff = self.chol = None  # every later linear reads the matrix
+        return W.double() @ self.matrix
 
 
-def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01) -> DenseCorrection | None:
+def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01,
+                            overwrite_c: bool = False) -> DenseCorrection | None:
     """The correction ``(C − H)(H + λI)⁻¹`` with ``λ = percdamp · mean(diag H)``, factorised in float64
     (:class:`DenseCorrection`), so that ``W* = W + W (C − H)(H + λI)⁻¹``; None where nothing moves
     (``C == H``: the inputs agree; or no input energy at all). Linears that read the same input (q/k/v,
-    gate/up) share it: one factorisation for all of them."""
+    gate/up) share it: one factorisation for all of them. ``overwrite_c``: ``C − H`` is formed in ``C``'s own
+    storage (the caller gives ``C`` up), so no third ``cols × cols`` matrix is allocated beside the factor."""
     if H.shape != C.shape or H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"dense target: H {tuple(H.shape)} and C {tuple(C.shape)} must be one square shape")
-    diff = (C - H).double()
-    if not bool(diff.any()):
+    if torch.equal(C, H):
         return None
     Hd = H.to(torch.float64, copy=True)  # factorised in place below: never the caller's H
     damp = percdamp * float(torch.diagonal(Hd).mean())
@@ -84,18 +95,21 @@ def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 
     torch.linalg.cholesky_ex(Hd, out=(Hd, info))  # factorised in place: the same factor, one matrix fewer
     if int(info):
         raise torch.linalg.LinAlgError(f"dense target: H + λI is not positive definite (leading minor {int(info)})")
-    return DenseCorrection(diff, Hd)
+    # the difference after the factor: the factorisation's own working copy never meets it
+    return DenseCorrection((C.sub_(H) if overwrite_c else C - H).double(), Hd)
 
 
-def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor, percdamp: float = 0.01,
-                         alpha: float = 1.0, correction: DenseCorrection | None = None) -> torch.Tensor:
+def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor | None, percdamp: float = 0.01,
+                         alpha: float = 1.0, correction: DenseCorrection | None = None,
+                         last: bool = True) -> torch.Tensor:
     """``W + α W (C − H)(H + λI)⁻¹`` (:func:`dense_target_correction`; pass ``correction`` to reuse one
-    computed for the same ``H`` and ``C``); returns W's dtype. ``H`` and ``C`` are scaled alike
-    (:class:`pruning.stats.LayerStats`; ``C`` accumulated from ``(x_dense, x_pruned)`` pairs as ``H`` is
-    from ``(x_pruned, x_pruned)``)."""
-    if H.shape != C.shape or H.shape[0] != W.shape[1]:
-        raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C {tuple(C.shape)} do not fit")
+    computed for the same ``H`` and ``C``, then ``C`` may be None and ``last`` says whether a later linear reads
+    it); returns W's dtype. ``H`` and ``C`` are scaled alike (:class:`pruning.stats.LayerStats`; ``C``
+    accumulated from ``(x_dense, x_pruned)`` pairs as ``H`` is from ``(x_pruned, x_pruned)``)."""
+    if (C is not None and H.shape != C.shape) or H.shape[0] != W.shape[1] or (C is None and correction is None):
+        raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C "
+                         f"{None if C is None else tuple(C.shape)} do not fit")
     corr = correction if correction is not None else dense_target_correction(H, C, percdamp)
     if corr is None:
         return W.clone()
-    return (W.double() + alpha * corr.times(W)).to(W.dtype)
+    return (W.double() + alpha * corr.times(W, last)).to(W.dtype)

@@ -29,28 +29,32 @@ def row_losses(W: torch.Tensor, W0: torch.Tensor, H: torch.Tensor) -> torch.Tens
 def refine_cg(W: torch.Tensor, W0: torch.Tensor, H: torch.Tensor, mask: torch.Tensor, iters: int,
               jacobi: bool = True) -> torch.Tensor:
     """``iters`` steps of conjugate gradients on every row's masked least-squares problem (module
-    docstring), all rows at once, starting from ``W`` (its pruned entries are taken as zero).
+    docstring), all rows at once, starting from ``W`` (its pruned entries are taken as zero). ``W`` is
+    overwritten by the result, which is returned.
 
     ``jacobi``: precondition with ``1 / diag(H)`` (for a unit-diagonal ``H`` it is plain CG). One
-    ``rows × cols × cols`` product per step; enough steps reach the exact per-row solution."""
+    ``rows × cols × cols`` product per step; enough steps reach the exact per-row solution. The iterates are
+    updated in place (the same arithmetic as the out-of-place form, bit for bit): six ``rows × cols`` matrices
+    and one temporary live at a time."""
     keep = (~mask).to(W.dtype)
-    X = W * keep
+    X = W.mul_(keep)
     tiny = torch.finfo(H.dtype).tiny
-    R = -((X - W0) @ H) * keep  # minus the gradient, on the kept weights only
+    R = ((X - W0) @ H).neg_().mul_(keep)  # minus the gradient, on the kept weights only
     minv = 1.0 / torch.diagonal(H).clamp(min=tiny) if jacobi else torch.ones(H.shape[0], dtype=H.dtype, device=H.device)
     Z = R * minv
     P = Z.clone()
     rz = (R * Z).sum(1)
     for _ in range(iters):
-        AP = (P @ H) * keep
+        AP = torch.mm(P, H).mul_(keep)
         pap = (P * AP).sum(1)
         alpha = torch.where(pap > 0, rz / pap.clamp(min=tiny), torch.zeros_like(rz))
         X += alpha.unsqueeze(1) * P
         R -= alpha.unsqueeze(1) * AP
-        Z = R * minv
+        del AP
+        torch.mul(R, minv, out=Z)
         rz_new = (R * Z).sum(1)
         beta = torch.where(rz > 0, rz_new / rz.clamp(min=tiny), torch.zeros_like(rz))
-        P = Z + beta.unsqueeze(1) * P
+        P.mul_(beta.unsqueeze(1)).add_(Z)  # Z + beta P
         rz = rz_new
     return X
 
