@@ -72,9 +72,9 @@ def scale_long(root: str | Path) -> pd.DataFrame:
         raise FileNotFoundError(f"{root}: no complete scale record below it")
     frame = pd.DataFrame(rows)
     keys = ["arch", "sparsity", "dtype", "device", "tokens"]
-    base = frame[frame["method"] == "sparsegpt"].set_index(keys)["block_s"]
-    frame["x_sparsegpt"] = [base.get(tuple(r[k] for k in keys), float("nan")) for _, r in frame.iterrows()]
-    frame["x_sparsegpt"] = frame["block_s"] / frame["x_sparsegpt"]
+    for ratio, of in (("x_sparsegpt", "block_s"), ("mem_x_sparsegpt", "working_gib")):  # SparseGPT's row alike
+        base = frame[frame["method"] == "sparsegpt"].set_index(keys)[of]
+        frame[ratio] = frame[of] / [base.get(tuple(r[k] for k in keys), float("nan")) for _, r in frame.iterrows()]
     frame["x_ref"] = frame["block_s"] / frame["ref_block_s"].astype(float)
     frame = frame[[c for c in frame.columns if c not in ("ref_block_s", "x_ref")] + ["ref_block_s", "x_ref"]]
     order = sorted(range(len(frame)), key=lambda i: (frame.at[i, "arch"], frame.at[i, "tokens"],
@@ -88,11 +88,12 @@ def scale_markdown(root: str | Path) -> str:
     num = {c: (lambda v, d=d: "–" if v is None or v != v else f"{v:.{d}f}") for c, d in (
         ("forward_s", 1), ("stats_s", 1), ("dense_s", 1), ("solver_s", 1), ("report_s", 1), ("block_s", 1), ("working_gib", 2),
         ("model_h", 2), ("paper_h", 2), ("peak_gib", 1), ("peak_offload_gib", 1), ("forward_over_bound", 1))}
-    num["x_sparsegpt"] = num["x_ref"] = lambda v: "–" if v is None or v != v else f"{v:.2f}×"
+    num["x_sparsegpt"] = num["mem_x_sparsegpt"] = num["x_ref"] = lambda v: "–" if v is None or v != v else f"{v:.2f}×"
     num["ref_block_s"] = lambda v: "–" if v is None or v != v else f"{v:.1f}"
     return (to_markdown(shown, num) + "\nPer block: calibration forward passes (of which statistics accumulation and the dense "
             "stream's passes), solver, the layers' dense-output error report (report_s), the whole prune and its ratio to SparseGPT's on the same shapes, tokens, dtype "
-            "and device; working memory (GiB) = peak RSS (CUDA: peak allocated) while pruning, less the RSS before. "
+            "and device; working memory (GiB) = peak RSS (CUDA: peak allocated) while pruning, less the RSS before, and its "
+            "ratio to SparseGPT's (mem_x_sparsegpt). "
             "Projected to the real depth (model_h) and to 128 × 2048 calibration tokens (paper_h); peak memory with "
             "every block resident (peak_gib) or one (offload); forward_over_bound = calibration forward time over "
             "the matrix FLOPs of the passes the method makes at this machine's measured matmul throughput "
