@@ -126,6 +126,9 @@ def test_the_correction_releases_what_it_has_spent_and_overwriting_c_changes_no_
     assert torch.equal(lean.diff, keep.diff) and torch.equal(lean.chol, keep.chol)
     assert torch.equal(C, st.C - st.H)  # C given up: it holds the difference now
     first = keep.times(narrow)
+    assert torch.equal(dense_target_weights(narrow, st.H, None, 0.01, 0.25, correction=lean),
+                       dense_target_weights(narrow, st.H, st.C, 0.01, 0.25, correction=keep))
+    assert lean.diff is not None  # a shared correction is kept unless the caller says it is the last use
     assert torch.equal(lean.times(narrow, last=True), first) and lean.diff is None and lean.chol is None
     assert keep.diff is not None and keep.chol is not None  # not the last: kept for the next linear
     formed = dense_target_correction(st.H, st.C, 0.01)

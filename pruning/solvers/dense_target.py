@@ -101,15 +101,16 @@ def dense_target_correction(H: torch.Tensor, C: torch.Tensor, percdamp: float = 
 
 def dense_target_weights(W: torch.Tensor, H: torch.Tensor, C: torch.Tensor | None, percdamp: float = 0.01,
                          alpha: float = 1.0, correction: DenseCorrection | None = None,
-                         last: bool = True) -> torch.Tensor:
+                         last: bool = False) -> torch.Tensor:
     """``W + α W (C − H)(H + λI)⁻¹`` (:func:`dense_target_correction`; pass ``correction`` to reuse one
-    computed for the same ``H`` and ``C``, then ``C`` may be None and ``last`` says whether a later linear reads
-    it); returns W's dtype. ``H`` and ``C`` are scaled alike (:class:`pruning.stats.LayerStats`; ``C``
+    computed for the same ``H`` and ``C``, then ``C`` may be None, and ``last=True`` lets it release what no
+    later linear will read); returns W's dtype. ``H`` and ``C`` are scaled alike (:class:`pruning.stats.LayerStats`; ``C``
     accumulated from ``(x_dense, x_pruned)`` pairs as ``H`` is from ``(x_pruned, x_pruned)``)."""
     if (C is not None and H.shape != C.shape) or H.shape[0] != W.shape[1] or (C is None and correction is None):
         raise ValueError(f"dense target: W {tuple(W.shape)}, H {tuple(H.shape)} and C "
                          f"{None if C is None else tuple(C.shape)} do not fit")
-    corr = correction if correction is not None else dense_target_correction(H, C, percdamp)
+    own = correction is None  # formed here for this W alone
+    corr = dense_target_correction(H, C, percdamp) if own else correction
     if corr is None:
         return W.clone()
-    return (W.double() + alpha * corr.times(W, last)).to(W.dtype)
+    return (W.double() + alpha * corr.times(W, last or own)).to(W.dtype)
