@@ -140,9 +140,11 @@ def _to_dense_target(layer, stats, percdamp: float, alpha: float, cache: dict, l
     w = layer.weight.data.float()
     if cache.get("stats") is not stats:
         cache.update(stats=stats, correction=dense_target_correction(stats.H, stats.C, percdamp, overwrite_c=not keep_c))
-        if not keep_c and cache["correction"] is not None:  # (None: C == H, left as it is)
+        if not keep_c:
             stats.C = None
-    target = dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=cache["correction"], last=last)
+    corr = cache["correction"]  # None: C == H, nothing moves
+    target = (w if corr is None
+              else dense_target_weights(w, stats.H, stats.C, percdamp, alpha, correction=corr, last=last))
     shift = float(torch.linalg.norm(target - w) / torch.linalg.norm(w).clamp_min(1e-30))
     layer.weight.data = target.to(layer.weight.dtype)
     return time.perf_counter() - t0, round(shift, 6)

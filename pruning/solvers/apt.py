@@ -52,7 +52,8 @@ from functools import lru_cache
 import torch
 
 from pruning.errors import ConfigError
-from pruning.solvers.common import SolverResult, check_pattern, prepare_layer, relative_error, smallest_mask
+from pruning.solvers.common import (SolverResult, check_pattern, prepare_layer, relative_error, smallest_mask,
+                                    working_copy)
 from pruning.solvers.refit import refine_cg, swap_search
 from pruning.sparsity import Sparsity
 
@@ -383,8 +384,7 @@ def _run(w: torch.Tensor, sparsity: Sparsity, H: torch.Tensor, fixed_mask: torch
     Wd = W.clone()  # the prepared dense weights, the reference of exact / refined reconstruction
     Hd = None
     if (variant == "exact" or refine_iters or swap_rounds) and not info["hinv_fallback"]:
-        Hd = H.to(dt, copy=True)  # the damped Hessian whose inverse U factors (dead inputs' H_jj = 1, as U's)
-        Hd[dead, dead] = 1
+        Hd = working_copy(H, dt, dead)  # the damped Hessian whose inverse U factors
         Hd.diagonal().add_(info["damp"])
     mask = _block_pass(W, U, sparsity, blocksize, score, granularity, nm_update, fixed_mask, info)
     P = U.t() @ U if variant == "exact" and Hd is not None else None

@@ -139,7 +139,7 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
     frac = percdamp
     for attempt in range(max_damp_tries + 1):
         try:
-            U = (_flipped_factor if flipped else _reference_factor)(_working_copy(H, dtype, dead), frac * mean_diag)
+            U = (_flipped_factor if flipped else _reference_factor)(working_copy(H, dtype, dead), frac * mean_diag)
             if torch.isfinite(U).all():
                 info = {"percdamp_used": frac, "damp": float(frac * mean_diag), "damp_retries": attempt,
                         "hinv_fallback": False}
@@ -154,8 +154,8 @@ def inverse_hessian_factor(H: torch.Tensor, percdamp: float, max_damp_tries: int
                                                               "hinv_fallback": True}
 
 
-def _working_copy(H: torch.Tensor, dtype: torch.dtype, dead: torch.Tensor | None) -> torch.Tensor:
-    """``H`` in ``dtype``, a copy, with ``H_jj = 1`` on the dead inputs."""
+def working_copy(H: torch.Tensor, dtype: torch.dtype, dead: torch.Tensor | None) -> torch.Tensor:
+    """``H`` in ``dtype``, a copy, with ``H_jj = 1`` on the dead inputs (as :func:`prepare_layer` handles them)."""
     A = H.to(dtype, copy=True)
     if dead is not None:
         A[dead, dead] = 1
@@ -185,4 +185,4 @@ def prepare_layer(w: torch.Tensor, H: torch.Tensor, percdamp: float, max_damp_tr
     W[:, dead] = 0
     U, info = inverse_hessian_factor(H, percdamp, max_damp_tries, flipped, dtype=factor_dtype, dead=dead)
     info["dead_columns"] = int(dead.sum())
-    return W, _working_copy(H, dtype, dead) if keep_h else None, dead, U, info
+    return W, working_copy(H, dtype, dead) if keep_h else None, dead, U, info
